@@ -1,0 +1,1 @@
+"""Bulkhead: a multi-tenant RAG backend."""

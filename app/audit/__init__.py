@@ -1,0 +1,1 @@
+"""Audit: the per-request audit trail and the usage ledger."""

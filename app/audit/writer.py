@@ -1,0 +1,127 @@
+"""The audit trail: one row per authenticated request, written off the hot path.
+
+Rows go into a bounded in-memory queue that a background task drains in batches (one
+transaction per tenant, so RLS checks every row). When the queue is full, `record` waits:
+requests slow down rather than lose audit rows. That is a deliberate choice: an audit trail
+with silent gaps is worse than back-pressure, and a full queue means Postgres is already the
+bottleneck. `close()` drains everything before the service exits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from datetime import datetime
+from itertools import groupby
+
+import asyncpg
+
+from app.db.pool import set_tenant
+
+_log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class AuditRow:
+    """What happened on one authenticated request. Never carries a token or secret."""
+
+    tenant_id: str
+    occurred_at: datetime
+    principal: str
+    credential_id: str
+    method: str
+    route: str
+    status: int
+    latency_ms: float
+    source_ip: str | None
+    trace_id: str
+
+
+class AuditWriter:
+    """Buffers audit rows and writes them in batches."""
+
+    def __init__(
+        self, pool: asyncpg.Pool, *, buffer_size: int, batch_size: int, flush_interval: float
+    ) -> None:
+        self._pool = pool
+        self._queue: asyncio.Queue[AuditRow] = asyncio.Queue(maxsize=buffer_size)
+        self._batch_size = batch_size
+        self._flush_interval = flush_interval
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        """Start the background writer."""
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="audit-writer")
+
+    async def record(self, row: AuditRow) -> None:
+        """Queue a row, waiting for room when the buffer is full (back-pressure)."""
+        await self._queue.put(row)
+
+    async def flush(self) -> None:
+        """Wait until every queued row has been written."""
+        await self._queue.join()
+
+    async def close(self) -> None:
+        """Write what is queued, then stop."""
+        await self.flush()
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    async def _run(self) -> None:
+        while True:
+            batch = [await self._queue.get()]
+            deadline = asyncio.get_running_loop().time() + self._flush_interval
+            while len(batch) < self._batch_size:
+                timeout = deadline - asyncio.get_running_loop().time()
+                if timeout <= 0:
+                    break
+                try:
+                    batch.append(await asyncio.wait_for(self._queue.get(), timeout))
+                except TimeoutError:
+                    break
+            await self._write_with_retry(batch)
+            for _ in batch:
+                self._queue.task_done()
+
+    async def _write_with_retry(self, batch: list[AuditRow]) -> None:
+        delay = 0.1
+        while True:
+            try:
+                await self._write(batch)
+                return
+            except (OSError, asyncpg.PostgresError):
+                # Keep the rows and retry: the bounded queue pushes back on requests meanwhile.
+                _log.exception("audit write failed; retrying in %.1fs", delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    async def _write(self, batch: list[AuditRow]) -> None:
+        ordered = sorted(batch, key=lambda r: r.tenant_id)
+        async with self._pool.acquire() as connection:
+            for tenant_id, rows in groupby(ordered, key=lambda r: r.tenant_id):
+                async with connection.transaction():
+                    await set_tenant(connection, tenant_id)
+                    await connection.executemany(
+                        """
+                        INSERT INTO audit_events (tenant_id, occurred_at, principal,
+                            credential_id, method, route, status, latency_ms, source_ip, trace_id)
+                        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+                        """,
+                        [
+                            (
+                                r.tenant_id,
+                                r.occurred_at,
+                                r.principal,
+                                r.credential_id,
+                                r.method,
+                                r.route,
+                                r.status,
+                                r.latency_ms,
+                                r.source_ip,
+                                r.trace_id,
+                            )
+                            for r in rows
+                        ],
+                    )

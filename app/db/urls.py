@@ -1,0 +1,29 @@
+"""Connection-URL helpers shared by the service, alembic and the dev launcher."""
+
+from __future__ import annotations
+
+from urllib.parse import urlsplit, urlunsplit
+
+
+def with_user(url: str, user: str, password: str | None = None) -> str:
+    """Return `url` with its user (and password) replaced, keeping host, port, db and query."""
+    parts = urlsplit(url)
+    host = parts.netloc.rsplit("@", 1)[-1]
+    credentials = user if password is None else f"{user}:{password}"
+    return urlunsplit(parts._replace(netloc=f"{credentials}@{host}"))
+
+
+def with_database(url: str, database: str) -> str:
+    """Return `url` pointing at another database on the same server."""
+    return urlunsplit(urlsplit(url)._replace(path=f"/{database}"))
+
+
+def sqlalchemy_url(url: str) -> str:
+    """Turn a libpq-style URL into one for SQLAlchemy's asyncpg dialect."""
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(scheme="postgresql+asyncpg"))
+
+
+def database_name(url: str) -> str:
+    """The database a URL names (`postgres` when it names none)."""
+    return urlsplit(url).path.lstrip("/") or "postgres"

@@ -1,0 +1,1 @@
+"""Identity: JWT verification against tenant issuers, the dev issuer, guards."""

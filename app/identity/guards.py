@@ -1,0 +1,44 @@
+"""Route guards: one per role, and the dependency that hands controllers their TenantScope."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from litestar import Request
+from litestar.connection import ASGIConnection
+from litestar.handlers.base import BaseRouteHandler
+
+from app.problems import Forbidden, TenantMismatch
+from app.tenancy.scope import Role, TenantScope
+
+Guard = Callable[[ASGIConnection[Any, Any, Any, Any], BaseRouteHandler], None]
+
+
+def requires(role: Role) -> Guard:
+    """A guard admitting only credentials that carry `role`."""
+
+    def guard(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
+        scope = connection.user
+        if not isinstance(scope, TenantScope) or not scope.has(role):
+            raise Forbidden(f"this operation requires the {role.value!r} role")
+
+    guard.__name__ = f"requires_{role.value}"
+    return guard
+
+
+async def provide_scope(request: Request[TenantScope, Any, Any]) -> TenantScope:
+    """The caller's scope, as the authentication middleware verified it."""
+    return request.user
+
+
+def ensure_own_tenant(scope: TenantScope, named: str | None) -> None:
+    """Refuse a request body that names a tenant other than the credential's.
+
+    A body may repeat its own tenant id as an assertion; it can never choose one.
+
+    Raises:
+        TenantMismatch: `named` is set and differs from the caller's tenant.
+    """
+    if named is not None and named != scope.tenant_id:
+        raise TenantMismatch("the request names another tenant")

@@ -1,0 +1,124 @@
+"""JWT verification: from a bearer token to a TenantScope, or a refusal with a reason code."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import jwt
+
+from app.config import AuthSettings
+from app.identity.jwks import JwksCache, KeyNotFound
+from app.problems import Forbidden, Unauthenticated
+from app.tenancy.registry import IssuerBinding, TenantRegistry
+from app.tenancy.scope import Role, TenantScope
+
+# Asymmetric only: HS* would let anyone holding the public key (i.e. everyone) forge tokens.
+ALLOWED_ALGORITHMS = frozenset({"EdDSA", "ES256", "RS256"})
+_KNOWN_ROLES = {role.value: role for role in Role}
+
+
+class JwtVerifier:
+    """Verifies end-user JWTs against the issuers tenants registered."""
+
+    def __init__(
+        self, *, registry: TenantRegistry, jwks: JwksCache, settings: AuthSettings
+    ) -> None:
+        self._registry = registry
+        self._jwks = jwks
+        self._settings = settings
+
+    async def verify(self, token: str) -> TenantScope:
+        """Verify `token` and build the caller's scope.
+
+        Raises:
+            Unauthenticated: Malformed, unsigned, expired, wrongly addressed or unknown token.
+            Forbidden: Valid token for a disabled tenant.
+        """
+        try:
+            header = jwt.get_unverified_header(token)
+            unverified = jwt.decode(token, options={"verify_signature": False})
+        except jwt.PyJWTError as exc:
+            raise Unauthenticated("malformed token", reason="malformed") from exc
+        algorithm = header.get("alg")
+        if algorithm not in ALLOWED_ALGORITHMS:
+            raise Unauthenticated("token algorithm not accepted", reason="bad_algorithm")
+        kid = header.get("kid")
+        if not isinstance(kid, str) or not kid:
+            raise Unauthenticated("token has no key id", reason="no_kid")
+        issuer = unverified.get("iss")
+        binding = self._binding(issuer, unverified)
+        try:
+            key = await self._jwks.key(issuer=binding.issuer, jwks_uri=binding.jwks_uri, kid=kid)
+        except KeyNotFound as exc:
+            raise Unauthenticated("unknown signing key", reason="unknown_kid") from exc
+        try:
+            claims: dict[str, Any] = jwt.decode(
+                token,
+                key,
+                algorithms=[algorithm],
+                audience=binding.audience,
+                issuer=binding.issuer,
+                leeway=self._settings.leeway_seconds,
+                options={"require": ["exp", "iat", "iss", "aud", "sub"]},
+            )
+        except jwt.ExpiredSignatureError as exc:
+            raise Unauthenticated("token expired", reason="expired") from exc
+        except jwt.ImmatureSignatureError as exc:
+            raise Unauthenticated("token not yet valid", reason="not_yet_valid") from exc
+        except jwt.InvalidAudienceError as exc:
+            raise Unauthenticated("token audience not accepted", reason="bad_audience") from exc
+        except jwt.PyJWTError as exc:
+            raise Unauthenticated("token signature or claims invalid", reason="invalid") from exc
+        self._check_lifetime(claims)
+        # The tenant claim was read unverified to pick the binding; confirm it on the
+        # verified claims so a tampered payload can never select another tenant.
+        if binding.tenant_claim and claims.get(binding.tenant_claim) != binding.tenant_claim_value:
+            raise Unauthenticated("token tenant claim invalid", reason="tenant_claim")
+        tenant = self._registry.tenant(binding.tenant_id)
+        if tenant is None:
+            raise Unauthenticated("tenant unknown", reason="unknown_tenant")
+        if not tenant.active:
+            raise Forbidden("tenant is disabled")
+        subject = claims["sub"]
+        if not isinstance(subject, str) or not subject:
+            raise Unauthenticated("token subject invalid", reason="invalid")
+        return TenantScope(
+            tenant_id=tenant.id,
+            subject=subject,
+            roles=frozenset(
+                _KNOWN_ROLES[r]
+                for r in _strings(claims.get(binding.roles_claim))
+                if r in _KNOWN_ROLES
+            ),
+            groups=tuple(sorted(set(_strings(claims.get(binding.groups_claim))))),
+            credential_id=f"jwt:{kid}",
+        )
+
+    def _binding(self, issuer: object, claims: dict[str, Any]) -> IssuerBinding:
+        if not isinstance(issuer, str):
+            raise Unauthenticated("token has no issuer", reason="no_issuer")
+        bindings = self._registry.bindings(issuer)
+        if not bindings:
+            raise Unauthenticated("issuer not trusted", reason="unknown_issuer")
+        for binding in bindings:
+            if binding.tenant_claim is None or claims.get(binding.tenant_claim) == (
+                binding.tenant_claim_value
+            ):
+                return binding
+        raise Unauthenticated("token maps to no tenant of its issuer", reason="tenant_claim")
+
+    def _check_lifetime(self, claims: dict[str, Any]) -> None:
+        issued, expires = claims.get("iat"), claims.get("exp")
+        if not isinstance(issued, int | float) or not isinstance(expires, int | float):
+            raise Unauthenticated("token times invalid", reason="invalid")
+        if expires - issued > self._settings.max_token_lifetime_seconds:
+            raise Unauthenticated("token lifetime exceeds the maximum", reason="lifetime")
+
+
+def _strings(value: object) -> Iterable[str]:
+    if isinstance(value, str):
+        return value.split()
+    if isinstance(value, list):
+        return [item for item in value if isinstance(item, str)]
+    return []

@@ -1,0 +1,71 @@
+"""create_app(): wires plugins, routers, lifespan, dependencies and exception handlers."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from litestar import Litestar
+from litestar.di import Provide
+from litestar.middleware import DefineMiddleware
+from litestar.plugins.opentelemetry import OpenTelemetryConfig, OpenTelemetryPlugin
+
+from app.audit.middleware import AuditMiddleware
+from app.chat.controllers import ChatController
+from app.config import Settings, get_settings
+from app.health import DevJwksController, HealthController
+from app.identity.guards import provide_scope
+from app.identity.middleware import BearerAuthMiddleware
+from app.problems import EXCEPTION_HANDLERS
+from app.resources import open_resources, provide_chat, provide_documents
+from app.retrieval.controllers import DocumentController, SearchController
+from app.retrieval.corpus import seed_demo_corpus
+from app.telemetry.headers import add_trace_header
+from app.telemetry.setup import configure_tracing
+
+PUBLIC_PATHS = ["^/healthz$", "^/readyz$", "^/dev/jwks.json$"]
+
+
+def create_app(settings: Settings | None = None) -> Litestar:
+    """Build the Bulkhead ASGI application."""
+    settings = settings or get_settings()
+    provider = configure_tracing(settings.telemetry)
+
+    @asynccontextmanager
+    async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        async with open_resources(settings) as resources:
+            app.state.resources = resources
+            app.state.verifier = resources.verifier
+            app.state.audit = resources.audit
+            if settings.dev:
+                await seed_demo_corpus(resources, settings)
+            yield
+        provider.force_flush()
+
+    routes = [HealthController, DocumentController, SearchController, ChatController]
+    if settings.dev:
+        routes.append(DevJwksController)
+    return Litestar(
+        route_handlers=routes,
+        lifespan=[lifespan],
+        middleware=[
+            DefineMiddleware(AuditMiddleware),
+            DefineMiddleware(
+                BearerAuthMiddleware,
+                exclude=PUBLIC_PATHS,
+                max_header_bytes=settings.auth.max_authorization_header_bytes,
+            ),
+        ],
+        plugins=[OpenTelemetryPlugin(OpenTelemetryConfig(tracer_provider=provider))],
+        dependencies={
+            "caller": Provide(provide_scope),
+            "documents": Provide(provide_documents, sync_to_thread=False),
+            "chat": Provide(provide_chat, sync_to_thread=False),
+        },
+        exception_handlers=EXCEPTION_HANDLERS,
+        before_send=[add_trace_header],
+        request_max_body_size=settings.limits.max_request_bytes,
+        state=None,
+        debug=False,
+        openapi_config=None,
+    )

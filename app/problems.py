@@ -1,0 +1,214 @@
+"""RFC 9457 problem details with Bulkhead's stable error codes (DESIGN §4).
+
+Every error leaves the service through `problem_response`, so the shape and the codes are the
+same whether a guard, a validator, a service or Litestar itself raised it. Messages are written
+for the caller and never carry secret values or raw tokens.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from litestar import Request, Response
+from litestar.exceptions import (
+    HTTPException,
+    NotAuthorizedException,
+    NotFoundException,
+    PermissionDeniedException,
+    ValidationException,
+)
+from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
+from litestar.types import ExceptionHandlersMap
+
+PROBLEM_JSON = "application/problem+json"
+
+_log = logging.getLogger(__name__)
+
+_CODE_BY_STATUS = {
+    400: "bad_request",
+    401: "unauthenticated",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+    422: "validation_error",
+    429: "rate_limited",
+    503: "unavailable",
+}
+
+
+class ApiError(Exception):
+    """An error with a stable code that the client is meant to see."""
+
+    status: int = 400
+    code: str = "bad_request"
+    title: str = "Bad request"
+
+    def __init__(
+        self,
+        detail: str,
+        *,
+        errors: list[dict[str, Any]] | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.errors = errors
+        self.headers = dict(headers or {})
+
+
+class Unauthenticated(ApiError):
+    """No valid credential."""
+
+    status, code, title = 401, "unauthenticated", "Authentication required"
+
+    def __init__(self, detail: str, *, reason: str) -> None:
+        super().__init__(detail, headers={"WWW-Authenticate": 'Bearer realm="bulkhead"'})
+        self.reason = reason
+
+
+class Forbidden(ApiError):
+    """A valid credential without the right to do this."""
+
+    status, code, title = 403, "forbidden", "Forbidden"
+
+
+class TenantMismatch(ApiError):
+    """The request named a tenant other than the credential's."""
+
+    status, code, title = 403, "tenant_mismatch", "Tenant mismatch"
+
+
+class NotFound(ApiError):
+    """Nothing by that id in the caller's tenant (other tenants' ids look the same)."""
+
+    status, code, title = 404, "not_found", "Not found"
+
+
+class ValidationFailed(ApiError):
+    """Input that breaks a documented rule."""
+
+    status, code, title = 422, "validation_error", "Validation error"
+
+
+class PayloadTooLarge(ApiError):
+    """Input over a documented size limit."""
+
+    status, code, title = 413, "payload_too_large", "Payload too large"
+
+
+class ServiceUnavailable(ApiError):
+    """A dependency is down; the client may retry."""
+
+    status, code, title = 503, "unavailable", "Service unavailable"
+
+
+def problem_response(
+    request: Request[Any, Any, Any],
+    *,
+    status: int,
+    code: str,
+    title: str,
+    detail: str,
+    errors: list[dict[str, Any]] | None = None,
+    headers: Mapping[str, str] | None = None,
+) -> Response[dict[str, Any]]:
+    """Build the problem+json response every error path uses."""
+    body: dict[str, Any] = {
+        "type": f"urn:bulkhead:problem:{code}",
+        "title": title,
+        "status": status,
+        "code": code,
+        "detail": detail,
+        "instance": request.url.path,
+    }
+    if errors:
+        body["errors"] = errors
+    return Response(body, status_code=status, media_type=PROBLEM_JSON, headers=dict(headers or {}))
+
+
+def handle_api_error(request: Request[Any, Any, Any], exc: ApiError) -> Response[dict[str, Any]]:
+    """Exception handler for Bulkhead's own errors."""
+    return problem_response(
+        request,
+        status=exc.status,
+        code=exc.code,
+        title=exc.title,
+        detail=exc.detail,
+        errors=exc.errors,
+        headers=exc.headers,
+    )
+
+
+def _validation_errors(exc: ValidationException) -> list[dict[str, Any]]:
+    extra = exc.extra if isinstance(exc.extra, list) else []
+    errors: list[dict[str, Any]] = []
+    for item in extra:
+        if isinstance(item, dict):
+            errors.append({k: str(v) for k, v in item.items() if k in {"key", "message", "source"}})
+    return errors
+
+
+def handle_http_exception(
+    request: Request[Any, Any, Any], exc: HTTPException
+) -> Response[dict[str, Any]]:
+    """Map Litestar's own exceptions (routing, body parsing, guards) to stable codes."""
+    status = exc.status_code
+    if isinstance(exc, ValidationException):
+        detail = "the request body or parameters are not valid"
+        return problem_response(
+            request,
+            status=422,
+            code="validation_error",
+            title="Validation error",
+            detail=detail,
+            errors=_validation_errors(exc) or [{"message": str(exc.detail)}],
+        )
+    if isinstance(exc, NotFoundException):
+        return problem_response(
+            request, status=404, code="not_found", title="Not found", detail="no such resource"
+        )
+    if isinstance(exc, NotAuthorizedException):
+        return problem_response(
+            request,
+            status=401,
+            code="unauthenticated",
+            title="Authentication required",
+            detail=str(exc.detail),
+            headers={"WWW-Authenticate": 'Bearer realm="bulkhead"'},
+        )
+    if isinstance(exc, PermissionDeniedException):
+        return problem_response(
+            request, status=403, code="forbidden", title="Forbidden", detail=str(exc.detail)
+        )
+    code = _CODE_BY_STATUS.get(status, "error")
+    return problem_response(
+        request,
+        status=status,
+        code=code,
+        title=code.replace("_", " ").capitalize(),
+        detail=str(exc.detail),
+        headers=exc.headers,
+    )
+
+
+def handle_unexpected(request: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, Any]]:
+    """Last resort: log the failure, answer a bare 500 that reveals nothing."""
+    _log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+    return problem_response(
+        request,
+        status=HTTP_500_INTERNAL_SERVER_ERROR,
+        code="internal_error",
+        title="Internal error",
+        detail="the request failed; the trace id identifies it for support",
+    )
+
+
+EXCEPTION_HANDLERS: ExceptionHandlersMap = {
+    ApiError: handle_api_error,
+    HTTPException: handle_http_exception,
+    Exception: handle_unexpected,
+}

@@ -1,0 +1,128 @@
+"""Everything with a life: opened once in the lifespan, closed in reverse, handed out by DI."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass
+
+import asyncpg
+import httpx
+from litestar.datastructures import State
+
+from app.audit.writer import AuditWriter
+from app.chat.service import ChatService
+from app.config import Settings
+from app.db.pool import create_pool
+from app.db.urls import with_user
+from app.identity.dev_issuer import DevIssuer
+from app.identity.jwks import JwksCache
+from app.identity.tokens import JwtVerifier
+from app.retrieval.edge import EdgeIndex
+from app.retrieval.service import DocumentService
+from app.secrets.backend import SecretsBackend
+from app.secrets.kek import load_master_key
+from app.secrets.local import LocalSecretsBackend
+from app.tenancy.registry import TenantRegistry
+
+_log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class Resources:
+    """The service's long-lived collaborators."""
+
+    pool: asyncpg.Pool
+    registry: TenantRegistry
+    index: EdgeIndex
+    secrets: SecretsBackend
+    verifier: JwtVerifier
+    audit: AuditWriter
+    documents: DocumentService
+    chat: ChatService
+    dev_issuer: DevIssuer | None
+
+
+def app_dsn(settings: Settings) -> str:
+    """The runtime (non-owner) connection string.
+
+    Raises:
+        RuntimeError: No database is configured.
+    """
+    if settings.db.app_url:
+        return settings.db.app_url
+    if not settings.db.url:
+        raise RuntimeError("no database configured: set DATABASE_URL (or run `bulkhead dev`)")
+    return with_user(settings.db.url, settings.db.app_role)
+
+
+@asynccontextmanager
+async def open_resources(settings: Settings) -> AsyncIterator[Resources]:
+    """Open pool, registry, vector index, secrets, verifier and audit writer; close on exit."""
+    async with AsyncExitStack() as stack:
+        kek = load_master_key(settings)
+        dsn = app_dsn(settings)
+        pool = await create_pool(dsn, min_size=settings.db.pool_min, max_size=settings.db.pool_max)
+        stack.push_async_callback(pool.close)
+        registry = TenantRegistry(pool)
+        await registry.load()
+        await registry.listen(dsn)
+        stack.push_async_callback(registry.close)
+        index = EdgeIndex.open(settings.vector_path)
+        stack.push_async_callback(index.close)
+        http = httpx.AsyncClient(follow_redirects=False)
+        stack.push_async_callback(http.aclose)
+        dev_issuer = (
+            DevIssuer.load_or_create(
+                settings.dev_signing_key_path,
+                issuer=settings.auth.dev_issuer,
+                audience=settings.auth.audience,
+            )
+            if settings.dev
+            else None
+        )
+        verifier = JwtVerifier(
+            registry=registry,
+            jwks=JwksCache(http=http, dev_issuer=dev_issuer),
+            settings=settings.auth,
+        )
+        audit = AuditWriter(
+            pool,
+            buffer_size=settings.audit.buffer_size,
+            batch_size=settings.audit.batch_size,
+            flush_interval=settings.audit.flush_interval_seconds,
+        )
+        audit.start()
+        stack.push_async_callback(audit.close)
+        documents = DocumentService(
+            pool=pool, index=index, limits=settings.limits, chunking=settings.chunking
+        )
+        yield Resources(
+            pool=pool,
+            registry=registry,
+            index=index,
+            secrets=LocalSecretsBackend(pool, kek),
+            verifier=verifier,
+            audit=audit,
+            documents=documents,
+            chat=ChatService(
+                pool=pool,
+                documents=documents,
+                registry=registry,
+                max_message_chars=settings.limits.max_query_chars,
+            ),
+            dev_issuer=dev_issuer,
+        )
+
+
+def provide_documents(state: State) -> DocumentService:
+    """DI: the document service."""
+    resources: Resources = state.resources
+    return resources.documents
+
+
+def provide_chat(state: State) -> ChatService:
+    """DI: the chat service."""
+    resources: Resources = state.resources
+    return resources.chat

@@ -1,0 +1,1 @@
+"""Retrieval: chunking, embedding, the VectorIndex seam and its adapters, ingestion and search."""

@@ -1,0 +1,108 @@
+"""HTTP endpoints for documents and search (DESIGN §4)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from litestar import Controller, delete, get, post
+from litestar.params import Parameter
+from litestar.status_codes import HTTP_201_CREATED, HTTP_204_NO_CONTENT
+
+from app.identity.guards import ensure_own_tenant, requires
+from app.retrieval.schemas import (
+    Acl,
+    DocumentOut,
+    DocumentPage,
+    IngestedDocument,
+    IngestRequest,
+    IngestResponse,
+    SearchRequest,
+    SearchResponse,
+    SearchResult,
+)
+from app.retrieval.service import DocumentService
+from app.tenancy.scope import Role, TenantScope
+
+
+class DocumentController(Controller):
+    """`/v1/documents`."""
+
+    path = "/v1/documents"
+
+    @post(guards=[requires(Role.INGEST)], status_code=HTTP_201_CREATED)
+    async def ingest(
+        self, data: IngestRequest, caller: TenantScope, documents: DocumentService
+    ) -> IngestResponse:
+        """Ingest a batch of JSON documents (all or nothing)."""
+        ensure_own_tenant(caller, data.tenant_id)
+        for document in data.documents:
+            ensure_own_tenant(caller, document.tenant_id)
+        prepared = documents.prepare(data.documents)
+        written = await documents.ingest(scope=caller, documents=prepared)
+        return IngestResponse([IngestedDocument(id=i, chunks=n) for i, n in written])
+
+    @get(guards=[requires(Role.SEARCH)])
+    async def list_documents(
+        self,
+        caller: TenantScope,
+        documents: DocumentService,
+        cursor: Annotated[str | None, Parameter(max_length=400)] = None,
+        limit: Annotated[int, Parameter(ge=1, le=200)] = 50,
+    ) -> DocumentPage:
+        """List the caller's visible documents, ordered by id."""
+        rows, next_cursor = await documents.list_page(scope=caller, cursor=cursor, limit=limit)
+        return DocumentPage(
+            documents=[
+                DocumentOut(
+                    id=row.id,
+                    title=row.title,
+                    metadata=row.metadata,
+                    acl=Acl(groups=row.acl_groups) if row.acl_groups else None,
+                    chunks=row.chunk_count,
+                    version=row.version,
+                    created_at=row.created_at.isoformat(),
+                    updated_at=row.updated_at.isoformat(),
+                )
+                for row in rows
+            ],
+            next_cursor=next_cursor,
+        )
+
+    @delete("/{document_id:str}", guards=[requires(Role.INGEST)], status_code=HTTP_204_NO_CONTENT)
+    async def delete_document(
+        self,
+        document_id: Annotated[str, Parameter(max_length=128)],
+        caller: TenantScope,
+        documents: DocumentService,
+    ) -> None:
+        """Delete a document and its vectors."""
+        await documents.delete(scope=caller, document_id=document_id)
+
+
+class SearchController(Controller):
+    """`/v1/search`."""
+
+    path = "/v1/search"
+
+    @post(guards=[requires(Role.SEARCH)], status_code=200)
+    async def search(
+        self, data: SearchRequest, caller: TenantScope, documents: DocumentService
+    ) -> SearchResponse:
+        """Retrieve the best chunks for a query within the caller's tenant and groups."""
+        ensure_own_tenant(caller, data.tenant_id)
+        hits = await documents.search(
+            scope=caller, query=data.query, top_k=data.top_k, raw_filter=data.filter
+        )
+        return SearchResponse(
+            results=[
+                SearchResult(
+                    document_id=hit.document_id,
+                    chunk_id=hit.chunk_id,
+                    title=hit.title,
+                    text=hit.text,
+                    score=hit.score,
+                    metadata=hit.metadata,
+                )
+                for hit in hits
+            ]
+        )

@@ -1,0 +1,56 @@
+"""The bundled sample corpus: `tenants/corpus/<tenant>/*.md`, ingested by `bulkhead dev`."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from app.config import Settings
+from app.resources import Resources
+from app.retrieval.schemas import DocumentIn
+from app.tenancy.scope import Role, TenantScope
+
+_log = logging.getLogger(__name__)
+
+SEED_SUBJECT = "bulkhead-dev-seed"
+
+
+def corpus_documents(directory: Path) -> list[DocumentIn]:
+    """One document per Markdown file, titled by its first heading, id'd by its file name."""
+    documents = []
+    for path in sorted(directory.glob("*.md")):
+        text = path.read_text(encoding="utf-8")
+        first = text.lstrip().splitlines()[0] if text.strip() else path.stem
+        title = first.lstrip("# ").strip() or path.stem
+        documents.append(
+            DocumentIn(
+                title=title, text=text, id=path.stem, metadata={"source": f"corpus/{path.name}"}
+            )
+        )
+    return documents
+
+
+async def seed_demo_corpus(resources: Resources, settings: Settings) -> None:
+    """Ingest each onboarded tenant's sample corpus once (skipped when it has documents)."""
+    corpus_root = settings.tenants_dir / "corpus"
+    for tenant_id in resources.registry.tenant_ids():
+        directory = corpus_root / tenant_id
+        if not directory.is_dir():
+            continue
+        scope = TenantScope(
+            tenant_id=tenant_id,
+            subject=SEED_SUBJECT,
+            roles=frozenset({Role.INGEST}),
+            credential_id="dev-seed",
+        )
+        existing, _ = await resources.documents.list_page(scope=scope, cursor=None, limit=1)
+        if existing:
+            continue
+        documents = resources.documents.prepare(corpus_documents(directory))
+        written = await resources.documents.ingest(scope=scope, documents=documents)
+        _log.info(
+            "ingested %d sample documents (%d chunks) for tenant %s",
+            len(written),
+            sum(n for _, n in written),
+            tenant_id,
+        )

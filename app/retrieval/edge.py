@@ -1,0 +1,224 @@
+"""Qdrant Edge adapter: an in-process shard holding every tenant's chunks (isolation: shared).
+
+Isolation lives in `_scoped_filter`, the one function that builds the filter of every query,
+count and delete; upserts stamp `tenant_id` from the scope in `_payload` and are conditional on
+the same filter, so a point of another tenant can never be overwritten.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from pathlib import Path
+from typing import Any
+
+import qdrant_edge as qe
+
+from app.retrieval.filters import MetadataMatch
+from app.retrieval.index import ACL_EVERYONE, ChunkRecord, Hit
+from app.tenancy.scope import TenantScope
+
+BM25_VECTOR = "bm25"
+TENANT_FIELD = "tenant_id"
+ACL_FIELD = "_bulkhead_acl"
+VERSION_FIELD = "_bulkhead_version"
+DOCUMENT_FIELD = "document_id"
+
+_FIELD_INDEXES: dict[str, Any] = {
+    DOCUMENT_FIELD: qe.PayloadSchemaType.Keyword,
+    ACL_FIELD: qe.PayloadSchemaType.Keyword,
+    VERSION_FIELD: qe.PayloadSchemaType.Integer,
+}
+
+
+def _scoped_filter(
+    scope: TenantScope,
+    *,
+    reading: bool,
+    matches: tuple[MetadataMatch, ...] = (),
+    document_id: str | None = None,
+    version: int | None = None,
+    except_version: int | None = None,
+) -> qe.Filter:
+    """The filter of every vector operation: the tenant (and, for reads, ACL) first.
+
+    Caller conditions are nested inside `must`, so they can only narrow the result.
+    """
+    must: list[Any] = [qe.FieldCondition(TENANT_FIELD, match=qe.MatchValue(scope.tenant_id))]
+    if reading:
+        must.append(qe.FieldCondition(ACL_FIELD, match=qe.MatchAny([ACL_EVERYONE, *scope.groups])))
+    narrowing: list[Any] = [_metadata_condition(m) for m in matches]
+    if document_id is not None:
+        narrowing.append(qe.FieldCondition(DOCUMENT_FIELD, match=qe.MatchValue(document_id)))
+    if version is not None:
+        narrowing.append(qe.FieldCondition(VERSION_FIELD, match=qe.MatchValue(version)))
+    must_not: list[Any] = []
+    if except_version is not None:
+        must_not.append(qe.FieldCondition(VERSION_FIELD, match=qe.MatchValue(except_version)))
+    if narrowing or must_not:
+        must.append(qe.Filter(must=narrowing or None, must_not=must_not or None))
+    return qe.Filter(must=must)
+
+
+def _metadata_condition(match: MetadataMatch) -> Any:
+    key = f"metadata.{match.key}"
+    if len(match.values) == 1:
+        return qe.FieldCondition(key, match=qe.MatchValue(match.values[0]))
+    strings = [v for v in match.values if isinstance(v, str)]
+    if len(strings) == len(match.values):
+        return qe.FieldCondition(key, match=qe.MatchAny(strings))
+    integers = [v for v in match.values if isinstance(v, int) and not isinstance(v, bool)]
+    if len(integers) == len(match.values):
+        return qe.FieldCondition(key, match=qe.MatchAny(integers))
+    return qe.Filter(should=[qe.FieldCondition(key, match=qe.MatchValue(v)) for v in match.values])
+
+
+def _payload(scope: TenantScope, chunk: ChunkRecord) -> dict[str, Any]:
+    return {
+        TENANT_FIELD: scope.tenant_id,
+        DOCUMENT_FIELD: chunk.document_id,
+        VERSION_FIELD: chunk.version,
+        ACL_FIELD: list(chunk.acl_groups) if chunk.acl_groups is not None else [ACL_EVERYONE],
+        "chunk_index": chunk.index,
+        "title": chunk.title,
+        "section": chunk.section,
+        "text": chunk.text,
+        "metadata": chunk.metadata,
+    }
+
+
+class EdgeIndex:
+    """VectorIndex over one Qdrant Edge shard with BM25 sparse vectors (IDF modifier)."""
+
+    def __init__(self, shard: qe.EdgeShard) -> None:
+        self._shard = shard
+        self._bm25 = qe.Bm25()
+        self._write_lock = asyncio.Lock()
+
+    @classmethod
+    def open(cls, path: Path) -> EdgeIndex:
+        """Open the shard at `path`, creating it (and its payload indexes) on first use."""
+        if (path / "edge_config.json").exists():
+            shard = qe.EdgeShard.load(str(path))
+        else:
+            path.mkdir(parents=True, exist_ok=True)
+            config = qe.EdgeConfig(
+                sparse_vectors={BM25_VECTOR: qe.EdgeSparseVectorParams(modifier=qe.Modifier.Idf)}
+            )
+            shard = qe.EdgeShard.create(str(path), config)
+        info = shard.info()
+        if TENANT_FIELD not in info.payload_schema:
+            shard.update(
+                qe.UpdateOperation.create_field_index(
+                    TENANT_FIELD, qe.KeywordIndexParams(is_tenant=True)
+                )
+            )
+        for field, schema in _FIELD_INDEXES.items():
+            if field not in info.payload_schema:
+                shard.update(qe.UpdateOperation.create_field_index(field, schema))
+        return cls(shard)
+
+    @staticmethod
+    def point_id(tenant_id: str, document_id: str, version: int, index: int) -> str:
+        """Deterministic point id; the tenant is part of it, so ids never collide across tenants."""
+        return str(
+            uuid.uuid5(uuid.NAMESPACE_URL, f"bulkhead:{tenant_id}/{document_id}/{version}/{index}")
+        )
+
+    def _embed_document(self, chunk: ChunkRecord) -> qe.SparseVector:
+        return self._bm25.embed_document(f"{chunk.title}\n{chunk.section}\n{chunk.text}")
+
+    async def upsert(self, *, scope: TenantScope, chunks: list[ChunkRecord]) -> None:
+        """Index `chunks` as the scope's tenant's (BM25 embedding runs off the event loop)."""
+        if not chunks:
+            return
+
+        def write() -> None:
+            points = [
+                qe.Point(
+                    chunk.chunk_id,
+                    {BM25_VECTOR: self._embed_document(chunk)},
+                    _payload(scope, chunk),
+                )
+                for chunk in chunks
+            ]
+            self._shard.update(
+                qe.UpdateOperation.upsert_points(
+                    points, condition=_scoped_filter(scope, reading=False)
+                )
+            )
+
+        async with self._write_lock:
+            await asyncio.to_thread(write)
+
+    async def search(
+        self,
+        *,
+        scope: TenantScope,
+        query: str,
+        top_k: int,
+        matches: tuple[MetadataMatch, ...] = (),
+    ) -> list[Hit]:
+        """BM25 top-k within the caller's tenant and ACL groups, narrowed by `matches`."""
+        request = qe.QueryRequest(
+            limit=top_k,
+            query=qe.Query.Nearest(self._bm25.embed_query(query), using=BM25_VECTOR),
+            filter=_scoped_filter(scope, reading=True, matches=matches),
+            with_payload=True,
+        )
+        # Sub-millisecond at 100k chunks (see benchmarks); cheaper inline than a thread hop.
+        points = self._shard.query(request)
+        return [_hit(point) for point in points if point.payload is not None]
+
+    async def delete_document(
+        self,
+        *,
+        scope: TenantScope,
+        document_id: str,
+        version: int | None = None,
+        keep_version: int | None = None,
+    ) -> None:
+        """Remove a document's chunks: all, only `version`'s, or all but `keep_version`'s."""
+        condition = _scoped_filter(
+            scope,
+            reading=False,
+            document_id=document_id,
+            version=version,
+            except_version=keep_version,
+        )
+        async with self._write_lock:
+            await asyncio.to_thread(
+                self._shard.update, qe.UpdateOperation.delete_points_by_filter(condition)
+            )
+
+    async def count(self, *, scope: TenantScope) -> int:
+        """Chunks the scope may see."""
+        count: int = self._shard.count(qe.CountRequest(filter=_scoped_filter(scope, reading=True)))
+        return count
+
+    async def health(self) -> bool:
+        """The shard answers an info call."""
+        try:
+            self._shard.info()
+        except Exception:
+            return False
+        return True
+
+    async def close(self) -> None:
+        """Flush and close the shard."""
+        async with self._write_lock:
+            await asyncio.to_thread(self._shard.flush)
+            self._shard.close()
+
+
+def _hit(point: qe.ScoredPoint) -> Hit:
+    payload: dict[str, Any] = point.payload or {}
+    return Hit(
+        chunk_id=str(point.id),
+        document_id=payload[DOCUMENT_FIELD],
+        title=payload.get("title", ""),
+        section=payload.get("section", ""),
+        text=payload.get("text", ""),
+        score=float(point.score),
+        metadata=payload.get("metadata") or {},
+    )

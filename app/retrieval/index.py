@@ -1,0 +1,86 @@
+"""The VectorIndex seam: what ingestion and search need from a vector store.
+
+Every method takes the caller's TenantScope. Adapters derive the tenant condition from it in a
+single function and never accept a tenant id from anywhere else (DESIGN §3.3).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from app.retrieval.filters import MetadataMatch
+from app.tenancy.scope import TenantScope
+
+ACL_EVERYONE = "*"
+
+
+@dataclass(frozen=True, slots=True)
+class ChunkRecord:
+    """A chunk ready to be indexed."""
+
+    chunk_id: str
+    document_id: str
+    version: int
+    index: int
+    title: str
+    section: str
+    text: str
+    metadata: dict[str, Any] = field(default_factory=dict)
+    acl_groups: tuple[str, ...] | None = None
+    """None: visible to the whole tenant."""
+
+
+@dataclass(frozen=True, slots=True)
+class Hit:
+    """A search result."""
+
+    chunk_id: str
+    document_id: str
+    title: str
+    section: str
+    text: str
+    score: float
+    metadata: dict[str, Any]
+
+
+class VectorIndex(Protocol):
+    """A tenant-isolating vector store."""
+
+    async def upsert(self, *, scope: TenantScope, chunks: list[ChunkRecord]) -> None:
+        """Index `chunks` as the scope's tenant's."""
+        ...
+
+    async def search(
+        self,
+        *,
+        scope: TenantScope,
+        query: str,
+        top_k: int,
+        matches: tuple[MetadataMatch, ...] = (),
+    ) -> list[Hit]:
+        """Best `top_k` chunks of the scope's tenant (and ACL groups) for `query`."""
+        ...
+
+    async def delete_document(
+        self,
+        *,
+        scope: TenantScope,
+        document_id: str,
+        version: int | None = None,
+        keep_version: int | None = None,
+    ) -> None:
+        """Remove a document's chunks: all, only `version`'s, or all but `keep_version`'s."""
+        ...
+
+    async def count(self, *, scope: TenantScope) -> int:
+        """Chunks the scope may see."""
+        ...
+
+    async def health(self) -> bool:
+        """Whether the store answers."""
+        ...
+
+    async def close(self) -> None:
+        """Release the store."""
+        ...

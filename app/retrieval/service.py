@@ -1,0 +1,262 @@
+"""Documents and search: ingestion into Postgres and the vector index, listing, deletion, search."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+
+from app.config import ChunkingSettings, LimitSettings
+from app.db.pool import tenant_transaction
+from app.problems import NotFound, PayloadTooLarge, ValidationFailed
+from app.retrieval import repository
+from app.retrieval.chunking import chunk_text
+from app.retrieval.edge import EdgeIndex
+from app.retrieval.filters import check_metadata_key, parse_filter
+from app.retrieval.index import ChunkRecord, Hit, VectorIndex
+from app.retrieval.schemas import DocumentIn
+from app.telemetry.spans import scoped_span
+from app.tenancy.scope import TenantScope
+
+MAX_METADATA_LIST = 100
+MAX_METADATA_STRING = 1_000
+
+
+@dataclass(frozen=True, slots=True)
+class PreparedDocument:
+    """A validated document, chunked and ready to write."""
+
+    id: str
+    title: str
+    metadata: dict[str, Any]
+    acl_groups: tuple[str, ...] | None
+    content_sha256: str
+    chunks: list[tuple[int, str, str]]
+    """(index, section, text) per chunk."""
+
+
+class DocumentService:
+    """Ingests, lists, deletes and searches a tenant's documents."""
+
+    def __init__(
+        self,
+        *,
+        pool: asyncpg.Pool,
+        index: VectorIndex,
+        limits: LimitSettings,
+        chunking: ChunkingSettings,
+    ) -> None:
+        self._pool = pool
+        self._index = index
+        self._limits = limits
+        self._chunking = chunking
+
+    def prepare(self, documents: list[DocumentIn]) -> list[PreparedDocument]:
+        """Validate and chunk a batch before anything is written.
+
+        Raises:
+            ValidationFailed: A field breaks a rule (reserved metadata key, duplicate id...).
+            PayloadTooLarge: Too many documents, or one over the size limit.
+        """
+        limits = self._limits
+        if len(documents) > limits.max_documents_per_request:
+            raise PayloadTooLarge(
+                f"at most {limits.max_documents_per_request} documents per request"
+            )
+        prepared: list[PreparedDocument] = []
+        seen: set[str] = set()
+        for position, document in enumerate(documents):
+            where = f"documents[{position}]"
+            if len(document.text) > limits.max_document_chars:
+                raise PayloadTooLarge(
+                    f"{where}.text: at most {limits.max_document_chars} characters"
+                )
+            if len(document.title) > limits.max_title_chars:
+                raise ValidationFailed(
+                    f"{where}.title: at most {limits.max_title_chars} characters"
+                )
+            _check_metadata(document.metadata, where=f"{where}.metadata", limits=limits)
+            document_id = document.id or uuid.uuid4().hex
+            if document_id in seen:
+                raise ValidationFailed(f"{where}.id: {document_id!r} appears twice in this request")
+            seen.add(document_id)
+            chunks = chunk_text(
+                document.text,
+                target_chars=self._chunking.target_chars,
+                overlap_chars=self._chunking.overlap_chars,
+            )
+            if not chunks:
+                raise ValidationFailed(f"{where}.text: no indexable text")
+            prepared.append(
+                PreparedDocument(
+                    id=document_id,
+                    title=document.title,
+                    metadata=document.metadata,
+                    acl_groups=tuple(sorted(set(document.acl.groups))) if document.acl else None,
+                    content_sha256=hashlib.sha256(document.text.encode()).hexdigest(),
+                    chunks=[(c.index, c.section, c.text) for c in chunks],
+                )
+            )
+        return prepared
+
+    async def ingest(
+        self, *, scope: TenantScope, documents: list[PreparedDocument]
+    ) -> list[tuple[str, int]]:
+        """Write a prepared batch: all of it or, on failure, none of it.
+
+        New versions are indexed first and their rows committed in one transaction; only then
+        are the superseded versions' chunks removed, so search never sees an empty document.
+
+        Returns:
+            (document id, chunk count) per document.
+        """
+        with scoped_span(
+            "ingest documents", scope=scope, attributes={"bulkhead.documents": len(documents)}
+        ):
+            written: list[tuple[str, int]] = []
+            async with tenant_transaction(self._pool, scope=scope) as connection:
+                for document in documents:
+                    version = (await repository.current_version(connection, document.id) or 0) + 1
+                    written.append((document.id, version))
+                try:
+                    for document, (_, version) in zip(documents, written, strict=True):
+                        await self._index.upsert(
+                            scope=scope, chunks=_records(scope, document, version)
+                        )
+                        await repository.save(
+                            connection,
+                            tenant_id=scope.tenant_id,
+                            document_id=document.id,
+                            title=document.title,
+                            metadata=document.metadata,
+                            acl_groups=list(document.acl_groups) if document.acl_groups else None,
+                            chunk_count=len(document.chunks),
+                            content_sha256=document.content_sha256,
+                            version=version,
+                            created_by=scope.subject,
+                        )
+                except BaseException:
+                    for document_id, version in written:
+                        await self._index.delete_document(
+                            scope=scope, document_id=document_id, version=version
+                        )
+                    raise
+            for document_id, version in written:
+                await self._index.delete_document(
+                    scope=scope, document_id=document_id, keep_version=version
+                )
+        return [(d.id, len(d.chunks)) for d in documents]
+
+    async def list_page(
+        self, *, scope: TenantScope, cursor: str | None, limit: int
+    ) -> tuple[list[repository.DocumentRow], str | None]:
+        """One page of the tenant's documents visible to the caller, and the next cursor.
+
+        Raises:
+            ValidationFailed: The cursor is not one this service issued.
+        """
+        after = _decode_cursor(cursor) if cursor else None
+        async with tenant_transaction(self._pool, scope=scope) as connection:
+            rows = await repository.page(
+                connection, after=after, limit=limit + 1, groups=scope.groups
+            )
+        next_cursor = _encode_cursor(rows[limit - 1].id) if len(rows) > limit else None
+        return rows[:limit], next_cursor
+
+    async def delete(self, *, scope: TenantScope, document_id: str) -> None:
+        """Delete a document's row and vectors.
+
+        Raises:
+            NotFound: The tenant has no such document (another tenant's id looks the same).
+        """
+        async with tenant_transaction(self._pool, scope=scope) as connection:
+            if not await repository.delete(connection, document_id):
+                raise NotFound(f"no document {document_id!r}")
+            # Vectors go before the row commits: if this fails the row stays and the
+            # client can retry; the reverse order could leave orphaned vectors.
+            await self._index.delete_document(scope=scope, document_id=document_id)
+
+    async def search(
+        self,
+        *,
+        scope: TenantScope,
+        query: str,
+        top_k: int | None,
+        raw_filter: dict[str, Any] | None,
+    ) -> list[Hit]:
+        """The best chunks for `query` among those the caller may read.
+
+        Raises:
+            ValidationFailed: Query too long, top_k out of bounds, or an invalid filter.
+        """
+        limits = self._limits
+        if len(query) > limits.max_query_chars:
+            raise ValidationFailed(f"query: at most {limits.max_query_chars} characters")
+        k = limits.default_top_k if top_k is None else top_k
+        if not 1 <= k <= limits.max_top_k:
+            raise ValidationFailed(f"top_k: between 1 and {limits.max_top_k}")
+        matches = parse_filter(raw_filter)
+        with scoped_span(
+            "retrieval bm25",
+            scope=scope,
+            attributes={
+                "bulkhead.retrieval.top_k": k,
+                "bulkhead.retrieval.filtered": bool(matches),
+            },
+        ) as span:
+            hits = await self._index.search(scope=scope, query=query, top_k=k, matches=matches)
+            span.set_attribute("bulkhead.retrieval.hits", len(hits))
+        return hits
+
+
+def _records(scope: TenantScope, document: PreparedDocument, version: int) -> list[ChunkRecord]:
+    return [
+        ChunkRecord(
+            chunk_id=EdgeIndex.point_id(scope.tenant_id, document.id, version, index),
+            document_id=document.id,
+            version=version,
+            index=index,
+            title=document.title,
+            section=section,
+            text=text,
+            metadata=document.metadata,
+            acl_groups=document.acl_groups,
+        )
+        for index, section, text in document.chunks
+    ]
+
+
+def _check_metadata(metadata: dict[str, Any], *, where: str, limits: LimitSettings) -> None:
+    if len(metadata) > limits.max_metadata_keys:
+        raise ValidationFailed(f"{where}: at most {limits.max_metadata_keys} keys")
+    for key, value in metadata.items():
+        check_metadata_key(key, where=f"{where}.{key}")
+        values = value if isinstance(value, list) else [value]
+        if len(values) > MAX_METADATA_LIST or not all(_is_metadata_scalar(v) for v in values):
+            raise ValidationFailed(
+                f"{where}.{key}: a string (≤ {MAX_METADATA_STRING} chars), number, boolean,"
+                f" or a list of up to {MAX_METADATA_LIST} of them",
+                errors=[{"key": f"{where}.{key}", "message": "invalid value"}],
+            )
+
+
+def _is_metadata_scalar(value: Any) -> bool:
+    if isinstance(value, str):
+        return len(value) <= MAX_METADATA_STRING
+    return isinstance(value, bool | int | float)
+
+
+def _encode_cursor(document_id: str) -> str:
+    return base64.urlsafe_b64encode(document_id.encode()).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str) -> str:
+    try:
+        return base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+    except (binascii.Error, UnicodeDecodeError, ValueError) as exc:
+        raise ValidationFailed("cursor: not a cursor returned by this endpoint") from exc

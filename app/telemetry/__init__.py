@@ -1,0 +1,1 @@
+"""Telemetry: tracer provider set-up, span helpers carrying tenant attribution."""

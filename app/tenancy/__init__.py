@@ -1,0 +1,1 @@
+"""Tenants: manifests, the registry of active tenants and issuers, and the per-request scope."""

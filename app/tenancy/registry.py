@@ -1,0 +1,113 @@
+"""In-memory view of the tenant registry (tenants and their issuers), kept fresh by NOTIFY.
+
+Authentication looks a token's issuer up here on every request, so the lookup is a dict read,
+never a query. `bulkhead tenants apply` sends `NOTIFY bulkhead_tenants`; every replica reloads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+import msgspec
+
+from app.db.pool import platform_transaction
+from app.tenancy.manifest import TenantManifest
+
+CHANNEL = "bulkhead_tenants"
+
+_log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class IssuerBinding:
+    """One issuer's mapping to one tenant (DESIGN §3.1)."""
+
+    tenant_id: str
+    issuer: str
+    audience: str
+    jwks_uri: str | None
+    tenant_claim: str | None
+    tenant_claim_value: str | None
+    roles_claim: str
+    groups_claim: str
+
+
+@dataclass(frozen=True, slots=True)
+class TenantRecord:
+    """An onboarded tenant."""
+
+    id: str
+    name: str
+    active: bool
+    manifest: TenantManifest
+
+
+class TenantRegistry:
+    """Tenants and issuers by id, reloaded whenever the registry changes."""
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self._pool = pool
+        self._tenants: dict[str, TenantRecord] = {}
+        self._bindings: dict[str, tuple[IssuerBinding, ...]] = {}
+        self._listener: asyncpg.Connection | None = None
+        self._reload_lock = asyncio.Lock()
+
+    async def load(self) -> None:
+        """Read every tenant and issuer from the platform tables."""
+        async with self._reload_lock, platform_transaction(self._pool) as connection:
+            tenant_rows = await connection.fetch("SELECT id, name, status, manifest FROM tenants")
+            issuer_rows = await connection.fetch(
+                "SELECT tenant_id, issuer, audience, jwks_uri, tenant_claim, tenant_claim_value,"
+                " roles_claim, groups_claim FROM issuers"
+            )
+        tenants = {
+            row["id"]: TenantRecord(
+                id=row["id"],
+                name=row["name"],
+                active=row["status"] == "active",
+                manifest=msgspec.convert(row["manifest"], TenantManifest),
+            )
+            for row in tenant_rows
+        }
+        bindings: dict[str, list[IssuerBinding]] = {}
+        for row in issuer_rows:
+            binding = IssuerBinding(**dict(row))
+            bindings.setdefault(binding.issuer, []).append(binding)
+        self._tenants = tenants
+        self._bindings = {issuer: tuple(items) for issuer, items in bindings.items()}
+
+    async def listen(self, dsn: str) -> None:
+        """Reload on every `NOTIFY bulkhead_tenants` until `close()`."""
+        self._listener = await asyncpg.connect(dsn)
+        await self._listener.add_listener(CHANNEL, self._on_notify)
+
+    def _on_notify(self, *_: Any) -> None:
+        task = asyncio.get_running_loop().create_task(self.load())
+        task.add_done_callback(_log_reload_failure)
+
+    async def close(self) -> None:
+        """Stop listening."""
+        if self._listener is not None:
+            await self._listener.close()
+            self._listener = None
+
+    def tenant(self, tenant_id: str) -> TenantRecord | None:
+        """The tenant with this id, if onboarded."""
+        return self._tenants.get(tenant_id)
+
+    def bindings(self, issuer: str) -> tuple[IssuerBinding, ...]:
+        """Every tenant binding of an issuer (several when the issuer is shared)."""
+        return self._bindings.get(issuer, ())
+
+    def tenant_ids(self) -> list[str]:
+        """Ids of all onboarded tenants."""
+        return sorted(self._tenants)
+
+
+def _log_reload_failure(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        _log.error("tenant registry reload failed", exc_info=task.exception())

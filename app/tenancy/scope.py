@@ -1,0 +1,57 @@
+"""TenantScope: who is calling, for which tenant, with what rights. Built once per request."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+
+class Role(StrEnum):
+    """Roles a credential can carry (DESIGN §4)."""
+
+    CHAT = "chat"
+    SEARCH = "search"
+    INGEST = "ingest"
+    ADMIN = "admin"
+
+
+@dataclass(frozen=True, slots=True)
+class TenantScope:
+    """The verified identity a request acts under; the only source of its tenant.
+
+    Attributes:
+        tenant_id: Tenant the credential belongs to.
+        subject: The end user's or service's subject, as the issuer states it.
+        roles: Roles granted by the credential.
+        groups: Document ACL groups of the caller.
+        credential_id: Stable id of the credential (issuer + key id, or API key id).
+    """
+
+    tenant_id: str
+    subject: str
+    roles: frozenset[Role]
+    groups: tuple[str, ...] = ()
+    credential_id: str = ""
+    _enduser_id: str = field(default="", repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        digest = hashlib.sha256(f"{self.tenant_id}\x00{self.subject}".encode()).hexdigest()
+        object.__setattr__(self, "_enduser_id", digest[:32])
+
+    @property
+    def enduser_id(self) -> str:
+        """A pseudonymous, tenant-salted hash of the subject, safe for spans and metrics."""
+        return self._enduser_id
+
+    def has(self, role: Role) -> bool:
+        """Whether the credential carries `role`."""
+        return role in self.roles
+
+    def span_attributes(self) -> dict[str, str]:
+        """Attribution every span of this request carries."""
+        return {
+            "bulkhead.tenant.id": self.tenant_id,
+            "enduser.id": self.enduser_id,
+            "bulkhead.credential.id": self.credential_id,
+        }

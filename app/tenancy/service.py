@@ -1,0 +1,115 @@
+"""Onboarding: apply a manifest to the registry (idempotent, transactional, announced by NOTIFY).
+
+Runs as the owner role: the runtime role cannot write the tenant registry at all.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from app.db.pool import Connection
+from app.secrets.local import ensure_tenant_key
+from app.tenancy.manifest import ManifestError, TenantManifest
+from app.tenancy.registry import CHANNEL
+
+
+@dataclass(slots=True)
+class ApplyResult:
+    """What `apply_manifest` changed."""
+
+    tenant_id: str
+    created: bool = False
+    changed: list[str] = field(default_factory=list)
+
+    @property
+    def unchanged(self) -> bool:
+        """Nothing was written."""
+        return not self.created and not self.changed
+
+
+def _check_issuers(manifest: TenantManifest) -> None:
+    seen: set[tuple[str, str | None]] = set()
+    for issuer in manifest.identity.issuers:
+        key = (issuer.issuer, issuer.tenant_claim_value)
+        if key in seen:
+            raise ManifestError(
+                f"{manifest.id}: identity.issuers: {issuer.issuer!r} is listed twice with the"
+                " same tenant claim value"
+            )
+        seen.add(key)
+
+
+async def apply_manifest(
+    connection: Connection, manifest: TenantManifest, *, kek: bytes
+) -> ApplyResult:
+    """Create or update a tenant, its issuers and its data key from `manifest`.
+
+    Raises:
+        ManifestError: The manifest's issuer mapping collides with another tenant's.
+    """
+    _check_issuers(manifest)
+    result = ApplyResult(tenant_id=manifest.id)
+    async with connection.transaction():
+        current = await connection.fetchrow(
+            "SELECT name, manifest_sha256 FROM tenants WHERE id = $1 FOR UPDATE", manifest.id
+        )
+        digest = manifest.sha256()
+        if current is None:
+            result.created = True
+            await connection.execute(
+                "INSERT INTO tenants (id, name, manifest, manifest_sha256) VALUES ($1, $2, $3, $4)",
+                manifest.id,
+                manifest.name,
+                manifest.to_json(),
+                digest,
+            )
+        elif current["manifest_sha256"] != digest:
+            result.changed.append("manifest")
+            await connection.execute(
+                "UPDATE tenants SET name = $2, manifest = $3, manifest_sha256 = $4,"
+                " updated_at = now() WHERE id = $1",
+                manifest.id,
+                manifest.name,
+                manifest.to_json(),
+                digest,
+            )
+        if result.created or result.changed:
+            await _replace_issuers(connection, manifest)
+        if await ensure_tenant_key(connection, tenant_id=manifest.id, kek=kek):
+            result.changed.append("data key")
+        if not result.unchanged:
+            await connection.execute("SELECT pg_notify($1, $2)", CHANNEL, manifest.id)
+    return result
+
+
+async def _replace_issuers(connection: Connection, manifest: TenantManifest) -> None:
+    await connection.execute("DELETE FROM issuers WHERE tenant_id = $1", manifest.id)
+    for issuer in manifest.identity.issuers:
+        clash = await connection.fetchval(
+            "SELECT tenant_id FROM issuers WHERE issuer = $1"
+            " AND (tenant_claim_value IS NOT DISTINCT FROM $2 OR tenant_claim IS NULL OR $3)",
+            issuer.issuer,
+            issuer.tenant_claim_value,
+            issuer.tenant_claim is None,
+        )
+        if clash is not None:
+            raise ManifestError(
+                f"{manifest.id}: identity.issuers: {issuer.issuer!r} already maps to tenant"
+                f" {clash!r}; a shared issuer needs tenant_claim/tenant_claim_value on every"
+                " tenant that uses it, with distinct values"
+            )
+        await connection.execute(
+            """
+            INSERT INTO issuers (tenant_id, issuer, audience, jwks_uri, tenant_claim,
+                                 tenant_claim_value, roles_claim, groups_claim)
+            VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+            """,
+            manifest.id,
+            issuer.issuer,
+            issuer.audience,
+            issuer.jwks_uri,
+            issuer.tenant_claim,
+            issuer.tenant_claim_value,
+            issuer.roles_claim,
+            issuer.groups_claim,
+        )
