@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import time
 from datetime import UTC, datetime
 
@@ -49,10 +50,18 @@ class AuditMiddleware:
                             route=scope.get("path_template") or scope["path"],
                             status=message["status"],
                             latency_ms=(time.perf_counter() - started) * 1000,
-                            source_ip=client[0] if client else None,
+                            source_ip=_ip(client[0]) if client else None,
                             trace_id=current_trace_id(),
                         )
                     )
             await send(message)
 
         await self.app(scope, receive, send_wrapper)
+
+
+def _ip(host: str) -> str | None:
+    """The peer address when it is one (ASGI servers may report a socket path or a name)."""
+    try:
+        return str(ipaddress.ip_address(host))
+    except ValueError:
+        return None

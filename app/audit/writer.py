@@ -59,8 +59,12 @@ class AuditWriter:
         await self._queue.put(row)
 
     async def flush(self) -> None:
-        """Wait until every queued row has been written."""
-        await self._queue.join()
+        """Wait until every queued row has been written (or the writer has stopped)."""
+        if self._task is None or self._task.done():
+            return
+        joined = asyncio.ensure_future(self._queue.join())
+        await asyncio.wait({joined, self._task}, return_when=asyncio.FIRST_COMPLETED)
+        joined.cancel()
 
     async def close(self) -> None:
         """Write what is queued, then stop."""
@@ -91,7 +95,12 @@ class AuditWriter:
             try:
                 await self._write(batch)
                 return
-            except (OSError, asyncpg.PostgresError):
+            except (asyncpg.IntegrityConstraintViolationError, asyncpg.DataError):
+                # A row Postgres will never accept (its tenant was offboarded meanwhile):
+                # retrying would stall the trail for everyone, so log it and move on.
+                _log.exception("audit batch rejected by the database: %s", _summary(batch))
+                return
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
                 # Keep the rows and retry: the bounded queue pushes back on requests meanwhile.
                 _log.exception("audit write failed; retrying in %.1fs", delay)
                 await asyncio.sleep(delay)
@@ -125,3 +134,9 @@ class AuditWriter:
                             for r in rows
                         ],
                     )
+
+
+def _summary(batch: list[AuditRow]) -> str:
+    return ", ".join(
+        f"{r.tenant_id} {r.method} {r.route} {r.status} trace={r.trace_id}" for r in batch
+    )

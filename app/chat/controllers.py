@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from litestar import Controller, post
+from litestar.di import NamedDependency
+from litestar.params import JSONBody
 
 from app.chat.schemas import ChatRequest, ChatResponse, Citation, Usage
 from app.chat.service import SNIPPET_CHARS, ChatService
@@ -17,7 +19,12 @@ class ChatController(Controller):
     path = "/v1/chat"
 
     @post(guards=[requires(Role.CHAT)], status_code=200)
-    async def chat(self, data: ChatRequest, caller: TenantScope, chat: ChatService) -> ChatResponse:
+    async def chat(
+        self,
+        data: JSONBody[ChatRequest],
+        caller: NamedDependency[TenantScope],
+        chat: NamedDependency[ChatService],
+    ) -> ChatResponse:
         """Answer a question over the caller's documents, with citations."""
         ensure_own_tenant(caller, data.tenant_id)
         if data.stream:

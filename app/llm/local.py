@@ -86,7 +86,9 @@ class LocalProvider:
         scored: list[tuple[float, int, int, str]] = []
         for rank, chunk in enumerate(request.context):
             # Headings name a section; they are not statements worth quoting.
-            body = "\n".join(ln for ln in chunk.text.splitlines() if not ln.lstrip().startswith("#"))
+            body = "\n".join(
+                ln for ln in chunk.text.splitlines() if not ln.lstrip().startswith("#")
+            )
             for position, raw in enumerate(_SENTENCE.split(body)):
                 sentence = raw.strip().lstrip("-* ").strip()
                 if len(sentence) < 12:

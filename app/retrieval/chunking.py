@@ -28,6 +28,10 @@ def _split_long(paragraph: str, target: int) -> list[str]:
     pieces: list[str] = []
     current = ""
     for sentence in _SENTENCE_END.split(paragraph):
+        if current and len(sentence) > target:
+            # Close what came before, so the long sentence's pieces keep their place after it.
+            pieces.append(current)
+            current = ""
         while len(sentence) > target:
             cut = sentence.rfind(" ", 0, target)
             cut = cut if cut > target // 2 else target
@@ -78,7 +82,9 @@ def chunk_text(text: str, *, target_chars: int, overlap_chars: int) -> list[Chun
         current = ""
         pieces = [p for para in paragraphs for p in _split_long(para, target_chars)]
         for piece in pieces:
-            if current and len(current) + 2 + len(piece) > target_chars:
+            # A heading stays with the text after it rather than becoming a chunk of its own.
+            fits = len(current) + 2 + len(piece) <= target_chars or bool(_HEADING.match(current))
+            if current and not fits:
                 chunks.append(Chunk(len(chunks), current, section))
                 carried = _tail(current, overlap)
                 current = f"{carried}\n\n{piece}" if carried else piece

@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import Annotated
 
 from litestar import Controller, delete, get, post
-from litestar.params import Parameter
+from litestar.di import NamedDependency
+from litestar.params import JSONBody, Parameter
 from litestar.status_codes import HTTP_201_CREATED, HTTP_204_NO_CONTENT
 
 from app.identity.guards import ensure_own_tenant, requires
@@ -31,7 +32,10 @@ class DocumentController(Controller):
 
     @post(guards=[requires(Role.INGEST)], status_code=HTTP_201_CREATED)
     async def ingest(
-        self, data: IngestRequest, caller: TenantScope, documents: DocumentService
+        self,
+        data: JSONBody[IngestRequest],
+        caller: NamedDependency[TenantScope],
+        documents: NamedDependency[DocumentService],
     ) -> IngestResponse:
         """Ingest a batch of JSON documents (all or nothing)."""
         ensure_own_tenant(caller, data.tenant_id)
@@ -44,8 +48,8 @@ class DocumentController(Controller):
     @get(guards=[requires(Role.SEARCH)])
     async def list_documents(
         self,
-        caller: TenantScope,
-        documents: DocumentService,
+        caller: NamedDependency[TenantScope],
+        documents: NamedDependency[DocumentService],
         cursor: Annotated[str | None, Parameter(max_length=400)] = None,
         limit: Annotated[int, Parameter(ge=1, le=200)] = 50,
     ) -> DocumentPage:
@@ -72,8 +76,8 @@ class DocumentController(Controller):
     async def delete_document(
         self,
         document_id: Annotated[str, Parameter(max_length=128)],
-        caller: TenantScope,
-        documents: DocumentService,
+        caller: NamedDependency[TenantScope],
+        documents: NamedDependency[DocumentService],
     ) -> None:
         """Delete a document and its vectors."""
         await documents.delete(scope=caller, document_id=document_id)
@@ -86,7 +90,10 @@ class SearchController(Controller):
 
     @post(guards=[requires(Role.SEARCH)], status_code=200)
     async def search(
-        self, data: SearchRequest, caller: TenantScope, documents: DocumentService
+        self,
+        data: JSONBody[SearchRequest],
+        caller: NamedDependency[TenantScope],
+        documents: NamedDependency[DocumentService],
     ) -> SearchResponse:
         """Retrieve the best chunks for a query within the caller's tenant and groups."""
         ensure_own_tenant(caller, data.tenant_id)

@@ -47,7 +47,7 @@ def check_metadata_key(key: str, *, where: str) -> None:
         raise ValidationFailed(
             f"{where}: key {key!r} is reserved", errors=[{"key": where, "message": "reserved key"}]
         )
-    if not METADATA_KEY.match(key):
+    if not METADATA_KEY.fullmatch(key):
         raise ValidationFailed(
             f"{where}: key {key!r} must match {METADATA_KEY.pattern}",
             errors=[{"key": where, "message": "invalid key"}],

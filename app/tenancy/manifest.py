@@ -95,7 +95,7 @@ class TenantManifest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
     def to_json(self) -> dict[str, Any]:
         """The manifest as plain JSON values, as stored in `tenants.manifest`."""
-        value: dict[str, Any] = msgspec.to_builtins(self)
+        value: dict[str, Any] = msgspec.json.decode(msgspec.json.encode(self))
         return value
 
     def sha256(self) -> str:

@@ -1,6 +1,6 @@
 """The local secrets backend against real Postgres, as the non-owner app role (RLS applies).
 
-Fixtures `owner_pool`, `app_pool` and `make_tenant` come from the integration conftest.
+Fixtures `owner_pool`, `app_pool` and `make_bare_tenant` come from tests/conftest.py.
 """
 
 from __future__ import annotations
@@ -39,8 +39,8 @@ async def _as_owner(owner_pool: asyncpg.Pool, tenant_id: str) -> AsyncIterator[C
         yield connection
 
 
-async def _onboard(owner_pool: asyncpg.Pool, make_tenant: MakeTenant, kek: bytes) -> str:
-    tenant_id = await make_tenant()
+async def _onboard(owner_pool: asyncpg.Pool, make_bare_tenant: MakeTenant, kek: bytes) -> str:
+    tenant_id = await make_bare_tenant()
     async with owner_pool.acquire() as connection, connection.transaction():
         assert await ensure_tenant_key(connection, tenant_id=tenant_id, kek=kek) is True
     return tenant_id
@@ -57,9 +57,9 @@ def backend(app_pool: asyncpg.Pool, kek: bytes) -> LocalSecretsBackend:
 
 
 async def test_put_then_get_round_trips(
-    backend: LocalSecretsBackend, owner_pool: asyncpg.Pool, make_tenant: MakeTenant, kek: bytes
+    backend: LocalSecretsBackend, owner_pool: asyncpg.Pool, make_bare_tenant: MakeTenant, kek: bytes
 ) -> None:
-    tenant = await _onboard(owner_pool, make_tenant, kek)
+    tenant = await _onboard(owner_pool, make_bare_tenant, kek)
 
     assert await backend.put(_ref(tenant), SecretValue(PLAINTEXT), scope=_scope(tenant)) == 1
     value = await backend.get(_ref(tenant), scope=_scope(tenant))
@@ -69,9 +69,9 @@ async def test_put_then_get_round_trips(
 
 
 async def test_ensure_tenant_key_is_idempotent(
-    backend: LocalSecretsBackend, owner_pool: asyncpg.Pool, make_tenant: MakeTenant, kek: bytes
+    backend: LocalSecretsBackend, owner_pool: asyncpg.Pool, make_bare_tenant: MakeTenant, kek: bytes
 ) -> None:
-    tenant = await _onboard(owner_pool, make_tenant, kek)
+    tenant = await _onboard(owner_pool, make_bare_tenant, kek)
     first = await backend.data_key(scope=_scope(tenant))
 
     async with owner_pool.acquire() as connection, connection.transaction():
@@ -84,9 +84,9 @@ async def test_ensure_tenant_key_is_idempotent(
 
 
 async def test_versions_increase_and_get_returns_the_latest(
-    backend: LocalSecretsBackend, owner_pool: asyncpg.Pool, make_tenant: MakeTenant, kek: bytes
+    backend: LocalSecretsBackend, owner_pool: asyncpg.Pool, make_bare_tenant: MakeTenant, kek: bytes
 ) -> None:
-    tenant = await _onboard(owner_pool, make_tenant, kek)
+    tenant = await _onboard(owner_pool, make_bare_tenant, kek)
     scope = _scope(tenant)
 
     versions = [
@@ -102,10 +102,10 @@ async def test_versions_increase_and_get_returns_the_latest(
 
 
 async def test_missing_secret_and_missing_tenant_key_are_distinct_errors(
-    backend: LocalSecretsBackend, owner_pool: asyncpg.Pool, make_tenant: MakeTenant, kek: bytes
+    backend: LocalSecretsBackend, owner_pool: asyncpg.Pool, make_bare_tenant: MakeTenant, kek: bytes
 ) -> None:
-    onboarded = await _onboard(owner_pool, make_tenant, kek)
-    keyless = await make_tenant()
+    onboarded = await _onboard(owner_pool, make_bare_tenant, kek)
+    keyless = await make_bare_tenant()
 
     with pytest.raises(SecretNotFound):
         await backend.get(_ref(onboarded), scope=_scope(onboarded))
@@ -119,11 +119,11 @@ async def test_missing_secret_and_missing_tenant_key_are_distinct_errors(
 async def test_ciphertext_copied_to_another_row_fails_to_decrypt(
     backend: LocalSecretsBackend,
     owner_pool: asyncpg.Pool,
-    make_tenant: MakeTenant,
+    make_bare_tenant: MakeTenant,
     kek: bytes,
     target: str,
 ) -> None:
-    source = await _onboard(owner_pool, make_tenant, kek)
+    source = await _onboard(owner_pool, make_bare_tenant, kek)
     await backend.put(_ref(source), SecretValue(PLAINTEXT), scope=_scope(source))
     async with _as_owner(owner_pool, source) as connection:
         row = await connection.fetchrow(
@@ -135,7 +135,7 @@ async def test_ciphertext_copied_to_another_row_fails_to_decrypt(
 
     tenant, ref, version = source, _ref(source), 2
     if target == "other tenant":
-        tenant = await _onboard(owner_pool, make_tenant, kek)
+        tenant = await _onboard(owner_pool, make_bare_tenant, kek)
         ref, version = _ref(tenant), 1
     elif target == "other ref":
         ref, version = _ref(source, "stolen"), 1
@@ -156,10 +156,10 @@ async def test_ciphertext_copied_to_another_row_fails_to_decrypt(
 
 
 async def test_a_tenant_cannot_read_or_write_another_tenants_ref(
-    backend: LocalSecretsBackend, owner_pool: asyncpg.Pool, make_tenant: MakeTenant, kek: bytes
+    backend: LocalSecretsBackend, owner_pool: asyncpg.Pool, make_bare_tenant: MakeTenant, kek: bytes
 ) -> None:
-    tenant_a = await _onboard(owner_pool, make_tenant, kek)
-    tenant_b = await _onboard(owner_pool, make_tenant, kek)
+    tenant_a = await _onboard(owner_pool, make_bare_tenant, kek)
+    tenant_b = await _onboard(owner_pool, make_bare_tenant, kek)
     await backend.put(_ref(tenant_b), SecretValue(PLAINTEXT), scope=_scope(tenant_b))
 
     with pytest.raises(SecretAccessDenied):
@@ -170,9 +170,9 @@ async def test_a_tenant_cannot_read_or_write_another_tenants_ref(
 
 
 async def test_stored_rows_hold_no_plaintext(
-    backend: LocalSecretsBackend, owner_pool: asyncpg.Pool, make_tenant: MakeTenant, kek: bytes
+    backend: LocalSecretsBackend, owner_pool: asyncpg.Pool, make_bare_tenant: MakeTenant, kek: bytes
 ) -> None:
-    tenant = await _onboard(owner_pool, make_tenant, kek)
+    tenant = await _onboard(owner_pool, make_bare_tenant, kek)
     await backend.put(_ref(tenant), SecretValue(PLAINTEXT), scope=_scope(tenant))
     data_key = await backend.data_key(scope=_scope(tenant))
 
@@ -192,9 +192,9 @@ async def test_stored_rows_hold_no_plaintext(
 
 
 async def test_a_different_kek_cannot_unwrap_the_data_key(
-    app_pool: asyncpg.Pool, owner_pool: asyncpg.Pool, make_tenant: MakeTenant, kek: bytes
+    app_pool: asyncpg.Pool, owner_pool: asyncpg.Pool, make_bare_tenant: MakeTenant, kek: bytes
 ) -> None:
-    tenant = await _onboard(owner_pool, make_tenant, kek)
+    tenant = await _onboard(owner_pool, make_bare_tenant, kek)
     await LocalSecretsBackend(app_pool, kek).put(
         _ref(tenant), SecretValue(PLAINTEXT), scope=_scope(tenant)
     )

@@ -1,0 +1,1 @@
+"""Bulkhead's benchmark harness: `python -m benchmarks` (see benchmarks/README.md)."""
