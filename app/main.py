@@ -14,7 +14,7 @@ from app.audit.middleware import AuditMiddleware
 from app.chat.controllers import ChatController
 from app.config import Settings, get_settings
 from app.health import DevJwksController, HealthController
-from app.identity.guards import provide_scope
+from app.identity.guards import provide_scope, tenant_header_guard
 from app.identity.middleware import BearerAuthMiddleware
 from app.problems import EXCEPTION_HANDLERS
 from app.resources import open_resources, provide_chat, provide_documents
@@ -62,6 +62,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             "documents": Provide(provide_documents, sync_to_thread=False),
             "chat": Provide(provide_chat, sync_to_thread=False),
         },
+        guards=[tenant_header_guard],
         exception_handlers=EXCEPTION_HANDLERS,
         before_send=[add_trace_header],
         request_max_body_size=settings.limits.max_request_bytes,

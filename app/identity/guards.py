@@ -27,6 +27,25 @@ def requires(role: Role) -> Guard:
     return guard
 
 
+TENANT_HEADER = "x-tenant-id"
+
+
+def tenant_header_guard(
+    connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler
+) -> None:
+    """App-wide guard: an `X-Tenant-ID` header may only repeat the credential's own tenant.
+
+    A guard rather than middleware, so the refusal is rendered inside the route and the audit
+    trail records it under the caller's tenant.
+
+    Raises:
+        TenantMismatch: The header names another tenant.
+    """
+    scope = connection.scope.get("user")
+    if isinstance(scope, TenantScope):
+        ensure_own_tenant(scope, connection.headers.get(TENANT_HEADER))
+
+
 async def provide_scope(request: Request[TenantScope, Any, Any]) -> TenantScope:
     """The caller's scope, as the authentication middleware verified it."""
     return request.user

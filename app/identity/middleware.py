@@ -10,9 +10,7 @@ from litestar.types import ASGIApp
 from opentelemetry import trace
 
 from app.identity.tokens import JwtVerifier
-from app.problems import TenantMismatch, Unauthenticated
-
-TENANT_HEADER = "x-tenant-id"
+from app.problems import Unauthenticated
 
 
 class BearerAuthMiddleware(AbstractAuthenticationMiddleware):
@@ -25,11 +23,10 @@ class BearerAuthMiddleware(AbstractAuthenticationMiddleware):
     async def authenticate_request(
         self, connection: ASGIConnection[Any, Any, Any, Any]
     ) -> AuthenticationResult:
-        """Verify the bearer token and refuse a request that names another tenant.
+        """Verify the bearer token and attribute the request's span to its tenant.
 
         Raises:
             Unauthenticated: Missing, oversize, malformed or invalid credential.
-            TenantMismatch: An `X-Tenant-ID` header names a tenant other than the credential's.
         """
         verifier: JwtVerifier = connection.app.state.verifier
         header = connection.headers.get("authorization")
@@ -43,9 +40,4 @@ class BearerAuthMiddleware(AbstractAuthenticationMiddleware):
             raise Unauthenticated("expected 'Authorization: Bearer <token>'", reason="malformed")
         scope = await verifier.verify(token)
         trace.get_current_span().set_attributes(scope.span_attributes())
-        named = connection.headers.get(TENANT_HEADER)
-        if named is not None and named != scope.tenant_id:
-            # Authenticated first, so the refusal is attributed and audited.
-            connection.scope["user"] = scope
-            raise TenantMismatch("the X-Tenant-ID header names another tenant")
         return AuthenticationResult(user=scope, auth=scope.credential_id)
