@@ -66,7 +66,7 @@ def server_url(tmp_root: Path) -> Iterator[str]:
     server = get_server(tmp_root / "pg")
     yield server.get_uri()
     # Stop it now: its own atexit hook would run after tmp_root is gone and fail to.
-    server._cleanup()  # noqa: SLF001
+    server._cleanup()
 
 
 @pytest.fixture(scope="session")
