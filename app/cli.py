@@ -111,6 +111,9 @@ def _serve(settings: Settings) -> None:
         host=settings.host,
         port=settings.port,
         log_level="info",
+        # Every authenticated request is already in the audit trail and traced; a per-request
+        # access log line would cost more CPU than a search (see benchmarks/README.md).
+        access_log=False,
         proxy_headers=False,
         server_header=False,
     )
