@@ -33,6 +33,9 @@ class VectorSettings(BaseModel):
 
     path: Path | None = None
     """Edge shard directory. Empty: `<data_dir>/qdrant`."""
+    search_threads: int | None = Field(default=1, ge=1)
+    """Threads one query may use. 1 measured fastest for filtered top-k on 2 cores (p50 0.10 ms
+    vs 0.23 ms with one per CPU): requests already run concurrently. Empty: one per CPU."""
 
 
 class SecretsSettings(BaseModel):

@@ -69,7 +69,7 @@ async def open_resources(settings: Settings) -> AsyncIterator[Resources]:
         await registry.load()
         await registry.listen(dsn)
         stack.push_async_callback(registry.close)
-        index = EdgeIndex.open(settings.vector_path)
+        index = EdgeIndex.open(settings.vector_path, search_threads=settings.vectors.search_threads)
         stack.push_async_callback(index.close)
         http = httpx.AsyncClient(follow_redirects=False)
         stack.push_async_callback(http.aclose)
