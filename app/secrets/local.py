@@ -7,15 +7,17 @@ to where it lives (tenant, ref, version), so a row copied elsewhere fails to dec
 
 from __future__ import annotations
 
+import logging
 import os
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 import asyncpg
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from app.db.pool import Connection, set_tenant, tenant_transaction
-from app.secrets.backend import SecretDecryptionError, SecretNotFound
+from app.db.pool import Connection, connect, set_tenant, tenant_transaction
+from app.secrets.backend import SecretDecryptionError, SecretNotFound, SecretsBackendUnavailable
 from app.secrets.kek import kek_id
 from app.secrets.values import SecretRef, SecretValue, ensure_ref_allowed
 
@@ -23,6 +25,9 @@ if TYPE_CHECKING:
     from app.tenancy.scope import TenantScope
 
 _NONCE_BYTES = 12
+CHANGES_CHANNEL = "bulkhead_secrets"
+"""NOTIFY channel: payload is the ref whose versions changed, so replicas drop it at once."""
+_log = logging.getLogger(__name__)
 _DEK = "SELECT kek_id, wrapped_key FROM tenant_keys WHERE tenant_id = $1"
 _DEK_FOR_UPDATE = _DEK + " FOR UPDATE"
 
@@ -57,8 +62,7 @@ async def ensure_tenant_key(connection: Connection, *, tenant_id: str, kek: byte
     Raises:
         ValueError: `kek` is not a valid AES key.
     """
-    wrapped = os.urandom(_NONCE_BYTES)
-    wrapped += AESGCM(kek).encrypt(wrapped, os.urandom(32), _dek_aad(tenant_id))
+    wrapped = _wrap(kek, tenant_id, os.urandom(32))
     async with connection.transaction():
         previous = await connection.fetchval("SELECT current_setting('bulkhead.tenant_id', true)")
         await set_tenant(connection, tenant_id)
@@ -73,36 +77,77 @@ async def ensure_tenant_key(connection: Connection, *, tenant_id: str, kek: byte
     return created is True
 
 
+def _wrap(kek: bytes, tenant_id: str, dek: bytes) -> bytes:
+    nonce = os.urandom(_NONCE_BYTES)
+    return nonce + AESGCM(kek).encrypt(nonce, dek, _dek_aad(tenant_id))
+
+
+def _outage(exc: BaseException) -> SecretsBackendUnavailable:
+    return SecretsBackendUnavailable(f"postgres unavailable: {type(exc).__name__}")
+
+
+# Connection-level failures (not constraint or RLS errors, which are bugs to surface).
+_PG_OUTAGES = (
+    OSError,
+    TimeoutError,
+    asyncpg.InterfaceError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.TooManyConnectionsError,
+    asyncpg.AdminShutdownError,
+)
+
+
 class LocalSecretsBackend:
     """`SecretsBackend` over the `tenant_keys` and `secrets` tables, under RLS.
 
     Only refs under the scope's own tenant are served: platform secrets are not stored here.
+    `previous_keks` lets a process unwrap data keys still wrapped by an older KEK while
+    `rotate_kek` rewraps them, so a KEK rotation needs no downtime.
     """
 
-    def __init__(self, pool: asyncpg.Pool, kek: bytes) -> None:
+    name = "local"
+
+    def __init__(
+        self, pool: asyncpg.Pool, kek: bytes, *, previous_keks: Sequence[bytes] = ()
+    ) -> None:
         self._pool = pool
         self._kek = AESGCM(kek)
         self._kek_id = kek_id(kek)
+        self._keyring = {kek_id(key): AESGCM(key) for key in (*previous_keks, kek)}
 
-    async def get(self, ref: SecretRef, *, scope: TenantScope) -> SecretValue:
-        """The latest version of `ref`.
+    async def get(
+        self,
+        ref: SecretRef,
+        *,
+        scope: TenantScope,
+        version: int | None = None,
+        platform_refs: frozenset[str] = frozenset(),
+    ) -> SecretValue:
+        """The latest (or the given) version of `ref`.
 
         Raises:
             SecretAccessDenied: `ref` is outside `scope`'s tenant.
-            SecretNotFound: Nothing is stored under `ref`.
+            SecretNotFound: Nothing is stored under `ref` (or not that version).
             SecretDecryptionError: The row or the tenant's data key fails authentication.
+            SecretsBackendUnavailable: Postgres cannot be reached.
         """
         ensure_ref_allowed(ref, scope=scope)
-        async with tenant_transaction(self._pool, scope=scope) as connection:
-            row = await connection.fetchrow(
-                "SELECT version, nonce, ciphertext FROM secrets WHERE tenant_id = $1 AND ref = $2"
-                " ORDER BY version DESC LIMIT 1",
-                scope.tenant_id,
-                str(ref),
-            )
-            if row is None:
-                raise SecretNotFound(f"no secret stored under '{ref}'")
-            dek = await self._load_dek(connection, scope.tenant_id)
+        try:
+            async with tenant_transaction(self._pool, scope=scope) as connection:
+                row = await connection.fetchrow(
+                    "SELECT version, nonce, ciphertext FROM secrets"
+                    " WHERE tenant_id = $1 AND ref = $2 AND ($3::int IS NULL OR version = $3)"
+                    " ORDER BY version DESC LIMIT 1",
+                    scope.tenant_id,
+                    str(ref),
+                    version,
+                )
+                if row is None:
+                    raise SecretNotFound(f"no secret stored under '{ref}'")
+                dek = await self._load_dek(connection, scope.tenant_id)
+        except _PG_OUTAGES as exc:
+            raise _outage(exc) from exc
         aad = _secret_aad(scope.tenant_id, str(ref), row["version"])
         try:
             plaintext = AESGCM(dek).decrypt(row["nonce"], row["ciphertext"], aad)
@@ -112,37 +157,88 @@ class LocalSecretsBackend:
             ) from None
         return SecretValue(plaintext.decode())
 
-    async def put(self, ref: SecretRef, value: SecretValue, *, scope: TenantScope) -> int:
-        """Store a new version of `ref`, one higher than the latest.
+    async def put(
+        self,
+        ref: SecretRef,
+        value: SecretValue,
+        *,
+        scope: TenantScope,
+        platform_refs: frozenset[str] = frozenset(),
+    ) -> int:
+        """Store a new version of `ref`, one higher than the latest, and NOTIFY replicas.
 
         Raises:
             SecretAccessDenied: `ref` is outside `scope`'s tenant.
             TenantKeyMissing: The tenant has no data key.
             SecretDecryptionError: The tenant's data key fails authentication.
+            SecretsBackendUnavailable: Postgres cannot be reached.
         """
         ensure_ref_allowed(ref, scope=scope)
-        async with tenant_transaction(self._pool, scope=scope) as connection:
-            # The row lock on the tenant's key serialises its writers, so max + 1 is unique.
-            dek = await self._load_dek(connection, scope.tenant_id, for_update=True)
-            version: int = await connection.fetchval(
-                "SELECT coalesce(max(version), 0) + 1 FROM secrets"
-                " WHERE tenant_id = $1 AND ref = $2",
-                scope.tenant_id,
-                str(ref),
-            )
-            nonce = os.urandom(_NONCE_BYTES)
-            aad = _secret_aad(scope.tenant_id, str(ref), version)
-            ciphertext = AESGCM(dek).encrypt(nonce, value.reveal().encode(), aad)
-            await connection.execute(
-                "INSERT INTO secrets (tenant_id, ref, version, nonce, ciphertext)"
-                " VALUES ($1, $2, $3, $4, $5)",
-                scope.tenant_id,
-                str(ref),
-                version,
-                nonce,
-                ciphertext,
-            )
+        try:
+            async with tenant_transaction(self._pool, scope=scope) as connection:
+                # The row lock on the tenant's key serialises its writers, so max + 1 is unique.
+                dek = await self._load_dek(connection, scope.tenant_id, for_update=True)
+                version: int = await connection.fetchval(
+                    "SELECT coalesce(max(version), 0) + 1 FROM secrets"
+                    " WHERE tenant_id = $1 AND ref = $2",
+                    scope.tenant_id,
+                    str(ref),
+                )
+                nonce = os.urandom(_NONCE_BYTES)
+                aad = _secret_aad(scope.tenant_id, str(ref), version)
+                ciphertext = AESGCM(dek).encrypt(nonce, value.reveal().encode(), aad)
+                await connection.execute(
+                    "INSERT INTO secrets (tenant_id, ref, version, nonce, ciphertext)"
+                    " VALUES ($1, $2, $3, $4, $5)",
+                    scope.tenant_id,
+                    str(ref),
+                    version,
+                    nonce,
+                    ciphertext,
+                )
+                await _notify(connection, ref)
+        except _PG_OUTAGES as exc:
+            raise _outage(exc) from exc
         return version
+
+    async def delete(
+        self, ref: SecretRef, *, scope: TenantScope, platform_refs: frozenset[str] = frozenset()
+    ) -> bool:
+        """Delete every version of `ref` and NOTIFY replicas.
+
+        Raises:
+            SecretAccessDenied: `ref` is outside `scope`'s tenant.
+            SecretsBackendUnavailable: Postgres cannot be reached.
+        """
+        ensure_ref_allowed(ref, scope=scope)
+        try:
+            async with tenant_transaction(self._pool, scope=scope) as connection:
+                status = await connection.execute(
+                    "DELETE FROM secrets WHERE tenant_id = $1 AND ref = $2",
+                    scope.tenant_id,
+                    str(ref),
+                )
+                await _notify(connection, ref)
+        except _PG_OUTAGES as exc:
+            raise _outage(exc) from exc
+        return status != "DELETE 0"
+
+    async def list(self, *, scope: TenantScope) -> list[tuple[SecretRef, int]]:
+        """The tenant's refs with their latest versions.
+
+        Raises:
+            SecretsBackendUnavailable: Postgres cannot be reached.
+        """
+        try:
+            async with tenant_transaction(self._pool, scope=scope) as connection:
+                rows = await connection.fetch(
+                    "SELECT ref, max(version) AS version FROM secrets WHERE tenant_id = $1"
+                    " GROUP BY ref ORDER BY ref",
+                    scope.tenant_id,
+                )
+        except _PG_OUTAGES as exc:
+            raise _outage(exc) from exc
+        return [(SecretRef.parse(row["ref"]), row["version"]) for row in rows]
 
     async def data_key(self, *, scope: TenantScope) -> bytes:
         """The tenant's unwrapped 32-byte data key (for encrypting conversation content).
@@ -162,23 +258,96 @@ class LocalSecretsBackend:
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
             return False
 
+    async def close(self) -> None:
+        """Nothing to release: the pool belongs to the caller."""
+
     async def _load_dek(
         self, connection: Connection, tenant_id: str, *, for_update: bool = False
     ) -> bytes:
         row = await connection.fetchrow(_DEK_FOR_UPDATE if for_update else _DEK, tenant_id)
         if row is None:
             raise TenantKeyMissing(f"tenant {tenant_id!r} has no data key")
-        if row["kek_id"] != self._kek_id:
+        kek = self._keyring.get(row["kek_id"])
+        if kek is None:
             raise SecretDecryptionError(
                 f"tenant {tenant_id!r} data key is wrapped by {row['kek_id']},"
-                f" this process holds {self._kek_id}"
+                f" this process holds {sorted(self._keyring)}"
             )
         wrapped: bytes = row["wrapped_key"]
         try:
-            return self._kek.decrypt(
-                wrapped[:_NONCE_BYTES], wrapped[_NONCE_BYTES:], _dek_aad(tenant_id)
-            )
+            return kek.decrypt(wrapped[:_NONCE_BYTES], wrapped[_NONCE_BYTES:], _dek_aad(tenant_id))
         except InvalidTag:
             raise SecretDecryptionError(
                 f"tenant {tenant_id!r} data key failed authentication"
             ) from None
+
+
+async def _notify(connection: Connection, ref: SecretRef) -> None:
+    # Delivered at commit, so replicas never refetch before the new version is visible.
+    await connection.execute("SELECT pg_notify($1, $2)", CHANGES_CHANNEL, str(ref))
+
+
+async def rotate_kek(connection: Connection, *, kek: bytes, previous_keks: Sequence[bytes]) -> int:
+    """Rewrap every tenant's data key under `kek`, one tenant per transaction.
+
+    Replicas started with the new KEK and the old ones as `previous_master_keys` read both
+    wrappings, so the service keeps serving while this runs. Data keys themselves do not
+    change, so no secret is re-encrypted. Idempotent: keys already under `kek` are skipped.
+
+    Args:
+        connection: An owner connection (it reads the `tenants` table).
+        kek: The new key-encryption key.
+        previous_keks: Every older KEK that may still wrap a data key.
+
+    Returns:
+        How many data keys were rewrapped.
+
+    Raises:
+        SecretDecryptionError: A data key is wrapped by a KEK that is not in `previous_keks`.
+    """
+    keyring = {kek_id(key): AESGCM(key) for key in previous_keks}
+    new_id = kek_id(kek)
+    rewrapped = 0
+    for tenant_id in [r["id"] for r in await connection.fetch("SELECT id FROM tenants")]:
+        async with connection.transaction():
+            await set_tenant(connection, tenant_id)
+            row = await connection.fetchrow(_DEK_FOR_UPDATE, tenant_id)
+            if row is None or row["kek_id"] == new_id:
+                continue
+            old = keyring.get(row["kek_id"])
+            if old is None:
+                raise SecretDecryptionError(
+                    f"tenant {tenant_id!r} data key is wrapped by {row['kek_id']},"
+                    " which is not among the previous master keys"
+                )
+            wrapped: bytes = row["wrapped_key"]
+            try:
+                dek = old.decrypt(
+                    wrapped[:_NONCE_BYTES], wrapped[_NONCE_BYTES:], _dek_aad(tenant_id)
+                )
+            except InvalidTag:
+                raise SecretDecryptionError(
+                    f"tenant {tenant_id!r} data key failed authentication"
+                ) from None
+            await connection.execute(
+                "UPDATE tenant_keys SET kek_id = $2, wrapped_key = $3, rotated_at = now()"
+                " WHERE tenant_id = $1",
+                tenant_id,
+                new_id,
+                _wrap(kek, tenant_id, dek),
+            )
+            rewrapped += 1
+    return rewrapped
+
+
+async def listen_for_changes(dsn: str, on_change: Callable[[str], None]) -> asyncpg.Connection:
+    """LISTEN for secret changes; `on_change(ref)` runs for each. Close the connection to stop."""
+    connection = await connect(dsn)
+
+    def deliver(*args: object) -> None:
+        payload = args[3]
+        if isinstance(payload, str):
+            on_change(payload)
+
+    await connection.add_listener(CHANGES_CHANNEL, deliver)
+    return connection
