@@ -1,13 +1,16 @@
 """AWS Secrets Manager backend through boto3 (synchronous, so run in worker threads).
 
 A ref `tenants/acme/openai` is the secret `<prefix>tenants/acme/openai`. Bulkhead's version
-numbers are kept as staging labels `v1`, `v2`, ... on the AWS versions (AWS's own version ids
-are UUIDs), and the latest number as the tag `bulkhead-version`.
+number n is kept in the AWS version id itself (the client request token, a UUID derived from
+the name and n), and the latest number as the tag `bulkhead-version`. Labels would do too,
+but moto drops custom labels from a version that loses AWSCURRENT. AWS keeps about 100
+versions of a secret; older numbers then answer "not found".
 """
 
 from __future__ import annotations
 
 import asyncio
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
@@ -25,6 +28,7 @@ if TYPE_CHECKING:
     from app.tenancy.scope import TenantScope
 
 _VERSION_TAG = "bulkhead-version"
+_VERSION_NAMESPACE = uuid.UUID("5f0c2f7e-6a4e-4c1e-9a57-2b8f5c1d0b11")
 _NOT_FOUND = {"ResourceNotFoundException"}
 # Deleted-but-recoverable secrets answer InvalidRequestException; to a reader they are gone.
 _GONE = {"InvalidRequestException"}
@@ -68,9 +72,14 @@ class AwsSecretsBackend:
             SecretsBackendUnavailable: AWS is unreachable or refuses our credentials.
         """
         ensure_ref_allowed(ref, scope=scope, platform_refs=platform_refs)
-        stage = "AWSCURRENT" if version is None else f"v{version}"
+        name = self._name(ref)
+        selector = (
+            {"VersionStage": "AWSCURRENT"}
+            if version is None
+            else {"VersionId": _version_id(name, version)}
+        )
         response = await self._call(
-            lambda c: c.get_secret_value(SecretId=self._name(ref), VersionStage=stage),
+            lambda c: c.get_secret_value(SecretId=name, **selector),
             ref=ref,
             gone_is_missing=True,
         )
@@ -104,17 +113,17 @@ class AwsSecretsBackend:
         except botocore.exceptions.ClientError as exc:
             if _code(exc) not in _NOT_FOUND:
                 raise
-            created = client.create_secret(
-                Name=name, SecretString=text, Tags=[{"Key": _VERSION_TAG, "Value": "1"}]
-            )
-            client.update_secret_version_stage(
-                SecretId=name, VersionStage="v1", MoveToVersionId=created["VersionId"]
+            client.create_secret(
+                Name=name,
+                SecretString=text,
+                ClientRequestToken=_version_id(name, 1),
+                Tags=[{"Key": _VERSION_TAG, "Value": "1"}],
             )
             return 1
         tags = {tag["Key"]: tag["Value"] for tag in described.get("Tags", [])}
         version = int(tags.get(_VERSION_TAG, "0")) + 1
         client.put_secret_value(
-            SecretId=name, SecretString=text, VersionStages=["AWSCURRENT", f"v{version}"]
+            SecretId=name, SecretString=text, ClientRequestToken=_version_id(name, version)
         )
         client.tag_resource(SecretId=name, Tags=[{"Key": _VERSION_TAG, "Value": str(version)}])
         return version
@@ -129,15 +138,15 @@ class AwsSecretsBackend:
             SecretsBackendUnavailable: AWS is unreachable or refuses our credentials.
         """
         ensure_ref_allowed(ref, scope=scope, platform_refs=platform_refs)
+        name = self._name(ref)
         try:
-            await self._call(
-                lambda c: c.delete_secret(
-                    SecretId=self._name(ref), ForceDeleteWithoutRecovery=True
-                ),
-                ref=ref,
-            )
+            # A forced delete of a missing secret succeeds on AWS, so ask first.
+            await self._call(lambda c: c.describe_secret(SecretId=name), ref=ref)
         except SecretNotFound:
             return False
+        await self._call(
+            lambda c: c.delete_secret(SecretId=name, ForceDeleteWithoutRecovery=True), ref=ref
+        )
         return True
 
     async def list(self, *, scope: TenantScope) -> list[tuple[SecretRef, int]]:
@@ -201,6 +210,10 @@ class AwsSecretsBackend:
             raise SecretsBackendUnavailable(
                 f"secrets manager unreachable: {type(exc).__name__}"
             ) from None
+
+
+def _version_id(name: str, version: int) -> str:
+    return str(uuid.uuid5(_VERSION_NAMESPACE, f"{name}#{version}"))
 
 
 def _code(exc: botocore.exceptions.ClientError) -> str:
