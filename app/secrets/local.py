@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import asyncpg
@@ -287,48 +288,70 @@ async def _notify(connection: Connection, ref: SecretRef) -> None:
     await connection.execute("SELECT pg_notify($1, $2)", CHANGES_CHANNEL, str(ref))
 
 
-async def rotate_kek(connection: Connection, *, kek: bytes, previous_keks: Sequence[bytes]) -> int:
-    """Rewrap every tenant's data key under `kek`, one tenant per transaction.
+@dataclass(frozen=True, slots=True)
+class KekRotation:
+    """What `rotate_kek` did.
+
+    Attributes:
+        rewrapped: Tenants whose data key is now wrapped by the new KEK.
+        unchanged: Tenants already on the new KEK (or without a data key).
+        failed: Tenants whose key is wrapped by a KEK not supplied, or fails to unwrap.
+    """
+
+    rewrapped: tuple[str, ...]
+    unchanged: tuple[str, ...]
+    failed: tuple[str, ...]
+
+
+async def rotate_kek(
+    connection: Connection,
+    *,
+    kek: bytes,
+    previous_keks: Sequence[bytes],
+    tenant_ids: Sequence[str] | None = None,
+) -> KekRotation:
+    """Rewrap tenants' data keys under `kek`, one tenant per short transaction.
 
     Replicas started with the new KEK and the old ones as `previous_master_keys` read both
     wrappings, so the service keeps serving while this runs. Data keys themselves do not
-    change, so no secret is re-encrypted. Idempotent: keys already under `kek` are skipped.
+    change, so no secret is re-encrypted. Idempotent: keys already under `kek` are skipped,
+    and a tenant that fails is reported, not fatal, so one bad row cannot block the rest.
 
     Args:
         connection: An owner connection (it reads the `tenants` table).
         kek: The new key-encryption key.
         previous_keks: Every older KEK that may still wrap a data key.
+        tenant_ids: Only these tenants (default: every tenant).
 
     Returns:
-        How many data keys were rewrapped.
-
-    Raises:
-        SecretDecryptionError: A data key is wrapped by a KEK that is not in `previous_keks`.
+        Which tenants were rewrapped, unchanged, or failed.
     """
     keyring = {kek_id(key): AESGCM(key) for key in previous_keks}
     new_id = kek_id(kek)
-    rewrapped = 0
-    for tenant_id in [r["id"] for r in await connection.fetch("SELECT id FROM tenants")]:
+    if tenant_ids is None:
+        tenant_ids = [r["id"] for r in await connection.fetch("SELECT id FROM tenants ORDER BY id")]
+    rewrapped: list[str] = []
+    unchanged: list[str] = []
+    failed: list[str] = []
+    for tenant_id in tenant_ids:
         async with connection.transaction():
             await set_tenant(connection, tenant_id)
             row = await connection.fetchrow(_DEK_FOR_UPDATE, tenant_id)
             if row is None or row["kek_id"] == new_id:
+                unchanged.append(tenant_id)
                 continue
             old = keyring.get(row["kek_id"])
-            if old is None:
-                raise SecretDecryptionError(
-                    f"tenant {tenant_id!r} data key is wrapped by {row['kek_id']},"
-                    " which is not among the previous master keys"
-                )
             wrapped: bytes = row["wrapped_key"]
             try:
+                if old is None:
+                    raise InvalidTag
                 dek = old.decrypt(
                     wrapped[:_NONCE_BYTES], wrapped[_NONCE_BYTES:], _dek_aad(tenant_id)
                 )
             except InvalidTag:
-                raise SecretDecryptionError(
-                    f"tenant {tenant_id!r} data key failed authentication"
-                ) from None
+                _log.error("tenant %r data key (%s) cannot be unwrapped", tenant_id, row["kek_id"])
+                failed.append(tenant_id)
+                continue
             await connection.execute(
                 "UPDATE tenant_keys SET kek_id = $2, wrapped_key = $3, rotated_at = now()"
                 " WHERE tenant_id = $1",
@@ -336,8 +359,8 @@ async def rotate_kek(connection: Connection, *, kek: bytes, previous_keks: Seque
                 new_id,
                 _wrap(kek, tenant_id, dek),
             )
-            rewrapped += 1
-    return rewrapped
+            rewrapped.append(tenant_id)
+    return KekRotation(tuple(rewrapped), tuple(unchanged), tuple(failed))
 
 
 async def listen_for_changes(dsn: str, on_change: Callable[[str], None]) -> asyncpg.Connection:

@@ -17,11 +17,12 @@ if TYPE_CHECKING:
     from app.secrets.backend import SecretsBackend
 
 
-def build_backend(settings: Settings, *, pool: asyncpg.Pool, kek: bytes) -> SecretsBackend:
+def build_backend(settings: Settings, *, pool: asyncpg.Pool | None, kek: bytes) -> SecretsBackend:
     """The backend `settings.secrets.backend` names.
 
     Raises:
-        ValueError: The env backend outside dev mode, or a backend missing its settings.
+        ValueError: The env backend outside dev mode, or a backend missing its settings
+            (the local backend needs `pool`).
         MasterKeyInvalid: A previous master key is malformed.
     """
     choice = settings.secrets.backend
@@ -33,4 +34,6 @@ def build_backend(settings: Settings, *, pool: asyncpg.Pool, kek: bytes) -> Secr
         if not settings.dev:
             raise ValueError("the env secrets backend is for dev mode only (BULKHEAD_DEV=1)")
         return EnvSecretsBackend()
+    if pool is None:
+        raise ValueError("the local secrets backend needs a database pool")
     return LocalSecretsBackend(pool, kek, previous_keks=load_previous_master_keys(settings))
