@@ -63,7 +63,9 @@ class OpenBao:
 
 
 @contextmanager
-def openbao_dev_server(*, startup_timeout: float = 20.0) -> Iterator[OpenBao]:
+def openbao_dev_server(
+    *, startup_timeout: float = 20.0, extra_env: dict[str, str] | None = None
+) -> Iterator[OpenBao]:
     """Start `bao server -dev` on a free loopback port; stop it on exit.
 
     Raises:
@@ -75,6 +77,7 @@ def openbao_dev_server(*, startup_timeout: float = 20.0) -> Iterator[OpenBao]:
     addr = f"http://127.0.0.1:{port}"
     with tempfile.TemporaryDirectory(prefix="bulkhead-bao-") as home:
         env = {"PATH": os.environ.get("PATH", ""), "HOME": home, "BAO_ADDR": addr}
+        env.update(extra_env or {})
         log_path = Path(home) / "bao.log"
         with log_path.open("wb") as log:
             process = subprocess.Popen(  # noqa: S603 - fixed argv, our own binary
@@ -84,6 +87,7 @@ def openbao_dev_server(*, startup_timeout: float = 20.0) -> Iterator[OpenBao]:
                     "-dev",
                     f"-dev-root-token-id={token}",
                     f"-dev-listen-address=127.0.0.1:{port}",
+                    "-log-level=warn",
                 ],
                 stdout=log,
                 stderr=subprocess.STDOUT,
