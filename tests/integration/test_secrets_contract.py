@@ -222,3 +222,18 @@ async def test_cache_makes_one_backend_call_for_100_concurrent_misses_and_sees_r
     await cache.invalidate(ref, scope=scope)
     assert (await cache.get(ref, scope=scope)).reveal() == "after"
     assert cache.backend_calls == 2
+
+
+async def test_aws_backend_built_from_settings_uses_the_standard_credential_chain(
+    moto_endpoint: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    backend = AwsSecretsBackend(AwsSecretsSettings(endpoint_url=moto_endpoint, prefix="other/"))
+    tenant = f"ct-{uuid.uuid4().hex[:10]}"
+    try:
+        assert await backend.put(_ref(tenant), SecretValue(PLAINTEXT), scope=_scope(tenant)) == 1
+        assert (await backend.get(_ref(tenant), scope=_scope(tenant))).reveal() == PLAINTEXT
+        assert await backend.list(scope=_scope(tenant)) == [(_ref(tenant), 1)]
+    finally:
+        await backend.close()
