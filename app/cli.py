@@ -15,6 +15,7 @@ from app.identity.dev_issuer import DevIssuer
 from app.secrets.admin import secrets as secrets_group
 from app.secrets.kek import MasterKeyError, load_master_key
 from app.secrets.scrub import install_scrubbing
+from app.secrets.setup import data_key_wrapper
 from app.tenancy.manifest import ManifestError, TenantManifest, load_manifest
 from app.tenancy.scope import Role
 from app.tenancy.service import apply_manifest
@@ -164,7 +165,7 @@ async def _apply_all(settings: Settings, manifests: list[TenantManifest], *, dry
         for manifest in manifests:
             click.echo(f"{manifest.id}: manifest valid (dry run, nothing written)")
         return
-    kek = load_master_key(settings)
+    kek = data_key_wrapper(settings, load_master_key(settings))
     connection = await connect(settings.db.url)
     try:
         for manifest in manifests:

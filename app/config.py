@@ -69,6 +69,10 @@ class SecretsSettings(BaseModel):
     """Base64 32-byte key-encryption key. Empty: read `master_key_file`."""
     master_key_file: Path | None = None
     """0600 file holding the KEK. Empty: `<data_dir>/master.key` (generated in dev only)."""
+    kek: str | None = None
+    """Who wraps tenant data keys. Empty: the master key. `vault-transit:<key>`: that Transit
+    key of the Vault/OpenBao in `vault` (the master key is then only read to migrate)."""
+    transit_mount: str = "transit"
     previous_master_keys: list[str] = Field(default_factory=list, repr=False)
     """Older KEKs (base64) still accepted while `bulkhead secrets rotate-kek` rewraps keys."""
     cache_ttl_seconds: float = Field(default=60.0, ge=0)

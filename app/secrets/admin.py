@@ -21,8 +21,9 @@ from app.db.pool import connect, create_pool
 from app.secrets.backend import SecretNotFound, SecretsBackend, SecretsReadOnly
 from app.secrets.kek import MasterKeyError, load_master_key, load_previous_master_keys
 from app.secrets.local import KekRotation, rotate_kek
-from app.secrets.setup import build_backend
+from app.secrets.setup import build_backend, data_key_wrapper
 from app.secrets.values import SecretAccessDenied, SecretRef, SecretValue
+from app.secrets.wrapping import KeyWrapper, TransitKeyWrapper
 from app.tenancy.scope import Role, TenantScope
 
 _T = TypeVar("_T")
@@ -184,10 +185,14 @@ def rotate_kek_command() -> None:
     if not settings.db.url:
         raise click.ClickException("set DATABASE_URL (the owner role's connection)")
     try:
-        kek = load_master_key(settings)
-        previous = load_previous_master_keys(settings)
-    except MasterKeyError as exc:
+        master = load_master_key(settings)
+        previous: list[bytes | KeyWrapper] = list(load_previous_master_keys(settings))
+        target = data_key_wrapper(settings, master)
+    except (MasterKeyError, ValueError) as exc:
         raise click.ClickException(str(exc)) from exc
+    if not isinstance(target, bytes):
+        # Moving to Vault Transit: keys wrapped by the master key are the ones to rewrap.
+        previous.append(master)
     if not previous:
         raise click.ClickException(
             "no previous master keys: set"
@@ -198,9 +203,11 @@ def rotate_kek_command() -> None:
         assert settings.db.url is not None  # noqa: S101 - checked above
         connection = await connect(settings.db.url)
         try:
-            return await rotate_kek(connection, kek=kek, previous_keks=previous)
+            return await rotate_kek(connection, kek=target, previous_keks=previous)
         finally:
             await connection.close()
+            if isinstance(target, TransitKeyWrapper):
+                await target.close()
 
     result = asyncio.run(main())
     click.echo(

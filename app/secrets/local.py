@@ -1,6 +1,7 @@
 """The default backend: secrets in Postgres, envelope-encrypted per tenant (DESIGN §3.7).
 
-A tenant's 32-byte data key (DEK) is stored in `tenant_keys`, AES-GCM-wrapped by the KEK.
+A tenant's 32-byte data key (DEK) is stored in `tenant_keys`, wrapped by the KEK (the master
+key, AES-GCM; or a Vault Transit key, see `wrapping.py`).
 Secrets are AES-GCM-encrypted with the DEK. Every ciphertext is bound by its associated data
 to where it lives (tenant, ref, version), so a row copied elsewhere fails to decrypt.
 """
@@ -19,8 +20,8 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from app.db.pool import Connection, connect, set_tenant, tenant_transaction
 from app.secrets.backend import SecretDecryptionError, SecretNotFound, SecretsBackendUnavailable
-from app.secrets.kek import kek_id
 from app.secrets.values import SecretRef, SecretValue, ensure_ref_allowed
+from app.secrets.wrapping import KeyWrapper, as_wrapper
 
 if TYPE_CHECKING:
     from app.tenancy.scope import TenantScope
@@ -37,15 +38,13 @@ class TenantKeyMissing(LookupError):
     """The tenant has no data key: not onboarded yet, or offboarded (crypto-shredded)."""
 
 
-def _dek_aad(tenant_id: str) -> bytes:
-    return b"bulkhead:dek:" + tenant_id.encode()
-
-
 def _secret_aad(tenant_id: str, ref: str, version: int) -> bytes:
     return f"bulkhead:secret:{tenant_id}:{ref}:{version}".encode()
 
 
-async def ensure_tenant_key(connection: Connection, *, tenant_id: str, kek: bytes) -> bool:
+async def ensure_tenant_key(
+    connection: Connection, *, tenant_id: str, kek: bytes | KeyWrapper
+) -> bool:
     """Create the tenant's wrapped data key unless it already has one. Idempotent.
 
     Called by tenant onboarding on its own (owner) connection, inside its transaction; the
@@ -55,7 +54,8 @@ async def ensure_tenant_key(connection: Connection, *, tenant_id: str, kek: byte
     Args:
         connection: An open connection allowed to write `tenant_keys`.
         tenant_id: The tenant being onboarded (its `tenants` row must exist).
-        kek: The 32-byte key-encryption key, from `load_master_key`.
+        kek: The 32-byte key-encryption key from `load_master_key`, or a `KeyWrapper`
+            (Vault Transit).
 
     Returns:
         True if a key was created, False if the tenant already had one.
@@ -63,7 +63,8 @@ async def ensure_tenant_key(connection: Connection, *, tenant_id: str, kek: byte
     Raises:
         ValueError: `kek` is not a valid AES key.
     """
-    wrapped = _wrap(kek, tenant_id, os.urandom(32))
+    wrapper = as_wrapper(kek)
+    wrapped = await wrapper.wrap(tenant_id, os.urandom(32))
     async with connection.transaction():
         previous = await connection.fetchval("SELECT current_setting('bulkhead.tenant_id', true)")
         await set_tenant(connection, tenant_id)
@@ -71,16 +72,11 @@ async def ensure_tenant_key(connection: Connection, *, tenant_id: str, kek: byte
             "INSERT INTO tenant_keys (tenant_id, kek_id, wrapped_key) VALUES ($1, $2, $3)"
             " ON CONFLICT (tenant_id) DO NOTHING RETURNING true",
             tenant_id,
-            kek_id(kek),
+            wrapper.kek_id,
             wrapped,
         )
         await set_tenant(connection, previous or "")
     return created is True
-
-
-def _wrap(kek: bytes, tenant_id: str, dek: bytes) -> bytes:
-    nonce = os.urandom(_NONCE_BYTES)
-    return nonce + AESGCM(kek).encrypt(nonce, dek, _dek_aad(tenant_id))
 
 
 def _outage(exc: BaseException) -> SecretsBackendUnavailable:
@@ -110,12 +106,14 @@ class LocalSecretsBackend:
     name = "local"
 
     def __init__(
-        self, pool: asyncpg.Pool, kek: bytes, *, previous_keks: Sequence[bytes] = ()
+        self,
+        pool: asyncpg.Pool,
+        kek: bytes | KeyWrapper,
+        *,
+        previous_keks: Sequence[bytes] = (),
     ) -> None:
         self._pool = pool
-        self._kek = AESGCM(kek)
-        self._kek_id = kek_id(kek)
-        self._keyring = {kek_id(key): AESGCM(key) for key in (*previous_keks, kek)}
+        self._wrapper = as_wrapper(kek, previous=previous_keks)
 
     async def get(
         self,
@@ -260,7 +258,10 @@ class LocalSecretsBackend:
             return False
 
     async def close(self) -> None:
-        """Nothing to release: the pool belongs to the caller."""
+        """Close the Transit client, if any; the pool belongs to the caller."""
+        close = getattr(self._wrapper, "close", None)
+        if close is not None:
+            await close()
 
     async def _load_dek(
         self, connection: Connection, tenant_id: str, *, for_update: bool = False
@@ -268,19 +269,8 @@ class LocalSecretsBackend:
         row = await connection.fetchrow(_DEK_FOR_UPDATE if for_update else _DEK, tenant_id)
         if row is None:
             raise TenantKeyMissing(f"tenant {tenant_id!r} has no data key")
-        kek = self._keyring.get(row["kek_id"])
-        if kek is None:
-            raise SecretDecryptionError(
-                f"tenant {tenant_id!r} data key is wrapped by {row['kek_id']},"
-                f" this process holds {sorted(self._keyring)}"
-            )
         wrapped: bytes = row["wrapped_key"]
-        try:
-            return kek.decrypt(wrapped[:_NONCE_BYTES], wrapped[_NONCE_BYTES:], _dek_aad(tenant_id))
-        except InvalidTag:
-            raise SecretDecryptionError(
-                f"tenant {tenant_id!r} data key failed authentication"
-            ) from None
+        return await self._wrapper.unwrap(tenant_id, wrapped, row["kek_id"])
 
 
 async def _notify(connection: Connection, ref: SecretRef) -> None:
@@ -306,8 +296,8 @@ class KekRotation:
 async def rotate_kek(
     connection: Connection,
     *,
-    kek: bytes,
-    previous_keks: Sequence[bytes],
+    kek: bytes | KeyWrapper,
+    previous_keks: Sequence[bytes | KeyWrapper],
     tenant_ids: Sequence[str] | None = None,
 ) -> KekRotation:
     """Rewrap tenants' data keys under `kek`, one tenant per short transaction.
@@ -319,15 +309,15 @@ async def rotate_kek(
 
     Args:
         connection: An owner connection (it reads the `tenants` table).
-        kek: The new key-encryption key.
+        kek: The new key-encryption key (a master key, or a Transit `KeyWrapper`).
         previous_keks: Every older KEK that may still wrap a data key.
         tenant_ids: Only these tenants (default: every tenant).
 
     Returns:
         Which tenants were rewrapped, unchanged, or failed.
     """
-    keyring = {kek_id(key): AESGCM(key) for key in previous_keks}
-    new_id = kek_id(kek)
+    target = as_wrapper(kek)
+    sources = [as_wrapper(key) for key in previous_keks]
     if tenant_ids is None:
         tenant_ids = [r["id"] for r in await connection.fetch("SELECT id FROM tenants ORDER BY id")]
     rewrapped: list[str] = []
@@ -337,18 +327,15 @@ async def rotate_kek(
         async with connection.transaction():
             await set_tenant(connection, tenant_id)
             row = await connection.fetchrow(_DEK_FOR_UPDATE, tenant_id)
-            if row is None or row["kek_id"] == new_id:
+            if row is None or row["kek_id"] == target.kek_id:
                 unchanged.append(tenant_id)
                 continue
-            old = keyring.get(row["kek_id"])
-            wrapped: bytes = row["wrapped_key"]
+            source = next((w for w in sources if w.can_unwrap(row["kek_id"])), None)
             try:
-                if old is None:
-                    raise InvalidTag
-                dek = old.decrypt(
-                    wrapped[:_NONCE_BYTES], wrapped[_NONCE_BYTES:], _dek_aad(tenant_id)
-                )
-            except InvalidTag:
+                if source is None:
+                    raise SecretDecryptionError(f"no previous key unwraps {row['kek_id']}")
+                dek = await source.unwrap(tenant_id, row["wrapped_key"], row["kek_id"])
+            except SecretDecryptionError:
                 _log.error("tenant %r data key (%s) cannot be unwrapped", tenant_id, row["kek_id"])
                 failed.append(tenant_id)
                 continue
@@ -356,8 +343,8 @@ async def rotate_kek(
                 "UPDATE tenant_keys SET kek_id = $2, wrapped_key = $3, rotated_at = now()"
                 " WHERE tenant_id = $1",
                 tenant_id,
-                new_id,
-                _wrap(kek, tenant_id, dek),
+                target.kek_id,
+                await target.wrap(tenant_id, dek),
             )
             rewrapped.append(tenant_id)
     return KekRotation(tuple(rewrapped), tuple(unchanged), tuple(failed))

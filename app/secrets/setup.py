@@ -9,6 +9,7 @@ from app.secrets.env import EnvSecretsBackend
 from app.secrets.kek import load_previous_master_keys
 from app.secrets.local import LocalSecretsBackend
 from app.secrets.vault import VaultSecretsBackend
+from app.secrets.wrapping import TRANSIT_PREFIX, KeyWrapper, TransitKeyWrapper
 
 if TYPE_CHECKING:
     import asyncpg
@@ -36,4 +37,24 @@ def build_backend(settings: Settings, *, pool: asyncpg.Pool | None, kek: bytes) 
         return EnvSecretsBackend()
     if pool is None:
         raise ValueError("the local secrets backend needs a database pool")
-    return LocalSecretsBackend(pool, kek, previous_keks=load_previous_master_keys(settings))
+    return LocalSecretsBackend(
+        pool, data_key_wrapper(settings, kek), previous_keks=load_previous_master_keys(settings)
+    )
+
+
+def data_key_wrapper(settings: Settings, kek: bytes) -> bytes | KeyWrapper:
+    """What wraps tenant data keys: the master key itself, or a Vault Transit key.
+
+    Raises:
+        ValueError: `secrets.kek` is set to something other than `vault-transit:<key>`.
+    """
+    choice = settings.secrets.kek
+    if not choice:
+        return kek
+    if not choice.startswith(TRANSIT_PREFIX) or len(choice) == len(TRANSIT_PREFIX):
+        raise ValueError("BULKHEAD_SECRETS__KEK must be empty or 'vault-transit:<key>'")
+    return TransitKeyWrapper(
+        settings.secrets.vault,
+        choice.removeprefix(TRANSIT_PREFIX),
+        mount=settings.secrets.transit_mount,
+    )
