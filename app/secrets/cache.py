@@ -124,6 +124,29 @@ class SecretCache:
         ensure_ref_allowed(ref, scope=scope, platform_refs=platform_refs)
         self.forget(str(ref))
 
+    async def refetch_rejected(
+        self, ref: SecretRef, rejected: SecretValue, *, scope: TenantScope
+    ) -> SecretValue | None:
+        """After a provider answered 401/403 with `rejected`: refetch `ref` once.
+
+        Concurrent requests that were all rejected with the same value share one refetch
+        (the first invalidates; the rest find the new value, or join its single flight).
+
+        Returns:
+            The newer value to retry with, or None when the store still holds `rejected`
+            (retrying would only be rejected again).
+
+        Raises:
+            SecretAccessDenied: `ref` is outside what `scope` may resolve.
+            SecretNotFound: The secret was deleted.
+            SecretsUnavailable: The backend is down beyond the maximum staleness.
+        """
+        entry = self._entries.get(str(ref))
+        if entry is not None and entry.value == rejected:
+            await self.invalidate(ref, scope=scope)
+        current = await self.get(ref, scope=scope)
+        return None if current == rejected else current
+
     def forget(self, ref: str) -> None:
         """Drop `ref` (as text) from the cache: change notifications from the backend."""
         self._entries.pop(ref, None)

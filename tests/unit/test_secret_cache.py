@@ -187,3 +187,26 @@ async def test_fetched_values_are_registered_for_scrubbing(cache: SecretCache) -
     value = await cache.get(REF, scope=ACME)
     assert value.reveal() not in scrub(f"echo: {value.reveal()}!")
     forget_registered_secrets()
+
+
+async def test_refetch_rejected_returns_a_newer_value_once_for_many_rejections(
+    cache: SecretCache, backend: MemoryBackend
+) -> None:
+    rejected = await cache.get(REF, scope=ACME)
+    backend.values[str(REF)] = "sk-acme-rotated-0123456789"
+    backend.delay = 0.01
+
+    results = await asyncio.gather(
+        *(cache.refetch_rejected(REF, rejected, scope=ACME) for _ in range(20))
+    )
+
+    assert {r.reveal() for r in results if r is not None} == {"sk-acme-rotated-0123456789"}
+    assert backend.calls == 2
+
+
+async def test_refetch_rejected_says_none_when_the_store_has_nothing_newer(
+    cache: SecretCache, backend: MemoryBackend
+) -> None:
+    rejected = await cache.get(REF, scope=ACME)
+    assert await cache.refetch_rejected(REF, rejected, scope=ACME) is None
+    assert backend.calls == 2
