@@ -17,8 +17,9 @@ from app.secrets.cache import SecretsUnavailable
 from app.secrets.env import EnvSecretsBackend, env_name
 from app.secrets.local import LocalSecretsBackend
 from app.secrets.setup import build_backend
-from app.secrets.values import SecretAccessDenied, SecretRef, SecretValue
+from app.secrets.values import SecretAccessDenied, SecretRef, SecretValue, opted_in_platform_refs
 from app.secrets.vault import VaultSecretsBackend
+from app.tenancy.manifest import ManifestError, parse_manifest
 from app.tenancy.scope import TenantScope
 
 KEK = os.urandom(32)
@@ -88,3 +89,24 @@ def test_secrets_unavailable_is_a_503_problem_with_retry_after() -> None:
     assert response.headers["content-type"] == PROBLEM_JSON
     assert response.headers["retry-after"] == "7"
     assert response.json()["code"] == "secrets_unavailable"
+
+
+def _manifest(tenant: str, *secrets: str) -> dict[str, object]:
+    return {
+        "id": tenant,
+        "name": tenant,
+        "llm": {"chain": [{"provider": "openai", "model": "m", "secret": s} for s in secrets]},
+    }
+
+
+def test_platform_refs_are_opted_into_by_naming_them_in_the_chain() -> None:
+    manifest = parse_manifest(
+        _manifest("acme", "tenants/acme/openai", "platform/openai"), source="acme.yaml"
+    )
+    assert opted_in_platform_refs(manifest) == frozenset({"platform/openai"})
+    assert opted_in_platform_refs(None) == frozenset()
+
+
+def test_a_manifest_cannot_name_another_tenants_secret() -> None:
+    with pytest.raises(ManifestError, match="only its own"):
+        parse_manifest(_manifest("acme", "tenants/globex/openai"), source="acme.yaml")
