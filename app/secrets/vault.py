@@ -47,26 +47,8 @@ class VaultSecretsBackend:
     name = "vault"
 
     def __init__(self, settings: VaultSettings, *, client: hvac.Client | None = None) -> None:
-        if client is None and not settings.token and not (settings.role_id and settings.secret_id):
-            raise ValueError(
-                "vault backend needs BULKHEAD_SECRETS__VAULT__TOKEN, or __ROLE_ID and __SECRET_ID"
-            )
-        self._settings = settings
-        self._client = client or hvac.Client(
-            url=settings.addr,
-            token=settings.token,
-            namespace=settings.namespace,
-            timeout=settings.timeout_seconds,
-            verify=str(settings.ca_cert) if settings.ca_cert else True,
-        )
+        self.connection = VaultConnection(settings, client=client)
         self._mount = settings.mount
-        # Several threads may share the client; only one renews or logs in at a time.
-        self._auth_lock = threading.Lock()
-        self._expires_at: float | None = None  # None: a token that never expires (root, dev)
-        self._ttl = 0.0
-        self._renewable = False
-        self._authenticated = False
-        self._executor = ThreadPoolExecutor(max_workers=8, thread_name_prefix="bulkhead-vault")
 
     # --- SecretsBackend ------------------------------------------------------------------
 
@@ -185,16 +167,61 @@ class VaultSecretsBackend:
 
     async def close(self) -> None:
         """Stop the worker threads and close the HTTP session."""
-        self._executor.shutdown(wait=False, cancel_futures=True)
-        self._client.adapter.close()
+        await self.connection.close()
 
-    # --- plumbing --------------------------------------------------------------------------
+    async def _run(self, function: Callable[[hvac.Client], _T]) -> _T:
+        return await self.connection.run(function)
 
     async def _call(self, operation: Callable[[hvac.Client], Any], *, ref: SecretRef | None) -> Any:
         try:
-            return await self._run(partial(self._authenticated_call, operation))
+            return await self.connection.call(operation)
         except hvac.exceptions.InvalidPath:
             raise SecretNotFound(f"no secret stored under '{ref}'") from None
+
+
+class VaultConnection:
+    """An hvac client with its token kept alive, driven from worker threads.
+
+    Token auth uses the token as given (looked up once for its TTL, renewed when renewable).
+    AppRole logs in on first use, renews past two thirds of the token's lifetime, and logs in
+    again when renewal fails or Vault answers 403 (a revoked or expired token), once per call.
+    Shared by the KV backend and the Transit key wrapper.
+
+    Raises (from `call`):
+        SecretsBackendUnavailable: Vault is unreachable, sealed, failing, or refuses our token.
+    """
+
+    def __init__(self, settings: VaultSettings, *, client: hvac.Client | None = None) -> None:
+        if client is None and not settings.token and not (settings.role_id and settings.secret_id):
+            raise ValueError(
+                "vault backend needs BULKHEAD_SECRETS__VAULT__TOKEN, or __ROLE_ID and __SECRET_ID"
+            )
+        self._settings = settings
+        self.client = client or hvac.Client(
+            url=settings.addr,
+            token=settings.token,
+            namespace=settings.namespace,
+            timeout=settings.timeout_seconds,
+            verify=str(settings.ca_cert) if settings.ca_cert else True,
+        )
+        # Several threads share the client; only one renews or logs in at a time.
+        self._auth_lock = threading.Lock()
+        self.expires_at: float | None = None  # None: a token that never expires (root, dev)
+        self._ttl = 0.0
+        self._renewable = False
+        self._authenticated = False
+        self._executor = ThreadPoolExecutor(max_workers=8, thread_name_prefix="bulkhead-vault")
+
+    async def call(self, operation: Callable[[hvac.Client], _T]) -> _T:
+        """Run `operation(client)` in a worker thread with a live token.
+
+        Raises:
+            hvac.exceptions.InvalidPath: Not found (callers map it).
+            hvac.exceptions.InvalidRequest: Refused as invalid (callers map it).
+            SecretsBackendUnavailable: Any outage, including a refused token.
+        """
+        try:
+            return await self.run(partial(self._authenticated_call, operation))
         except hvac.exceptions.Forbidden as exc:
             # Our own token was refused even after a fresh login: an outage of our access.
             raise SecretsBackendUnavailable(f"vault refused the token: {_status(exc)}") from None
@@ -203,9 +230,15 @@ class VaultSecretsBackend:
         except _TRANSPORT as exc:
             raise SecretsBackendUnavailable(f"vault unreachable: {type(exc).__name__}") from None
 
-    async def _run(self, function: Callable[[hvac.Client], _T]) -> _T:
+    async def run(self, function: Callable[[hvac.Client], _T]) -> _T:
+        """Run `function(client)` in a worker thread, without touching the token."""
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, function, self._client)
+        return await loop.run_in_executor(self._executor, function, self.client)
+
+    async def close(self) -> None:
+        """Stop the worker threads and close the HTTP session."""
+        self._executor.shutdown(wait=False, cancel_futures=True)
+        self.client.adapter.close()
 
     def _authenticated_call(
         self, operation: Callable[[hvac.Client], _T], client: hvac.Client
@@ -224,20 +257,20 @@ class VaultSecretsBackend:
         return bool(self._settings.role_id and self._settings.secret_id)
 
     def _ensure_token(self) -> None:
-        if self._authenticated and (self._expires_at is None or not self._due()):
+        if self._authenticated and (self.expires_at is None or not self._due()):
             return
         with self._auth_lock:
             if not self._authenticated:
                 if self._settings.token:
-                    self._adopt(self._client.auth.token.lookup_self()["data"])
+                    self._adopt(self.client.auth.token.lookup_self()["data"])
                 else:
                     self._login()
                 return
-            if self._expires_at is None or not self._due():
+            if self.expires_at is None or not self._due():
                 return
             if self._renewable:
                 try:
-                    self._adopt_auth(self._client.auth.token.renew_self()["auth"])
+                    self._adopt_auth(self.client.auth.token.renew_self()["auth"])
                     return
                 except hvac.exceptions.VaultError:
                     _log.warning("vault token renewal failed; logging in again")
@@ -245,11 +278,11 @@ class VaultSecretsBackend:
                 self._login()
 
     def _due(self) -> bool:
-        assert self._expires_at is not None  # noqa: S101 - callers checked
-        return self._expires_at - time.monotonic() < self._ttl * _RENEW_FRACTION
+        assert self.expires_at is not None  # noqa: S101 - callers checked
+        return self.expires_at - time.monotonic() < self._ttl * _RENEW_FRACTION
 
     def _login(self) -> None:
-        response = self._client.auth.approle.login(
+        response = self.client.auth.approle.login(
             role_id=self._settings.role_id,
             secret_id=self._settings.secret_id,
             mount_point=self._settings.approle_mount,
@@ -257,7 +290,7 @@ class VaultSecretsBackend:
         self._adopt_auth(response["auth"])
 
     def _adopt_auth(self, auth: dict[str, Any]) -> None:
-        self._client.token = auth["client_token"]
+        self.client.token = auth["client_token"]
         self._set_lifetime(int(auth.get("lease_duration") or 0), bool(auth.get("renewable")))
 
     def _adopt(self, data: dict[str, Any]) -> None:
@@ -267,7 +300,7 @@ class VaultSecretsBackend:
         self._authenticated = True
         self._renewable = renewable
         self._ttl = float(ttl)
-        self._expires_at = time.monotonic() + ttl if ttl > 0 else None
+        self.expires_at = time.monotonic() + ttl if ttl > 0 else None
 
 
 def _status(exc: hvac.exceptions.VaultError) -> str:

@@ -8,21 +8,19 @@ to another tenant's row does not unwrap.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import os
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, Protocol
 
 import hvac
 import hvac.exceptions
-import requests
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from app.secrets.backend import SecretDecryptionError, SecretsBackendUnavailable
+from app.secrets.backend import SecretDecryptionError
 from app.secrets.kek import kek_id
+from app.secrets.vault import VaultConnection
 
 if TYPE_CHECKING:
     from app.config import VaultSettings
@@ -118,19 +116,7 @@ class TransitKeyWrapper:
         self.kek_id = TRANSIT_PREFIX + key
         self._key = key
         self._mount = mount
-        self._client = client or hvac.Client(
-            url=settings.addr,
-            token=settings.token,
-            namespace=settings.namespace,
-            timeout=settings.timeout_seconds,
-        )
-        if client is None and not settings.token and settings.role_id and settings.secret_id:
-            self._client.auth.approle.login(
-                role_id=settings.role_id,
-                secret_id=settings.secret_id,
-                mount_point=settings.approle_mount,
-            )
-        self._executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="bulkhead-transit")
+        self._connection = VaultConnection(settings, client=client)
 
     def can_unwrap(self, kek_id: str) -> bool:
         """Whether `kek_id` names this Transit key."""
@@ -180,17 +166,10 @@ class TransitKeyWrapper:
 
     async def close(self) -> None:
         """Stop the worker threads and close the HTTP session."""
-        self._executor.shutdown(wait=False, cancel_futures=True)
-        self._client.adapter.close()
+        await self._connection.close()
 
     async def _call(self, operation: Callable[[hvac.Client], Any]) -> Any:
-        loop = asyncio.get_running_loop()
-        try:
-            return await loop.run_in_executor(self._executor, operation, self._client)
-        except hvac.exceptions.InvalidRequest:
-            raise
-        except (hvac.exceptions.VaultError, requests.exceptions.RequestException, OSError) as exc:
-            raise SecretsBackendUnavailable(f"vault transit: {type(exc).__name__}") from None
+        return await self._connection.call(operation)
 
 
 def as_wrapper(kek: bytes | KeyWrapper, *, previous: Sequence[bytes] = ()) -> KeyWrapper:

@@ -54,13 +54,13 @@ async def test_approle_login_and_renewal_keep_reads_working(
     ref = SecretRef(tenant_id=tenant, name="openai")
     try:
         await backend.put(ref, SecretValue("sk-approle-0123456789"), scope=_scope(tenant))
-        first_token = backend._client.token
+        first_token = backend.connection.client.token
         # Past a third of the 3 s TTL: the next call renews the token before using it.
         await asyncio.sleep(2.2)
         assert (await backend.get(ref, scope=_scope(tenant))).reveal() == "sk-approle-0123456789"
-        assert backend._client.token == first_token
-        assert backend._expires_at is not None
-        assert backend._expires_at - time.monotonic() > 2
+        assert backend.connection.client.token == first_token
+        assert backend.connection.expires_at is not None
+        assert backend.connection.expires_at - time.monotonic() > 2
     finally:
         await backend.close()
 
@@ -77,7 +77,7 @@ async def test_a_revoked_token_is_replaced_by_a_fresh_approle_login(
     try:
         await backend.put(ref, SecretValue("sk-revoked-0123456789"), scope=_scope(tenant))
         root = hvac.Client(url=openbao.addr, token=openbao.root_token)
-        root.auth.token.revoke(backend._client.token)
+        root.auth.token.revoke(backend.connection.client.token)
         root.adapter.close()
 
         assert (await backend.get(ref, scope=_scope(tenant))).reveal() == "sk-revoked-0123456789"
@@ -105,7 +105,7 @@ async def test_unreachable_vault_serves_stale_then_fails_closed(openbao: OpenBao
         await backend.put(ref, SecretValue("sk-stale-0123456789"), scope=_scope(tenant))
         await cache.get(ref, scope=_scope(tenant))
         # The server "goes away": point the client at a port nothing listens on.
-        backend._client.adapter.base_uri = f"http://127.0.0.1:{free_port()}"
+        backend.connection.client.adapter.base_uri = f"http://127.0.0.1:{free_port()}"
         assert await backend.health() is False
 
         now[0] = 150
