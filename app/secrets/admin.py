@@ -65,10 +65,13 @@ async def _backend(settings: Settings) -> AsyncIterator[SecretsBackend]:
     # Imported here: resources imports the whole service (Litestar, Qdrant) for one helper.
     from app.resources import app_dsn
 
-    try:
-        kek = load_master_key(settings)
-    except MasterKeyError as exc:
-        raise click.ClickException(str(exc)) from exc
+    kek = None
+    if settings.secrets.backend == "local":
+        # Only the local store encrypts with the master key; Vault and AWS hold their own.
+        try:
+            kek = load_master_key(settings)
+        except MasterKeyError as exc:
+            raise click.ClickException(str(exc)) from exc
     has_db = bool(settings.db.url or settings.db.app_url)
     if settings.secrets.backend == "local" and not has_db:
         raise click.ClickException("set DATABASE_URL: the local backend keeps secrets in Postgres")

@@ -18,12 +18,14 @@ if TYPE_CHECKING:
     from app.secrets.backend import SecretsBackend
 
 
-def build_backend(settings: Settings, *, pool: asyncpg.Pool | None, kek: bytes) -> SecretsBackend:
+def build_backend(
+    settings: Settings, *, pool: asyncpg.Pool | None, kek: bytes | None
+) -> SecretsBackend:
     """The backend `settings.secrets.backend` names.
 
     Raises:
         ValueError: The env backend outside dev mode, or a backend missing its settings
-            (the local backend needs `pool`).
+            (the local backend needs `pool` and `kek`).
         MasterKeyInvalid: A previous master key is malformed.
     """
     choice = settings.secrets.backend
@@ -35,8 +37,8 @@ def build_backend(settings: Settings, *, pool: asyncpg.Pool | None, kek: bytes) 
         if not settings.dev:
             raise ValueError("the env secrets backend is for dev mode only (BULKHEAD_DEV=1)")
         return EnvSecretsBackend()
-    if pool is None:
-        raise ValueError("the local secrets backend needs a database pool")
+    if pool is None or kek is None:
+        raise ValueError("the local secrets backend needs a database pool and the master key")
     return LocalSecretsBackend(
         pool, data_key_wrapper(settings, kek), previous_keks=load_previous_master_keys(settings)
     )

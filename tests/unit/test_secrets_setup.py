@@ -51,6 +51,9 @@ def test_backend_selection(tmp_path: Path) -> None:
         build_backend(_settings(tmp_path, "env"), pool=None, kek=KEK)
     with pytest.raises(ValueError, match="pool"):
         build_backend(_settings(tmp_path, "local"), pool=None, kek=KEK)
+    assert isinstance(
+        build_backend(_settings(tmp_path, "aws"), pool=None, kek=None), AwsSecretsBackend
+    )
     assert LocalSecretsBackend.name == "local"
 
 
