@@ -73,6 +73,10 @@ async def open_resources(settings: Settings) -> AsyncIterator[Resources]:
         await registry.load()
         await registry.listen(dsn)
         stack.push_async_callback(registry.close)
+        index = EdgeIndex.open(settings.vector_path)
+        stack.push_async_callback(index.close)
+        http = httpx.AsyncClient(follow_redirects=False)
+        stack.push_async_callback(http.aclose)
         secrets = build_backend(settings, pool=pool, kek=kek)
         stack.push_async_callback(secrets.close)
         secret_cache = SecretCache(
@@ -85,10 +89,6 @@ async def open_resources(settings: Settings) -> AsyncIterator[Resources]:
             # Other replicas' `bulkhead secrets put` reaches this cache at once, not after a TTL.
             listener = await listen_for_changes(dsn, secret_cache.forget)
             stack.push_async_callback(listener.close)
-        index = EdgeIndex.open(settings.vector_path)
-        stack.push_async_callback(index.close)
-        http = httpx.AsyncClient(follow_redirects=False)
-        stack.push_async_callback(http.aclose)
         dev_issuer = (
             DevIssuer.load_or_create(
                 settings.dev_signing_key_path,
