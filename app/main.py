@@ -20,6 +20,7 @@ from app.problems import EXCEPTION_HANDLERS
 from app.resources import open_resources, provide_chat, provide_documents
 from app.retrieval.controllers import DocumentController, SearchController
 from app.retrieval.corpus import seed_demo_corpus
+from app.secrets.scrub import install_scrubbing
 from app.telemetry.headers import add_trace_header
 from app.telemetry.setup import configure_tracing
 
@@ -29,6 +30,7 @@ PUBLIC_PATHS = ["^/healthz$", "^/readyz$", "^/dev/jwks.json$"]
 def create_app(settings: Settings | None = None) -> Litestar:
     """Build the Bulkhead ASGI application."""
     settings = settings or get_settings()
+    install_scrubbing()
     provider = configure_tracing(settings.telemetry)
 
     @asynccontextmanager

@@ -22,8 +22,11 @@ from app.identity.tokens import JwtVerifier
 from app.retrieval.edge import EdgeIndex
 from app.retrieval.service import DocumentService
 from app.secrets.backend import SecretsBackend
+from app.secrets.cache import SecretCache
 from app.secrets.kek import load_master_key
-from app.secrets.local import LocalSecretsBackend
+from app.secrets.local import LocalSecretsBackend, listen_for_changes
+from app.secrets.setup import build_backend
+from app.secrets.values import opted_in_platform_refs
 from app.tenancy.registry import TenantRegistry
 
 _log = logging.getLogger(__name__)
@@ -37,6 +40,7 @@ class Resources:
     registry: TenantRegistry
     index: EdgeIndex
     secrets: SecretsBackend
+    secret_cache: SecretCache
     verifier: JwtVerifier
     audit: AuditWriter
     documents: DocumentService
@@ -73,6 +77,18 @@ async def open_resources(settings: Settings) -> AsyncIterator[Resources]:
         stack.push_async_callback(index.close)
         http = httpx.AsyncClient(follow_redirects=False)
         stack.push_async_callback(http.aclose)
+        secrets = build_backend(settings, pool=pool, kek=kek)
+        stack.push_async_callback(secrets.close)
+        secret_cache = SecretCache(
+            secrets,
+            ttl_seconds=settings.secrets.cache_ttl_seconds,
+            max_stale_seconds=settings.secrets.max_stale_seconds,
+            platform_refs=lambda tenant_id: _platform_refs(registry, tenant_id),
+        )
+        if isinstance(secrets, LocalSecretsBackend):
+            # Other replicas' `bulkhead secrets put` reaches this cache at once, not after a TTL.
+            listener = await listen_for_changes(dsn, secret_cache.forget)
+            stack.push_async_callback(listener.close)
         dev_issuer = (
             DevIssuer.load_or_create(
                 settings.dev_signing_key_path,
@@ -102,7 +118,8 @@ async def open_resources(settings: Settings) -> AsyncIterator[Resources]:
             pool=pool,
             registry=registry,
             index=index,
-            secrets=LocalSecretsBackend(pool, kek),
+            secrets=secrets,
+            secret_cache=secret_cache,
             verifier=verifier,
             audit=audit,
             documents=documents,
@@ -114,6 +131,11 @@ async def open_resources(settings: Settings) -> AsyncIterator[Resources]:
             ),
             dev_issuer=dev_issuer,
         )
+
+
+def _platform_refs(registry: TenantRegistry, tenant_id: str) -> frozenset[str]:
+    record = registry.tenant(tenant_id)
+    return opted_in_platform_refs(record.manifest if record else None)
 
 
 def provide_documents(state: State) -> DocumentService:
