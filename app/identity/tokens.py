@@ -9,7 +9,7 @@ import jwt
 
 from app.config import AuthSettings
 from app.identity.jwks import JwksCache, KeyNotFound
-from app.problems import Forbidden, Unauthenticated
+from app.problems import CredentialRefused, Unauthenticated
 from app.tenancy.registry import IssuerBinding, TenantRegistry
 from app.tenancy.scope import Role, TenantScope
 
@@ -33,7 +33,7 @@ class JwtVerifier:
 
         Raises:
             Unauthenticated: Malformed, unsigned, expired, wrongly addressed or unknown token.
-            Forbidden: Valid token for a disabled tenant.
+            CredentialRefused: Valid token for a disabled tenant.
         """
         try:
             header = jwt.get_unverified_header(token)
@@ -48,6 +48,16 @@ class JwtVerifier:
             raise Unauthenticated("token has no key id", reason="no_kid")
         issuer = unverified.get("iss")
         binding = self._binding(issuer, unverified)
+        try:
+            return await self._verify_bound(token, binding, algorithm=algorithm, kid=kid)
+        except Unauthenticated as exc:
+            # Attributed to the tenant the token claims, so an SRE sees whose users fail.
+            exc.tenant_id = exc.tenant_id or binding.tenant_id
+            raise
+
+    async def _verify_bound(
+        self, token: str, binding: IssuerBinding, *, algorithm: str, kid: str
+    ) -> TenantScope:
         try:
             key = await self._jwks.key(issuer=binding.issuer, jwks_uri=binding.jwks_uri, kid=kid)
         except KeyNotFound as exc:
@@ -79,7 +89,9 @@ class JwtVerifier:
         if tenant is None:
             raise Unauthenticated("tenant unknown", reason="unknown_tenant")
         if not tenant.active:
-            raise Forbidden("tenant is disabled")
+            raise CredentialRefused(
+                "tenant is disabled", reason="tenant_disabled", tenant_id=tenant.id
+            )
         subject = claims["sub"]
         if not isinstance(subject, str) or not subject:
             raise Unauthenticated("token subject invalid", reason="invalid")
