@@ -197,3 +197,52 @@ async def test_public_endpoints_need_no_token(client: Client) -> None:
     jwks = (await client.get("/dev/jwks.json")).json()
     assert [key["alg"] for key in jwks["keys"]] == ["EdDSA"]
     assert all("d" not in key for key in jwks["keys"])
+
+
+@pytest.mark.parametrize(
+    ("host", "status", "code"),
+    [
+        ("evil.example", 401, "unauthenticated"),
+        ("localhost", 401, "unauthenticated"),
+        ("127.0.0.1:8000", 401, "unauthenticated"),
+        ("a" * 300, 401, "unauthenticated"),
+        ("testserver.local/healthz", 400, "bad_request"),
+    ],
+)
+async def test_host_header_never_decides_auth(
+    client: Client, host: str, status: int, code: str
+) -> None:
+    """Routing and the public/protected decision use the ASGI path, never the Host header."""
+    response = await client.post("/v1/search", json={"query": "x"}, headers={"Host": host})
+    assert response.status_code == status, response.text
+    assert response.json()["code"] == code
+
+
+@pytest.mark.parametrize(
+    ("path", "status", "code"),
+    [
+        ("/v1/search/", 401, "unauthenticated"),
+        ("/v1//search", 401, "unauthenticated"),
+        ("/healthz/../v1/search", 401, "unauthenticated"),
+        ("/.well-known/jwks.json/../../v1/search", 401, "unauthenticated"),
+        ("/v1/search?/healthz", 401, "unauthenticated"),
+        ("//v1/search", 404, "not_found"),
+        ("/healthz%2F..%2Fv1/search", 404, "not_found"),
+        ("/V1/SEARCH", 404, "not_found"),
+        ("/v1/search%00", 404, "not_found"),
+        ("/healthzz", 404, "not_found"),
+        ("/dev/jwks.jsonx", 404, "not_found"),
+    ],
+)
+async def test_path_tricks_do_not_reach_a_protected_handler(
+    client: Client, path: str, status: int, code: str
+) -> None:
+    """A path either routes to a protected handler (and needs a token) or to nothing at all."""
+    response = await client.post(path, json={"query": "x"})
+    assert response.status_code == status, response.text
+    assert response.json()["code"] == code
+
+
+async def test_oversize_api_key_header_is_refused_before_any_lookup(client: Client) -> None:
+    response = await _search(client, None, raw="Bearer bk_" + "a" * 9000)
+    _assert_unauthenticated(response)
