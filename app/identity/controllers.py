@@ -87,6 +87,8 @@ class ApiKeyController(Controller):
                 grace_seconds=data.grace_seconds,
                 created_by=caller.subject,
             )
+        # This replica forgets the key now; the others on NOTIFY, moments later.
+        resources.api_keys.evict(key_id)
         return ApiKeyRotated(key=created.key, api_key=_out(created.info), previous=_out(previous))
 
     @delete("/{key_id:str}", status_code=HTTP_204_NO_CONTENT)
@@ -94,8 +96,10 @@ class ApiKeyController(Controller):
         self, key_id: FromPath[str], caller: NamedDependency[TenantScope], state: State
     ) -> None:
         """Revoke a key on every replica at once."""
-        async with tenant_transaction(_resources(state).pool, scope=caller) as connection:
+        resources = _resources(state)
+        async with tenant_transaction(resources.pool, scope=caller) as connection:
             await api_keys.revoke_key(connection, tenant_id=caller.tenant_id, key_id=key_id)
+        resources.api_keys.evict(key_id)
 
 
 class TokenController(Controller):

@@ -65,6 +65,9 @@ class ApiKeyStore:
         self._listener: asyncpg.Connection | None = None
         self._flusher: asyncio.Task[None] | None = None
         self.evictions = 0
+        # Bumped on every NOTIFY: a row read while a change was announced is not cached,
+        # or a lookup racing a revocation could cache the pre-revocation row until the TTL.
+        self._generation = 0
 
     async def start(self, dsn: str) -> None:
         """Listen for credential changes and start the `last_used_at` flusher."""
@@ -92,10 +95,12 @@ class ApiKeyStore:
     def _on_listener_lost(self, _connection: Any) -> None:
         # Without the listener a revocation could be missed: forget everything we cached.
         _log.error("credential listener connection lost; dropping the API key cache")
+        self._generation += 1
         self._cache.clear()
 
     def evict(self, key_id: str) -> None:
         """Forget a cached key (called on NOTIFY)."""
+        self._generation += 1
         if self._cache.pop(key_id, None) is not None:
             self.evictions += 1
 
@@ -105,6 +110,7 @@ class ApiKeyStore:
         cached = self._cache.get(key_id)
         if cached is not None and now - cached.cached_at < self._cache_seconds:
             return cached
+        generation = self._generation
         async with self._pool.acquire() as connection:
             row = await connection.fetchrow("SELECT * FROM bulkhead_api_key($1)", key_id)
         if row is None:
@@ -121,7 +127,8 @@ class ApiKeyStore:
             revoked=row["revoked_at"] is not None,
             cached_at=now,
         )
-        self._cache[key_id] = record
+        if generation == self._generation:
+            self._cache[key_id] = record
         return record
 
     async def verify(self, token: str, *, client: IPAddress | None) -> ApiKeyRecord:
