@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
+import hashlib
+import json
+import time
 from collections.abc import Iterable
 from typing import Any
 
@@ -16,6 +21,9 @@ from app.tenancy.scope import Role, TenantScope
 # Asymmetric only: HS* would let anyone holding the public key (i.e. everyone) forge tokens.
 ALLOWED_ALGORITHMS = frozenset({"EdDSA", "ES256", "RS256"})
 _KNOWN_ROLES = {role.value: role for role in Role}
+# Frontends send the same token on every request until it expires; its signature is checked
+# once and the result kept (keyed by SHA-256 of the token, bounded, dropped at `exp`).
+VERIFIED_CACHE_SIZE = 10_000
 
 
 class JwtVerifier:
@@ -27,6 +35,7 @@ class JwtVerifier:
         self._registry = registry
         self._jwks = jwks
         self._settings = settings
+        self._verified: dict[bytes, tuple[TenantScope, IssuerBinding, float]] = {}
 
     async def verify(self, token: str) -> TenantScope:
         """Verify `token` and build the caller's scope.
@@ -35,11 +44,19 @@ class JwtVerifier:
             Unauthenticated: Malformed, unsigned, expired, wrongly addressed or unknown token.
             CredentialRefused: Valid token for a disabled tenant.
         """
-        try:
-            header = jwt.get_unverified_header(token)
-            unverified = jwt.decode(token, options={"verify_signature": False})
-        except jwt.PyJWTError as exc:
-            raise Unauthenticated("malformed token", reason="malformed") from exc
+        digest = hashlib.sha256(token.encode()).digest()
+        cached = self._verified.get(digest)
+        if cached is not None:
+            scope, binding, expires = cached
+            # Still unexpired, and the issuer binding still in force (a manifest change that
+            # drops it invalidates the entry).
+            if time.time() < expires + self._settings.leeway_seconds and binding in (
+                self._registry.bindings(binding.issuer)
+            ):
+                self._check_tenant(binding.tenant_id)
+                return scope
+            del self._verified[digest]
+        header, unverified = _peek(token)
         algorithm = header.get("alg")
         if algorithm not in ALLOWED_ALGORITHMS:
             raise Unauthenticated("token algorithm not accepted", reason="bad_algorithm")
@@ -49,15 +66,28 @@ class JwtVerifier:
         issuer = unverified.get("iss")
         binding = self._binding(issuer, unverified)
         try:
-            return await self._verify_bound(token, binding, algorithm=algorithm, kid=kid)
+            scope, expires = await self._verify_bound(token, binding, algorithm=algorithm, kid=kid)
         except Unauthenticated as exc:
             # Attributed to the tenant the token claims, so an SRE sees whose users fail.
             exc.tenant_id = exc.tenant_id or binding.tenant_id
             raise
+        if len(self._verified) >= VERIFIED_CACHE_SIZE:
+            del self._verified[next(iter(self._verified))]
+        self._verified[digest] = (scope, binding, expires)
+        return scope
+
+    def _check_tenant(self, tenant_id: str) -> None:
+        tenant = self._registry.tenant(tenant_id)
+        if tenant is None:
+            raise Unauthenticated("tenant unknown", reason="unknown_tenant")
+        if not tenant.active:
+            raise CredentialRefused(
+                "tenant is disabled", reason="tenant_disabled", tenant_id=tenant.id
+            )
 
     async def _verify_bound(
         self, token: str, binding: IssuerBinding, *, algorithm: str, kid: str
-    ) -> TenantScope:
+    ) -> tuple[TenantScope, float]:
         try:
             key = await self._jwks.key(issuer=binding.issuer, jwks_uri=binding.jwks_uri, kid=kid)
         except KeyNotFound as exc:
@@ -85,18 +115,12 @@ class JwtVerifier:
         # verified claims so a tampered payload can never select another tenant.
         if binding.tenant_claim and claims.get(binding.tenant_claim) != binding.tenant_claim_value:
             raise Unauthenticated("token tenant claim invalid", reason="tenant_claim")
-        tenant = self._registry.tenant(binding.tenant_id)
-        if tenant is None:
-            raise Unauthenticated("tenant unknown", reason="unknown_tenant")
-        if not tenant.active:
-            raise CredentialRefused(
-                "tenant is disabled", reason="tenant_disabled", tenant_id=tenant.id
-            )
+        self._check_tenant(binding.tenant_id)
         subject = claims["sub"]
         if not isinstance(subject, str) or not subject:
             raise Unauthenticated("token subject invalid", reason="invalid")
-        return TenantScope(
-            tenant_id=tenant.id,
+        scope = TenantScope(
+            tenant_id=binding.tenant_id,
             subject=subject,
             roles=frozenset(
                 _KNOWN_ROLES[r]
@@ -106,6 +130,7 @@ class JwtVerifier:
             groups=tuple(sorted(set(_strings(claims.get(binding.groups_claim))))),
             credential_id=f"jwt:{kid}",
         )
+        return scope, float(claims["exp"])
 
     def _binding(self, issuer: object, claims: dict[str, Any]) -> IssuerBinding:
         if not isinstance(issuer, str):
@@ -126,6 +151,29 @@ class JwtVerifier:
             raise Unauthenticated("token times invalid", reason="invalid")
         if expires - issued > self._settings.max_token_lifetime_seconds:
             raise Unauthenticated("token lifetime exceeds the maximum", reason="lifetime")
+
+
+def _peek(token: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Header and payload, unverified: only to choose the issuer and key.
+
+    PyJWT then verifies the whole token; this only saves parsing it twice on the hot path.
+
+    Raises:
+        Unauthenticated: Not three base64url segments of JSON objects.
+    """
+    parts = token.split(".")
+    if len(parts) != 3:
+        raise Unauthenticated("malformed token", reason="malformed")
+    try:
+        header, payload = (
+            json.loads(base64.urlsafe_b64decode(part + "=" * (-len(part) % 4)))
+            for part in parts[:2]
+        )
+    except (ValueError, binascii.Error) as exc:
+        raise Unauthenticated("malformed token", reason="malformed") from exc
+    if not isinstance(header, dict) or not isinstance(payload, dict):
+        raise Unauthenticated("malformed token", reason="malformed")
+    return header, payload
 
 
 def _strings(value: object) -> Iterable[str]:
