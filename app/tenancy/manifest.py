@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import json
 from functools import lru_cache
 from importlib import resources
@@ -127,9 +128,15 @@ def parse_manifest(data: Any, *, source: str) -> TenantManifest:
             lines.append(f"{source}: {where}: {error.message}")
         raise ManifestError("\n".join(lines))
     try:
-        return msgspec.convert(data, TenantManifest)
+        manifest = msgspec.convert(data, TenantManifest)
     except msgspec.ValidationError as exc:
         raise ManifestError(f"{source}: {exc}") from exc
+    for index, cidr in enumerate(manifest.network.allowed_cidrs):
+        try:
+            ipaddress.ip_network(cidr, strict=False)
+        except ValueError as exc:
+            raise ManifestError(f"{source}: network/allowed_cidrs/{index}: {exc}") from exc
+    return manifest
 
 
 def load_manifest(path: Path) -> TenantManifest:

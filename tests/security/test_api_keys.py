@@ -312,3 +312,25 @@ async def test_tenant_allowed_cidrs_apply_to_every_credential(
     refused = await outside.post("/v1/search", json={"query": "x"}, headers=auth(fenced))
     assert_problem(refused, 403, "forbidden")
     assert counter_value(FAILURES, tenant=fenced, reason="tenant_cidr") == 1
+
+
+async def test_auth_failures_are_logged_with_a_reason_and_never_the_token(
+    client: Client, auth: AuthHeaders, tenant: str, owner_pool: asyncpg.Pool
+) -> None:
+    created = await create_key(client, auth, tenant)
+    key_id = created["api_key"]["id"]
+    wrong = f"bk_{key_id}_{'Z' * 43}"
+    assert_problem(await search(client, wrong), 401, "unauthenticated")
+    row = None
+    for _ in range(100):
+        row = await owner_pool.fetchrow(
+            "SELECT * FROM auth_failures WHERE credential_id = $1", f"apikey:{key_id}"
+        )
+        if row is not None:
+            break
+        await asyncio.sleep(0.05)
+    assert row is not None
+    assert row["reason"] == "bad_secret"
+    assert row["tenant_id"] == tenant
+    assert row["route"] == "/v1/search"
+    assert "Z" * 43 not in repr(dict(row))
