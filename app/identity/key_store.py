@@ -68,18 +68,33 @@ class ApiKeyStore:
         # Bumped on every NOTIFY: a row read while a change was announced is not cached,
         # or a lookup racing a revocation could cache the pre-revocation row until the TTL.
         self._generation = 0
+        self._dsn = ""
+        self._closing = False
+        self._reconnecting: asyncio.Task[None] | None = None
 
     async def start(self, dsn: str) -> None:
         """Listen for credential changes and start the `last_used_at` flusher."""
-        self._listener = await asyncpg.connect(dsn)
-        await self._listener.add_listener(CHANNEL, self._on_notify)
-        self._listener.add_termination_listener(self._on_listener_lost)
+        self._dsn = dsn
+        await self._listen()
         self._flusher = asyncio.get_running_loop().create_task(
             self._flush_loop(), name="api-key-last-used"
         )
 
+    async def _listen(self) -> None:
+        listener = await asyncpg.connect(self._dsn)
+        await listener.add_listener(CHANNEL, self._on_notify)
+        listener.add_termination_listener(self._on_listener_lost)
+        self._listener = listener
+        # Whatever changed while nobody listened is unknown: start from an empty cache.
+        self._generation += 1
+        self._cache.clear()
+
     async def close(self) -> None:
         """Write pending `last_used_at` values and stop listening."""
+        self._closing = True
+        if self._reconnecting is not None:
+            self._reconnecting.cancel()
+            await asyncio.gather(self._reconnecting, return_exceptions=True)
         if self._flusher is not None:
             self._flusher.cancel()
             await asyncio.gather(self._flusher, return_exceptions=True)
@@ -93,10 +108,26 @@ class ApiKeyStore:
         self.evict(str(payload))
 
     def _on_listener_lost(self, _connection: Any) -> None:
-        # Without the listener a revocation could be missed: forget everything we cached.
+        # Without the listener a revocation could be missed: forget everything cached, read
+        # every key from Postgres until listening again, and reconnect in the background.
         _log.error("credential listener connection lost; dropping the API key cache")
+        self._listener = None
         self._generation += 1
         self._cache.clear()
+        if self._reconnecting is None or self._reconnecting.done():
+            self._reconnecting = asyncio.get_running_loop().create_task(
+                self._reconnect(), name="api-key-listener-reconnect"
+            )
+
+    async def _reconnect(self) -> None:
+        delay = 0.1
+        while self._listener is None and not self._closing:
+            try:
+                await self._listen()
+                _log.info("credential listener reconnected")
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
 
     def evict(self, key_id: str) -> None:
         """Forget a cached key (called on NOTIFY)."""
@@ -127,7 +158,7 @@ class ApiKeyStore:
             revoked=row["revoked_at"] is not None,
             cached_at=now,
         )
-        if generation == self._generation:
+        if generation == self._generation and self._listener is not None:
             self._cache[key_id] = record
         return record
 

@@ -92,6 +92,9 @@ class JwtVerifier:
             key = await self._jwks.key(issuer=binding.issuer, jwks_uri=binding.jwks_uri, kid=kid)
         except KeyNotFound as exc:
             raise Unauthenticated("unknown signing key", reason="unknown_kid") from exc
+        if key.algorithm_name != algorithm:
+            # The key decides the algorithm, never the token's header alone.
+            raise Unauthenticated("token algorithm does not match its key", reason="bad_algorithm")
         try:
             claims: dict[str, Any] = jwt.decode(
                 token,

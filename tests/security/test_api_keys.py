@@ -16,9 +16,11 @@ from litestar import Litestar
 from litestar.testing import AsyncTestClient
 from litestar.testing import transport as litestar_transport
 
+from app.db.urls import with_user
 from app.identity.api_keys import ApiKeyHasher, derive_pepper
 from app.identity.key_store import ApiKeyStore
 from app.identity.network import ClientAddressResolver
+from app.problems import Unauthenticated
 from app.tenancy.scope import Role
 from tests.conftest import AuthHeaders, counter_value
 
@@ -334,3 +336,41 @@ async def test_auth_failures_are_logged_with_a_reason_and_never_the_token(
     assert row["tenant_id"] == tenant
     assert row["route"] == "/v1/search"
     assert "Z" * 43 not in repr(dict(row))
+
+
+async def test_key_store_survives_losing_its_listener(
+    client: Client,
+    auth: AuthHeaders,
+    tenant: str,
+    app_pool: asyncpg.Pool,
+    owner_pool: asyncpg.Pool,
+    kek: bytes,
+    database_url: str,
+) -> None:
+    """A dropped LISTEN connection empties the cache and reconnects; revocation still lands."""
+    store = ApiKeyStore(
+        app_pool, ApiKeyHasher(derive_pepper(kek)), cache_seconds=3600, flush_seconds=3600
+    )
+    await store.start(with_user(database_url, "bulkhead_app"))
+    try:
+        created = await create_key(client, auth, tenant)
+        await store.verify(created["key"], client=None)
+        listener = store._listener
+        assert listener is not None
+        await owner_pool.execute("SELECT pg_terminate_backend($1)", listener.get_server_pid())
+        async with asyncio.timeout(5):
+            while store._listener is None or store._listener is listener:  # noqa: ASYNC110 - polled state
+                await asyncio.sleep(0.02)
+        await store.verify(created["key"], client=None)
+        await client.delete(
+            f"/v1/admin/api-keys/{created['api_key']['id']}", headers=auth(tenant, roles=ADMIN)
+        )
+        async with asyncio.timeout(1):
+            while True:
+                try:
+                    await store.verify(created["key"], client=None)
+                except Unauthenticated:
+                    break
+                await asyncio.sleep(0.01)
+    finally:
+        await store.close()

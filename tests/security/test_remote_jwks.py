@@ -355,3 +355,11 @@ async def test_ambiguous_issuer_mapping_is_refused_at_apply(
     manifest = TenantManifest(id=tenant, name=tenant, identity=IdentitySpec(issuers=(spec,)))
     with pytest.raises(ManifestError, match="already maps to tenant"):
         await onboard(database_url, kek, manifest)
+
+
+async def test_header_alg_must_match_the_keys_algorithm(
+    client: Client, remote: RemoteIssuer
+) -> None:
+    """An ES256 signature presented under the RSA key's kid is refused, whatever it claims."""
+    token = remote.es.sign(remote.claims(), kid=remote.rs.kid)
+    await refused(client, token, tenant=remote.tenant, reason="bad_algorithm")
