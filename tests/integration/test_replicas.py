@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -14,7 +15,9 @@ from litestar import Litestar
 from litestar.testing import AsyncTestClient
 
 from app.config import Settings
+from app.db.urls import with_user
 from app.main import create_app
+from app.tenancy.registry import TenantRegistry
 from app.tenancy.scope import Role
 from tests.conftest import AuthHeaders, wait_for_tenant
 from tests.security.test_api_keys import bearer, create_key, search
@@ -110,3 +113,27 @@ async def test_disabling_a_tenant_reaches_both_replicas_within_a_second(
         assert elapsed <= PROPAGATION_BUDGET_SECONDS
     response = await request(other)
     assert response.json()["code"] == "forbidden"
+
+
+async def test_registry_reconnects_a_lost_listener_and_catches_up(
+    app_pool: asyncpg.Pool,
+    owner_pool: asyncpg.Pool,
+    database_url: str,
+    make_tenant: Any,
+) -> None:
+    """A replica whose LISTEN connection dies still learns of tenants onboarded afterwards."""
+    registry = TenantRegistry(app_pool)
+    await registry.load()
+    await registry.listen(with_user(database_url, "bulkhead_app"))
+    try:
+        listener = registry._listener
+        assert listener is not None
+        await owner_pool.execute("SELECT pg_terminate_backend($1)", listener.get_server_pid())
+        tenant = await make_tenant("late")
+        async with asyncio.timeout(5):
+            while registry.tenant(tenant) is None:  # noqa: ASYNC110 - polled state
+                await asyncio.sleep(0.02)
+        assert registry._listener is not None
+        assert registry._listener is not listener
+    finally:
+        await registry.close()
