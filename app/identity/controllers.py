@@ -6,7 +6,7 @@ from dataclasses import asdict
 from typing import Any
 
 from litestar import Controller, Request, delete, get, post
-from litestar.datastructures import State
+from litestar.datastructures import CacheControlHeader, State
 from litestar.di import NamedDependency
 from litestar.params import FromPath, JSONBody
 from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED, HTTP_204_NO_CONTENT
@@ -107,7 +107,7 @@ class TokenController(Controller):
 
     path = "/v1/auth/token"
 
-    @post(status_code=HTTP_200_OK)
+    @post(status_code=HTTP_200_OK, cache_control=CacheControlHeader(no_store=True))
     async def exchange(
         self, request: Request[TenantScope, Any, Any], state: State
     ) -> TokenResponse:

@@ -222,11 +222,15 @@ async def test_alg_none_is_refused(client: Client, remote: RemoteIssuer) -> None
     [
         ({"exp": int(time.time()) - 600, "iat": int(time.time()) - 900}, "expired"),
         ({"nbf": int(time.time()) + 600}, "not_yet_valid"),
+        (
+            {"iat": int(time.time()) + 600, "nbf": None, "exp": int(time.time()) + 900},
+            "not_yet_valid",
+        ),
         ({"aud": "another-service"}, "bad_audience"),
         ({"exp": int(time.time()) + 2 * 24 * 3600}, "lifetime"),
         ({"exp": None}, "invalid"),
     ],
-    ids=["expired", "not-yet-valid", "wrong-aud", "lifetime", "no-exp"],
+    ids=["expired", "not-yet-valid", "issued-in-future", "wrong-aud", "lifetime", "no-exp"],
 )
 async def test_bad_claims_are_refused_with_their_reason(
     client: Client, remote: RemoteIssuer, overrides: dict[str, Any], reason: str

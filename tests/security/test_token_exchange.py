@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 from typing import Any
 
 import jwt
@@ -12,7 +13,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from litestar import Litestar
 from litestar.testing import AsyncTestClient
 
-from app.identity.service_tokens import KEY_CLAIM, TENANT_CLAIM
+from app.identity.service_tokens import KEY_CLAIM, TENANT_CLAIM, ServiceTokenIssuer
+from app.problems import Unauthenticated
 from app.tenancy.scope import Role
 from tests.conftest import AuthHeaders, counter_value
 from tests.security.test_api_keys import assert_problem, bearer, create_key, search
@@ -36,6 +38,7 @@ async def test_api_key_is_exchanged_for_a_short_lived_eddsa_jwt(
     created = await create_key(client, auth, tenant, scopes=["search", "chat"])
     response = await exchange(client, created["key"])
     assert response.status_code == 200, response.text
+    assert "no-store" in response.headers["cache-control"]
     body = response.json()
     assert body["token_type"] == "Bearer"
     assert 0 < body["expires_in"] <= 900
@@ -106,3 +109,27 @@ async def test_forged_service_tokens_are_refused(
     assert claims["exp"] - now <= 900
     for forged in forgeries:
         assert_problem(await search(client, forged), 401, "unauthenticated")
+
+
+def test_signing_key_rotation_keeps_old_tokens_valid_and_published(tmp_path: Path) -> None:
+    old_path, new_path = tmp_path / "old.pem", tmp_path / "new.pem"
+    common: dict[str, Any] = {"issuer": "urn:bulkhead:service", "audience": "bulkhead"}
+    old = ServiceTokenIssuer.from_files(old_path, [], create=True, ttl_seconds=600, **common)
+    assert old is not None
+    token = old.mint(tenant_id="t1", key_id="0" * 16, roles=["search"])
+    rotated = ServiceTokenIssuer.from_files(
+        new_path, [old_path], create=True, ttl_seconds=600, **common
+    )
+    assert rotated is not None
+    assert rotated.kid != old.kid
+    assert {k["kid"] for k in rotated.jwks()["keys"]} == {old.kid, rotated.kid}
+    claims = rotated.verify(token, jwt.get_unverified_header(token))
+    assert claims[TENANT_CLAIM] == "t1"
+    retired = ServiceTokenIssuer.from_files(new_path, [], create=False, ttl_seconds=600, **common)
+    assert retired is not None
+    with pytest.raises(Unauthenticated) as refused:
+        retired.verify(token, jwt.get_unverified_header(token))
+    assert refused.value.reason == "unknown_kid"
+    assert (
+        ServiceTokenIssuer.from_files(tmp_path / "missing.pem", [], create=False, **common) is None
+    )
