@@ -9,13 +9,11 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import Any
 
-import jwt
-
 from app.identity.api_keys import PREFIX
 from app.identity.key_store import ApiKeyStore
 from app.identity.network import IPAddress, IPNetwork, in_networks, parse_networks
 from app.identity.service_tokens import KEY_CLAIM, TENANT_CLAIM, ServiceTokenIssuer
-from app.identity.tokens import JwtVerifier
+from app.identity.tokens import JwtVerifier, peek_unverified
 from app.problems import CredentialRefused, Unauthenticated
 from app.tenancy.registry import TenantRegistry
 from app.tenancy.scope import Role, TenantScope
@@ -67,12 +65,8 @@ class Authenticator:
     async def _jwt(self, token: str, *, client: IPAddress | None) -> TenantScope:
         service = self.service_tokens
         if service is not None:
-            try:
-                header = jwt.get_unverified_header(token)
-                issuer = jwt.decode(token, options={"verify_signature": False}).get("iss")
-            except jwt.PyJWTError as exc:
-                raise Unauthenticated("malformed token", reason="malformed") from exc
-            if issuer == service.issuer:
+            header, unverified = peek_unverified(token)
+            if unverified.get("iss") == service.issuer:
                 return await self._service(service, token, header, client=client)
         return await self.jwt.verify(token)
 

@@ -25,6 +25,7 @@ from app.identity.schemas import (
 )
 from app.identity.service_tokens import ServiceTokenIssuer
 from app.problems import Forbidden, ServiceUnavailable
+from app.resources import Resources
 from app.tenancy.scope import Role, TenantScope
 
 
@@ -32,8 +33,9 @@ def _out(info: api_keys.ApiKeyInfo) -> ApiKeyOut:
     return ApiKeyOut(**asdict(info))
 
 
-def _resources(state: State) -> Any:
-    return state.resources
+def _resources(state: State) -> Resources:
+    resources: Resources = state.resources
+    return resources
 
 
 class ApiKeyController(Controller):

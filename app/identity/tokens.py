@@ -56,7 +56,7 @@ class JwtVerifier:
                 self._check_tenant(binding.tenant_id)
                 return scope
             del self._verified[digest]
-        header, unverified = _peek(token)
+        header, unverified = peek_unverified(token)
         algorithm = header.get("alg")
         if algorithm not in ALLOWED_ALGORITHMS:
             raise Unauthenticated("token algorithm not accepted", reason="bad_algorithm")
@@ -156,7 +156,7 @@ class JwtVerifier:
             raise Unauthenticated("token lifetime exceeds the maximum", reason="lifetime")
 
 
-def _peek(token: str) -> tuple[dict[str, Any], dict[str, Any]]:
+def peek_unverified(token: str) -> tuple[dict[str, Any], dict[str, Any]]:
     """Header and payload, unverified: only to choose the issuer and key.
 
     PyJWT then verifies the whole token; this only saves parsing it twice on the hot path.
