@@ -28,6 +28,8 @@ from app.tenancy.scope import Role
 
 _log = logging.getLogger(__name__)
 _ROLES = {role.value: role for role in Role}
+MISSING_CACHE_SECONDS = 30.0
+MISSING_CACHE_SIZE = 10_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +63,7 @@ class ApiKeyStore:
         self._cache_seconds = cache_seconds
         self._flush_seconds = flush_seconds
         self._cache: dict[str, ApiKeyRecord] = {}
+        self._missing: dict[str, float] = {}
         self._used: dict[str, str] = {}
         self._listener: asyncpg.Connection | None = None
         self._flusher: asyncio.Task[None] | None = None
@@ -141,11 +144,19 @@ class ApiKeyStore:
         cached = self._cache.get(key_id)
         if cached is not None and now - cached.cached_at < self._cache_seconds:
             return cached
+        missing_since = self._missing.get(key_id)
+        if missing_since is not None and now - missing_since < MISSING_CACHE_SECONDS:
+            # A client retrying a key that never existed costs no query. Ids are random, so
+            # a key created later cannot have been looked up (and remembered) before.
+            return None
         generation = self._generation
         async with self._pool.acquire() as connection:
             row = await connection.fetchrow("SELECT * FROM bulkhead_api_key($1)", key_id)
         if row is None:
             self._cache.pop(key_id, None)
+            if len(self._missing) >= MISSING_CACHE_SIZE:
+                del self._missing[next(iter(self._missing))]
+            self._missing[key_id] = now
             return None
         record = ApiKeyRecord(
             id=row["id"],

@@ -25,6 +25,7 @@ from app.identity.network import ClientAddressResolver
 from app.problems import CredentialRefused, Unauthenticated
 from app.telemetry.spans import current_trace_id
 
+CLIENT_ADDRESS_STATE = "bulkhead_client_address"
 _SAFE_KID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 
 
@@ -48,6 +49,8 @@ class BearerAuthMiddleware(AbstractAuthenticationMiddleware):
         authenticator: Authenticator = state.authenticator
         resolver: ClientAddressResolver = state.client_addresses
         client = resolver.resolve(connection.scope)
+        # The audit trail records this address too, not the proxy's.
+        connection.scope.setdefault("state", {})[CLIENT_ADDRESS_STATE] = client
         token = ""
         try:
             header = connection.headers.get("authorization")

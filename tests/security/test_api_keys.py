@@ -228,6 +228,8 @@ async def test_forged_or_altered_keys_are_refused(
     prefix, key_id, secret = key.split("_", 2)
     flipped = ("A" if secret[0] != "A" else "B") + secret[1:]
     for forged in (
+        f"{prefix}_{'f' * 16}_{secret}",
+        f"{prefix}_{'f' * 16}_{secret}",  # again: remembered as missing, still refused
         f"{prefix}_{key_id}_{flipped}",
         f"{prefix}_{'0' * 16}_{secret}",
         f"{prefix}_{key_id}",
@@ -281,7 +283,12 @@ async def test_spoofed_forwarded_for_without_a_trusted_proxy_is_ignored(
 
 
 async def test_forwarded_for_is_read_only_behind_a_trusted_proxy(
-    client: Client, auth: AuthHeaders, tenant: str, client_from: ClientFrom, app: Litestar
+    client: Client,
+    auth: AuthHeaders,
+    tenant: str,
+    client_from: ClientFrom,
+    app: Litestar,
+    owner_pool: asyncpg.Pool,
 ) -> None:
     key = (await create_key(client, auth, tenant, allowed_cidrs=["10.0.0.0/8"]))["key"]
     proxy = client_from("192.0.2.10")
@@ -294,6 +301,20 @@ async def test_forwarded_for_is_read_only_behind_a_trusted_proxy(
         assert_problem(await search(proxy, key, **spoof), 403, "forbidden")
     finally:
         app.state.client_addresses = original
+    # The audit trail records the client, not the proxy.
+    addresses: list[str] = []
+    for _ in range(100):
+        addresses = [
+            str(row["source_ip"])
+            for row in await owner_pool.fetch(
+                "SELECT source_ip FROM audit_events WHERE tenant_id = $1 AND status = 200",
+                tenant,
+            )
+        ]
+        if addresses:
+            break
+        await asyncio.sleep(0.05)
+    assert addresses == ["10.1.2.3"]
 
 
 async def test_tenant_allowed_cidrs_apply_to_every_credential(
