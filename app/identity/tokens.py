@@ -22,7 +22,8 @@ from app.tenancy.scope import Role, TenantScope
 ALLOWED_ALGORITHMS = frozenset({"EdDSA", "ES256", "RS256"})
 _KNOWN_ROLES = {role.value: role for role in Role}
 # Frontends send the same token on every request until it expires; its signature is checked
-# once and the result kept (keyed by SHA-256 of the token, bounded, dropped at `exp`).
+# once and the result kept (keyed by SHA-256 of the token, bounded, dropped at `exp` or after
+# the JWKS TTL, whichever comes first).
 VERIFIED_CACHE_SIZE = 10_000
 
 
@@ -50,9 +51,7 @@ class JwtVerifier:
             scope, binding, expires = cached
             # Still unexpired, and the issuer binding still in force (a manifest change that
             # drops it invalidates the entry).
-            if time.time() < expires + self._settings.leeway_seconds and binding in (
-                self._registry.bindings(binding.issuer)
-            ):
+            if time.time() < expires and binding in self._registry.bindings(binding.issuer):
                 self._check_tenant(binding.tenant_id)
                 return scope
             del self._verified[digest]
@@ -73,7 +72,16 @@ class JwtVerifier:
             raise
         if len(self._verified) >= VERIFIED_CACHE_SIZE:
             del self._verified[next(iter(self._verified))]
-        self._verified[digest] = (scope, binding, expires)
+        # Kept no longer than the JWKS is trusted without a refetch, so a key the issuer
+        # withdraws stops working as soon as it would without this cache.
+        self._verified[digest] = (
+            scope,
+            binding,
+            min(
+                expires + self._settings.leeway_seconds,
+                time.time() + self._settings.jwks_ttl_seconds,
+            ),
+        )
         return scope
 
     def _check_tenant(self, tenant_id: str) -> None:

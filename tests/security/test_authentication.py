@@ -246,3 +246,29 @@ async def test_path_tricks_do_not_reach_a_protected_handler(
 async def test_oversize_api_key_header_is_refused_before_any_lookup(client: Client) -> None:
     response = await _search(client, None, raw="Bearer bk_" + "a" * 9000)
     _assert_unauthenticated(response)
+
+
+async def test_a_token_accepted_before_is_refused_once_its_tenant_is_disabled(
+    client: Client,
+    app: Litestar,
+    make_tenant: TenantFactory,
+    owner_pool: Any,
+    dev_issuer: DevIssuer,
+) -> None:
+    """The verified-token cache never outlives the tenant's own status."""
+    tenant = await make_tenant("cache")
+    await wait_for_tenant(app, tenant)
+    token = _sign(dev_issuer, _claims(tenant))
+    assert (await _search(client, token)).status_code == 200
+    assert (await _search(client, token)).status_code == 200  # served from the cache
+    await owner_pool.execute("UPDATE tenants SET status = 'disabled' WHERE id = $1", tenant)
+    await owner_pool.execute("SELECT pg_notify('bulkhead_tenants', $1)", tenant)
+    registry = app.state.resources.registry
+    for _ in range(100):
+        record = registry.tenant(tenant)
+        if record is not None and not record.active:
+            break
+        await asyncio.sleep(0.02)
+    response = await _search(client, token)
+    assert response.status_code == 403
+    assert response.json()["code"] == "forbidden"
