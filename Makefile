@@ -7,7 +7,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 
 .DEFAULT_GOAL := help
-.PHONY: help dev test lint typecheck unit bench bench-quick lock clean
+.PHONY: help dev test lint typecheck unit bench bench-quick bench-identity lock clean
 
 help: ## Show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -51,6 +51,9 @@ bench: $(VENV)/.dev ## Benchmarks: 100k chunks across 100 tenants (see benchmark
 
 bench-quick: $(VENV)/.dev ## Benchmark smoke run (1k chunks, 10 tenants)
 	$(BIN)/python -m benchmarks --quick
+
+bench-identity: $(VENV)/.dev ## Identity micro-benchmarks (JWT, API key, revocation propagation)
+	$(BIN)/python -m benchmarks.identity
 
 lock: ## Regenerate requirements.lock and requirements-dev.lock from pyproject.toml
 	rm -rf .lock-venv

@@ -95,6 +95,23 @@ class AuthSettings(BaseModel):
     leeway_seconds: int = Field(default=30, ge=0, le=60)
     max_token_lifetime_seconds: int = Field(default=24 * 3600, ge=60)
     max_authorization_header_bytes: int = Field(default=8192, ge=256)
+    jwks_ttl_seconds: float = Field(default=300.0, gt=0)
+    jwks_min_refetch_seconds: float = Field(default=30.0, ge=0)
+    """An unknown kid refetches an issuer's JWKS at most once per this interval."""
+    api_key_pepper: str | None = Field(default=None, repr=False)
+    """HMAC-SHA256 pepper for API key secrets. Empty: derived (HKDF) from the master key."""
+    api_key_cache_seconds: float = Field(default=60.0, gt=0)
+    """Safety net only: revocations reach every replica's cache at once via NOTIFY."""
+    api_key_last_used_flush_seconds: float = Field(default=5.0, gt=0)
+    service_issuer: str = "urn:bulkhead:service"
+    service_token_ttl_seconds: int = Field(default=600, ge=30, le=900)
+    service_signing_key_file: Path | None = None
+    """Ed25519 PEM signing exchanged service tokens. Empty: `<data_dir>/service-signing.pem`
+    (generated in dev only; outside dev, token exchange is off until it exists)."""
+    service_previous_key_files: list[Path] = []
+    """Retired signing keys: still published and accepted until their tokens have expired."""
+    trusted_proxies: list[str] = []
+    """CIDRs of reverse proxies whose X-Forwarded-For is believed; nobody else's is."""
 
 
 class AuditSettings(BaseModel):
@@ -174,6 +191,11 @@ class Settings(BaseSettings):
     def master_key_path(self) -> Path:
         """File holding the local secrets backend's key-encryption key."""
         return self.secrets.master_key_file or self.data_dir / "master.key"
+
+    @property
+    def service_signing_key_path(self) -> Path:
+        """PEM file of the Ed25519 key that signs exchanged service tokens."""
+        return self.auth.service_signing_key_file or self.data_dir / "service-signing.pem"
 
     @property
     def dev_signing_key_path(self) -> Path:

@@ -14,6 +14,7 @@ from app.audit.middleware import AuditMiddleware
 from app.chat.controllers import ChatController
 from app.config import Settings, get_settings
 from app.health import DevJwksController, HealthController
+from app.identity.controllers import ApiKeyController, ServiceJwksController, TokenController
 from app.identity.guards import provide_scope, tenant_header_guard
 from app.identity.middleware import BearerAuthMiddleware
 from app.problems import EXCEPTION_HANDLERS
@@ -22,9 +23,10 @@ from app.retrieval.controllers import DocumentController, SearchController
 from app.retrieval.corpus import seed_demo_corpus
 from app.secrets.scrub import install_scrubbing
 from app.telemetry.headers import add_trace_header
+from app.telemetry.metrics import configure_metrics
 from app.telemetry.setup import configure_tracing
 
-PUBLIC_PATHS = ["^/healthz$", "^/readyz$", "^/dev/jwks.json$"]
+PUBLIC_PATHS = ["^/healthz$", "^/readyz$", "^/dev/jwks.json$", "^/.well-known/jwks.json$"]
 
 
 def create_app(settings: Settings | None = None) -> Litestar:
@@ -32,12 +34,16 @@ def create_app(settings: Settings | None = None) -> Litestar:
     settings = settings or get_settings()
     install_scrubbing()
     provider = configure_tracing(settings.telemetry)
+    configure_metrics(settings.telemetry)
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         async with open_resources(settings) as resources:
             app.state.resources = resources
             app.state.verifier = resources.verifier
+            app.state.authenticator = resources.authenticator
+            app.state.auth_failures = resources.auth_failures
+            app.state.client_addresses = resources.client_addresses
             app.state.audit = resources.audit
             if settings.dev:
                 await seed_demo_corpus(resources, settings)
@@ -45,6 +51,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
         provider.force_flush()
 
     routes = [HealthController, DocumentController, SearchController, ChatController]
+    routes += [ApiKeyController, TokenController, ServiceJwksController]
     if settings.dev:
         routes.append(DevJwksController)
     return Litestar(

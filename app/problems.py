@@ -67,15 +67,25 @@ class Unauthenticated(ApiError):
 
     status, code, title = 401, "unauthenticated", "Authentication required"
 
-    def __init__(self, detail: str, *, reason: str) -> None:
+    def __init__(self, detail: str, *, reason: str, tenant_id: str | None = None) -> None:
         super().__init__(detail, headers={"WWW-Authenticate": 'Bearer realm="bulkhead"'})
         self.reason = reason
+        self.tenant_id = tenant_id
 
 
 class Forbidden(ApiError):
     """A valid credential without the right to do this."""
 
     status, code, title = 403, "forbidden", "Forbidden"
+
+
+class CredentialRefused(Forbidden):
+    """A valid credential refused at authentication (disabled tenant, network policy)."""
+
+    def __init__(self, detail: str, *, reason: str, tenant_id: str | None = None) -> None:
+        super().__init__(detail)
+        self.reason = reason
+        self.tenant_id = tenant_id
 
 
 class TenantMismatch(ApiError):

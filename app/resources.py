@@ -11,13 +11,19 @@ import asyncpg
 import httpx
 from litestar.datastructures import State
 
+from app.audit.failures import AuthFailureLog
 from app.audit.writer import AuditWriter
 from app.chat.service import ChatService
 from app.config import Settings
 from app.db.pool import create_pool
 from app.db.urls import with_user
+from app.identity.api_keys import ApiKeyHasher, derive_pepper
+from app.identity.authenticator import Authenticator
 from app.identity.dev_issuer import DevIssuer
 from app.identity.jwks import JwksCache
+from app.identity.key_store import ApiKeyStore
+from app.identity.network import ClientAddressResolver
+from app.identity.service_tokens import ServiceTokenIssuer
 from app.identity.tokens import JwtVerifier
 from app.retrieval.edge import EdgeIndex
 from app.retrieval.service import DocumentService
@@ -46,6 +52,11 @@ class Resources:
     documents: DocumentService
     chat: ChatService
     dev_issuer: DevIssuer | None
+    api_keys: ApiKeyStore
+    service_tokens: ServiceTokenIssuer | None
+    authenticator: Authenticator
+    auth_failures: AuthFailureLog
+    client_addresses: ClientAddressResolver
 
 
 def app_dsn(settings: Settings) -> str:
@@ -100,8 +111,20 @@ async def open_resources(settings: Settings) -> AsyncIterator[Resources]:
         )
         verifier = JwtVerifier(
             registry=registry,
-            jwks=JwksCache(http=http, dev_issuer=dev_issuer),
+            jwks=JwksCache(
+                http=http,
+                dev_issuer=dev_issuer,
+                ttl_seconds=settings.auth.jwks_ttl_seconds,
+                min_refetch_seconds=settings.auth.jwks_min_refetch_seconds,
+            ),
             settings=settings.auth,
+        )
+        identity = await stack.enter_async_context(open_identity(settings, pool, dsn, kek))
+        authenticator = Authenticator(
+            registry=registry,
+            jwt_verifier=verifier,
+            api_keys=identity.api_keys,
+            service_tokens=identity.service_tokens,
         )
         audit = AuditWriter(
             pool,
@@ -130,12 +153,65 @@ async def open_resources(settings: Settings) -> AsyncIterator[Resources]:
                 max_message_chars=settings.limits.max_query_chars,
             ),
             dev_issuer=dev_issuer,
+            api_keys=identity.api_keys,
+            service_tokens=identity.service_tokens,
+            authenticator=authenticator,
+            auth_failures=identity.auth_failures,
+            client_addresses=ClientAddressResolver(settings.auth.trusted_proxies),
         )
 
 
 def _platform_refs(registry: TenantRegistry, tenant_id: str) -> frozenset[str]:
     record = registry.tenant(tenant_id)
     return opted_in_platform_refs(record.manifest if record else None)
+
+
+@dataclass(slots=True)
+class IdentityResources:
+    """API key store, service-token issuer and the auth-failure log."""
+
+    api_keys: ApiKeyStore
+    service_tokens: ServiceTokenIssuer | None
+    auth_failures: AuthFailureLog
+
+
+@asynccontextmanager
+async def open_identity(
+    settings: Settings, pool: asyncpg.Pool, dsn: str, kek: bytes
+) -> AsyncIterator[IdentityResources]:
+    """Open the identity collaborators that listen or write in the background."""
+    auth = settings.auth
+    pepper = auth.api_key_pepper.encode() if auth.api_key_pepper else derive_pepper(kek)
+    store = ApiKeyStore(
+        pool,
+        ApiKeyHasher(pepper),
+        cache_seconds=auth.api_key_cache_seconds,
+        flush_seconds=auth.api_key_last_used_flush_seconds,
+    )
+    service_tokens = ServiceTokenIssuer.from_files(
+        settings.service_signing_key_path,
+        auth.service_previous_key_files,
+        create=settings.dev,
+        issuer=auth.service_issuer,
+        audience=auth.audience,
+        ttl_seconds=auth.service_token_ttl_seconds,
+        leeway_seconds=auth.leeway_seconds,
+    )
+    if service_tokens is None:
+        _log.warning(
+            "no service signing key at %s: token exchange (/v1/auth/token) is disabled",
+            settings.service_signing_key_path,
+        )
+    failures = AuthFailureLog(pool)
+    await store.start(dsn)
+    failures.start()
+    try:
+        yield IdentityResources(
+            api_keys=store, service_tokens=service_tokens, auth_failures=failures
+        )
+    finally:
+        await failures.close()
+        await store.close()
 
 
 def provide_documents(state: State) -> DocumentService:

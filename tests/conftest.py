@@ -21,7 +21,9 @@ import asyncpg
 import pytest
 from litestar import Litestar
 from litestar.testing import AsyncTestClient
-from opentelemetry import trace
+from opentelemetry import metrics, trace
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -47,6 +49,24 @@ SPANS = InMemorySpanExporter()
 _provider = TracerProvider()
 _provider.add_span_processor(SimpleSpanProcessor(SPANS))
 trace.set_tracer_provider(_provider)
+# Likewise one meter provider; tests read counters (e.g. bulkhead.auth.failures) from memory.
+METRICS = InMemoryMetricReader()
+metrics.set_meter_provider(MeterProvider(metric_readers=[METRICS]))
+
+
+def counter_value(name: str, **attributes: str) -> int:
+    """Current value of a counter's data point whose attributes include `attributes`."""
+    data = METRICS.get_metrics_data()
+    total = 0
+    for resource in data.resource_metrics if data else []:
+        for scope in resource.scope_metrics:
+            for metric in scope.metrics:
+                if metric.name != name:
+                    continue
+                for point in metric.data.data_points:
+                    if all(point.attributes.get(k) == v for k, v in attributes.items()):
+                        total += int(point.value)
+    return total
 
 
 @pytest.fixture(scope="session")

@@ -39,7 +39,8 @@ class AuditMiddleware:
             if message["type"] == "http.response.start":
                 caller = scope.get("user")
                 if isinstance(caller, TenantScope):
-                    client = scope.get("client")
+                    resolved = scope.get("state", {}).get("bulkhead_client_address")
+                    client = (str(resolved), 0) if resolved else scope.get("client")
                     await writer.record(
                         AuditRow(
                             tenant_id=caller.tenant_id,

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
+import hashlib
+import json
+import time
 from collections.abc import Iterable
 from typing import Any
 
@@ -9,13 +14,17 @@ import jwt
 
 from app.config import AuthSettings
 from app.identity.jwks import JwksCache, KeyNotFound
-from app.problems import Forbidden, Unauthenticated
+from app.problems import CredentialRefused, Unauthenticated
 from app.tenancy.registry import IssuerBinding, TenantRegistry
 from app.tenancy.scope import Role, TenantScope
 
 # Asymmetric only: HS* would let anyone holding the public key (i.e. everyone) forge tokens.
 ALLOWED_ALGORITHMS = frozenset({"EdDSA", "ES256", "RS256"})
 _KNOWN_ROLES = {role.value: role for role in Role}
+# Frontends send the same token on every request until it expires; its signature is checked
+# once and the result kept (keyed by SHA-256 of the token, bounded, dropped at `exp` or after
+# the JWKS TTL, whichever comes first).
+VERIFIED_CACHE_SIZE = 10_000
 
 
 class JwtVerifier:
@@ -27,19 +36,26 @@ class JwtVerifier:
         self._registry = registry
         self._jwks = jwks
         self._settings = settings
+        self._verified: dict[bytes, tuple[TenantScope, IssuerBinding, float]] = {}
 
     async def verify(self, token: str) -> TenantScope:
         """Verify `token` and build the caller's scope.
 
         Raises:
             Unauthenticated: Malformed, unsigned, expired, wrongly addressed or unknown token.
-            Forbidden: Valid token for a disabled tenant.
+            CredentialRefused: Valid token for a disabled tenant.
         """
-        try:
-            header = jwt.get_unverified_header(token)
-            unverified = jwt.decode(token, options={"verify_signature": False})
-        except jwt.PyJWTError as exc:
-            raise Unauthenticated("malformed token", reason="malformed") from exc
+        digest = hashlib.sha256(token.encode()).digest()
+        cached = self._verified.get(digest)
+        if cached is not None:
+            scope, binding, expires = cached
+            # Still unexpired, and the issuer binding still in force (a manifest change that
+            # drops it invalidates the entry).
+            if time.time() < expires and binding in self._registry.bindings(binding.issuer):
+                self._check_tenant(binding.tenant_id)
+                return scope
+            del self._verified[digest]
+        header, unverified = peek_unverified(token)
         algorithm = header.get("alg")
         if algorithm not in ALLOWED_ALGORITHMS:
             raise Unauthenticated("token algorithm not accepted", reason="bad_algorithm")
@@ -49,9 +65,44 @@ class JwtVerifier:
         issuer = unverified.get("iss")
         binding = self._binding(issuer, unverified)
         try:
+            scope, expires = await self._verify_bound(token, binding, algorithm=algorithm, kid=kid)
+        except Unauthenticated as exc:
+            # Attributed to the tenant the token claims, so an SRE sees whose users fail.
+            exc.tenant_id = exc.tenant_id or binding.tenant_id
+            raise
+        if len(self._verified) >= VERIFIED_CACHE_SIZE:
+            del self._verified[next(iter(self._verified))]
+        # Kept no longer than the JWKS is trusted without a refetch, so a key the issuer
+        # withdraws stops working as soon as it would without this cache.
+        self._verified[digest] = (
+            scope,
+            binding,
+            min(
+                expires + self._settings.leeway_seconds,
+                time.time() + self._settings.jwks_ttl_seconds,
+            ),
+        )
+        return scope
+
+    def _check_tenant(self, tenant_id: str) -> None:
+        tenant = self._registry.tenant(tenant_id)
+        if tenant is None:
+            raise Unauthenticated("tenant unknown", reason="unknown_tenant")
+        if not tenant.active:
+            raise CredentialRefused(
+                "tenant is disabled", reason="tenant_disabled", tenant_id=tenant.id
+            )
+
+    async def _verify_bound(
+        self, token: str, binding: IssuerBinding, *, algorithm: str, kid: str
+    ) -> tuple[TenantScope, float]:
+        try:
             key = await self._jwks.key(issuer=binding.issuer, jwks_uri=binding.jwks_uri, kid=kid)
         except KeyNotFound as exc:
             raise Unauthenticated("unknown signing key", reason="unknown_kid") from exc
+        if key.algorithm_name != algorithm:
+            # The key decides the algorithm, never the token's header alone.
+            raise Unauthenticated("token algorithm does not match its key", reason="bad_algorithm")
         try:
             claims: dict[str, Any] = jwt.decode(
                 token,
@@ -75,16 +126,12 @@ class JwtVerifier:
         # verified claims so a tampered payload can never select another tenant.
         if binding.tenant_claim and claims.get(binding.tenant_claim) != binding.tenant_claim_value:
             raise Unauthenticated("token tenant claim invalid", reason="tenant_claim")
-        tenant = self._registry.tenant(binding.tenant_id)
-        if tenant is None:
-            raise Unauthenticated("tenant unknown", reason="unknown_tenant")
-        if not tenant.active:
-            raise Forbidden("tenant is disabled")
+        self._check_tenant(binding.tenant_id)
         subject = claims["sub"]
         if not isinstance(subject, str) or not subject:
             raise Unauthenticated("token subject invalid", reason="invalid")
-        return TenantScope(
-            tenant_id=tenant.id,
+        scope = TenantScope(
+            tenant_id=binding.tenant_id,
             subject=subject,
             roles=frozenset(
                 _KNOWN_ROLES[r]
@@ -94,6 +141,7 @@ class JwtVerifier:
             groups=tuple(sorted(set(_strings(claims.get(binding.groups_claim))))),
             credential_id=f"jwt:{kid}",
         )
+        return scope, float(claims["exp"])
 
     def _binding(self, issuer: object, claims: dict[str, Any]) -> IssuerBinding:
         if not isinstance(issuer, str):
@@ -114,6 +162,29 @@ class JwtVerifier:
             raise Unauthenticated("token times invalid", reason="invalid")
         if expires - issued > self._settings.max_token_lifetime_seconds:
             raise Unauthenticated("token lifetime exceeds the maximum", reason="lifetime")
+
+
+def peek_unverified(token: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Header and payload, unverified: only to choose the issuer and key.
+
+    PyJWT then verifies the whole token; this only saves parsing it twice on the hot path.
+
+    Raises:
+        Unauthenticated: Not three base64url segments of JSON objects.
+    """
+    parts = token.split(".")
+    if len(parts) != 3:
+        raise Unauthenticated("malformed token", reason="malformed")
+    try:
+        header, payload = (
+            json.loads(base64.urlsafe_b64decode(part + "=" * (-len(part) % 4)))
+            for part in parts[:2]
+        )
+    except (ValueError, binascii.Error) as exc:
+        raise Unauthenticated("malformed token", reason="malformed") from exc
+    if not isinstance(header, dict) or not isinstance(payload, dict):
+        raise Unauthenticated("malformed token", reason="malformed")
+    return header, payload
 
 
 def _strings(value: object) -> Iterable[str]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import json
 from functools import lru_cache
 from importlib import resources
@@ -138,6 +139,11 @@ def parse_manifest(data: Any, *, source: str) -> TenantManifest:
                 f"{source}: llm/chain/{index}/secret: a tenant may name only its own"
                 f" secrets (tenants/{manifest.id}/...) or platform/... refs"
             )
+    for index, cidr in enumerate(manifest.network.allowed_cidrs):
+        try:
+            ipaddress.ip_network(cidr, strict=False)
+        except ValueError as exc:
+            raise ManifestError(f"{source}: network/allowed_cidrs/{index}: {exc}") from exc
     return manifest
 
 

@@ -55,6 +55,9 @@ class TenantRegistry:
         self._bindings: dict[str, tuple[IssuerBinding, ...]] = {}
         self._listener: asyncpg.Connection | None = None
         self._reload_lock = asyncio.Lock()
+        self._dsn = ""
+        self._closing = False
+        self._reconnecting: asyncio.Task[None] | None = None
 
     async def load(self) -> None:
         """Read every tenant and issuer from the platform tables."""
@@ -81,17 +84,46 @@ class TenantRegistry:
         self._bindings = {issuer: tuple(items) for issuer, items in bindings.items()}
 
     async def listen(self, dsn: str) -> None:
-        """Reload on every `NOTIFY bulkhead_tenants` until `close()`."""
-        self._listener = await asyncpg.connect(dsn)
-        await self._listener.add_listener(CHANNEL, self._on_notify)
+        """Reload on every `NOTIFY bulkhead_tenants` until `close()`.
+
+        A lost listener connection is re-established in the background, and the registry is
+        reloaded once it is back, so a change announced meanwhile is not missed for good.
+        """
+        self._dsn = dsn
+        listener = await asyncpg.connect(dsn)
+        await listener.add_listener(CHANNEL, self._on_notify)
+        listener.add_termination_listener(self._on_listener_lost)
+        self._listener = listener
 
     def _on_notify(self, *_: Any) -> None:
         task = asyncio.get_running_loop().create_task(self.load())
         task.add_done_callback(_log_reload_failure)
 
+    def _on_listener_lost(self, _connection: Any) -> None:
+        _log.error("tenant registry listener connection lost; reconnecting")
+        self._listener = None
+        if self._reconnecting is None or self._reconnecting.done():
+            self._reconnecting = asyncio.get_running_loop().create_task(self._reconnect())
+
+    async def _reconnect(self) -> None:
+        delay = 0.1
+        while self._listener is None and not self._closing:
+            try:
+                await self.listen(self._dsn)
+                await self.load()
+                _log.info("tenant registry listener reconnected")
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
     async def close(self) -> None:
         """Stop listening."""
+        self._closing = True
+        if self._reconnecting is not None:
+            self._reconnecting.cancel()
+            await asyncio.gather(self._reconnecting, return_exceptions=True)
         if self._listener is not None:
+            self._listener.remove_termination_listener(self._on_listener_lost)
             await self._listener.close()
             self._listener = None
 

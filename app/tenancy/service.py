@@ -5,6 +5,7 @@ Runs as the owner role: the runtime role cannot write the tenant registry at all
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass, field
 
 from app.db.pool import Connection
@@ -38,6 +39,11 @@ def _check_issuers(manifest: TenantManifest) -> None:
                 " same tenant claim value"
             )
         seen.add(key)
+    for cidr in manifest.network.allowed_cidrs:
+        try:
+            ipaddress.ip_network(cidr, strict=False)
+        except ValueError as exc:
+            raise ManifestError(f"{manifest.id}: network.allowed_cidrs: {exc}") from exc
 
 
 async def apply_manifest(

@@ -197,3 +197,78 @@ async def test_public_endpoints_need_no_token(client: Client) -> None:
     jwks = (await client.get("/dev/jwks.json")).json()
     assert [key["alg"] for key in jwks["keys"]] == ["EdDSA"]
     assert all("d" not in key for key in jwks["keys"])
+
+
+@pytest.mark.parametrize(
+    ("host", "status", "code"),
+    [
+        ("evil.example", 401, "unauthenticated"),
+        ("localhost", 401, "unauthenticated"),
+        ("127.0.0.1:8000", 401, "unauthenticated"),
+        ("a" * 300, 401, "unauthenticated"),
+        ("testserver.local/healthz", 400, "bad_request"),
+    ],
+)
+async def test_host_header_never_decides_auth(
+    client: Client, host: str, status: int, code: str
+) -> None:
+    """Routing and the public/protected decision use the ASGI path, never the Host header."""
+    response = await client.post("/v1/search", json={"query": "x"}, headers={"Host": host})
+    assert response.status_code == status, response.text
+    assert response.json()["code"] == code
+
+
+@pytest.mark.parametrize(
+    ("path", "status", "code"),
+    [
+        ("/v1/search/", 401, "unauthenticated"),
+        ("/v1//search", 401, "unauthenticated"),
+        ("/healthz/../v1/search", 401, "unauthenticated"),
+        ("/.well-known/jwks.json/../../v1/search", 401, "unauthenticated"),
+        ("/v1/search?/healthz", 401, "unauthenticated"),
+        ("//v1/search", 404, "not_found"),
+        ("/healthz%2F..%2Fv1/search", 404, "not_found"),
+        ("/V1/SEARCH", 404, "not_found"),
+        ("/v1/search%00", 404, "not_found"),
+        ("/healthzz", 404, "not_found"),
+        ("/dev/jwks.jsonx", 404, "not_found"),
+    ],
+)
+async def test_path_tricks_do_not_reach_a_protected_handler(
+    client: Client, path: str, status: int, code: str
+) -> None:
+    """A path either routes to a protected handler (and needs a token) or to nothing at all."""
+    response = await client.post(path, json={"query": "x"})
+    assert response.status_code == status, response.text
+    assert response.json()["code"] == code
+
+
+async def test_oversize_api_key_header_is_refused_before_any_lookup(client: Client) -> None:
+    response = await _search(client, None, raw="Bearer bk_" + "a" * 9000)
+    _assert_unauthenticated(response)
+
+
+async def test_a_token_accepted_before_is_refused_once_its_tenant_is_disabled(
+    client: Client,
+    app: Litestar,
+    make_tenant: TenantFactory,
+    owner_pool: Any,
+    dev_issuer: DevIssuer,
+) -> None:
+    """The verified-token cache never outlives the tenant's own status."""
+    tenant = await make_tenant("cache")
+    await wait_for_tenant(app, tenant)
+    token = _sign(dev_issuer, _claims(tenant))
+    assert (await _search(client, token)).status_code == 200
+    assert (await _search(client, token)).status_code == 200  # served from the cache
+    await owner_pool.execute("UPDATE tenants SET status = 'disabled' WHERE id = $1", tenant)
+    await owner_pool.execute("SELECT pg_notify('bulkhead_tenants', $1)", tenant)
+    registry = app.state.resources.registry
+    for _ in range(100):
+        record = registry.tenant(tenant)
+        if record is not None and not record.active:
+            break
+        await asyncio.sleep(0.02)
+    response = await _search(client, token)
+    assert response.status_code == 403
+    assert response.json()["code"] == "forbidden"

@@ -1,0 +1,159 @@
+"""`bulkhead keys`: the admin API's API-key operations, for operators (owner role, DATABASE_URL).
+
+Every command works inside one tenant (RLS armed for it) and notifies running replicas, exactly
+as the admin endpoints do. A new key's plaintext goes to stdout, once; everything else to stderr.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import getpass
+import json
+from collections.abc import Awaitable, Callable
+from dataclasses import asdict
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from app.config import Settings, get_settings
+from app.db.pool import Connection, connect, set_tenant
+from app.identity import api_keys
+from app.identity.service_tokens import generate_signing_key
+from app.problems import ApiError
+from app.secrets.kek import MasterKeyError, load_master_key
+
+T = TypeVar("T")
+
+
+def _hasher(settings: Settings) -> api_keys.ApiKeyHasher:
+    if settings.auth.api_key_pepper:
+        return api_keys.ApiKeyHasher(settings.auth.api_key_pepper.encode())
+    try:
+        return api_keys.ApiKeyHasher(api_keys.derive_pepper(load_master_key(settings)))
+    except MasterKeyError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+def _in_tenant(tenant: str, work: Callable[[Connection], Awaitable[T]]) -> T:
+    settings = get_settings()
+    if not settings.db.url:
+        raise click.ClickException("set DATABASE_URL (the owner role's connection)")
+    url = settings.db.url
+
+    async def run() -> T:
+        connection = await connect(url)
+        try:
+            async with connection.transaction():
+                exists = await connection.fetchval("SELECT 1 FROM tenants WHERE id = $1", tenant)
+                if not exists:
+                    raise click.ClickException(f"no tenant {tenant!r}")
+                await set_tenant(connection, tenant)
+                return await work(connection)
+        finally:
+            await connection.close()
+
+    try:
+        return asyncio.run(run())
+    except ApiError as exc:
+        raise click.ClickException(exc.detail) from exc
+
+
+def _show(info: api_keys.ApiKeyInfo) -> str:
+    return json.dumps(asdict(info), default=str)
+
+
+@click.group()
+def keys() -> None:
+    """Create, list, rotate and revoke service API keys."""
+
+
+@keys.command("create")
+@click.option("--tenant", required=True)
+@click.option("--name", required=True)
+@click.option("--scopes", required=True, help="Comma-separated roles: chat,search,ingest,admin.")
+@click.option("--expires-in", type=int, default=None, help="Lifetime in seconds (default: none).")
+@click.option("--cidr", "cidrs", multiple=True, help="Allowed client network (repeatable).")
+def create(
+    tenant: str, name: str, scopes: str, expires_in: int | None, cidrs: tuple[str, ...]
+) -> None:
+    """Create a key; its plaintext is printed once, on stdout."""
+    hasher = _hasher(get_settings())
+    expires = datetime.now(UTC) + timedelta(seconds=expires_in) if expires_in else None
+
+    async def work(connection: Connection) -> api_keys.CreatedKey:
+        return await api_keys.create_key(
+            connection,
+            tenant_id=tenant,
+            hasher=hasher,
+            name=name,
+            scopes=[s.strip() for s in scopes.split(",") if s.strip()],
+            created_by=f"cli:{getpass.getuser()}",
+            expires_at=expires,
+            allowed_cidrs=list(cidrs),
+        )
+
+    created = _in_tenant(tenant, work)
+    click.echo(_show(created.info), err=True)
+    click.echo(created.key)
+
+
+@keys.command("list")
+@click.option("--tenant", required=True)
+def list_(tenant: str) -> None:
+    """List a tenant's keys (never their secrets), one JSON object a line."""
+
+    async def work(connection: Connection) -> list[api_keys.ApiKeyInfo]:
+        return await api_keys.list_keys(connection, tenant_id=tenant)
+
+    for info in _in_tenant(tenant, work):
+        click.echo(_show(info))
+
+
+@keys.command("rotate")
+@click.option("--tenant", required=True)
+@click.argument("key_id")
+@click.option("--grace", type=int, default=3600, show_default=True, help="Seconds.")
+def rotate(tenant: str, key_id: str, grace: int) -> None:
+    """Issue a successor key; the old one works until the grace period ends."""
+    hasher = _hasher(get_settings())
+
+    async def work(connection: Connection) -> Any:
+        return await api_keys.rotate_key(
+            connection,
+            tenant_id=tenant,
+            hasher=hasher,
+            key_id=key_id,
+            grace_seconds=grace,
+            created_by=f"cli:{getpass.getuser()}",
+        )
+
+    created, previous = _in_tenant(tenant, work)
+    click.echo(_show(previous), err=True)
+    click.echo(_show(created.info), err=True)
+    click.echo(created.key)
+
+
+@keys.command("revoke")
+@click.option("--tenant", required=True)
+@click.argument("key_id")
+def revoke(tenant: str, key_id: str) -> None:
+    """Revoke a key on every replica at once."""
+
+    async def work(connection: Connection) -> None:
+        await api_keys.revoke_key(connection, tenant_id=tenant, key_id=key_id)
+
+    _in_tenant(tenant, work)
+    click.echo(f"{key_id}: revoked", err=True)
+
+
+@keys.command("signing-key")
+@click.argument("path", type=click.Path(path_type=Path))
+def signing_key(path: Path) -> None:
+    """Generate an Ed25519 key for service tokens (BULKHEAD_AUTH__SERVICE_SIGNING_KEY_FILE)."""
+    try:
+        generate_signing_key(path)
+    except FileExistsError as exc:
+        raise click.ClickException(f"{path} exists; refusing to overwrite") from exc
+    click.echo(f"wrote {path} (0600)", err=True)

@@ -1,0 +1,143 @@
+"""HTTP endpoints of identity: API key admin, token exchange, Bulkhead's public JWKS."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import Any
+
+from litestar import Controller, Request, delete, get, post
+from litestar.datastructures import CacheControlHeader, State
+from litestar.di import NamedDependency
+from litestar.params import FromPath, JSONBody
+from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED, HTTP_204_NO_CONTENT
+
+from app.db.pool import tenant_transaction
+from app.identity import api_keys
+from app.identity.guards import requires
+from app.identity.schemas import (
+    ApiKeyCreated,
+    ApiKeyList,
+    ApiKeyOut,
+    ApiKeyRotated,
+    CreateApiKey,
+    RotateApiKey,
+    TokenResponse,
+)
+from app.identity.service_tokens import ServiceTokenIssuer
+from app.problems import Forbidden, ServiceUnavailable
+from app.resources import Resources
+from app.tenancy.scope import Role, TenantScope
+
+
+def _out(info: api_keys.ApiKeyInfo) -> ApiKeyOut:
+    return ApiKeyOut(**asdict(info))
+
+
+def _resources(state: State) -> Resources:
+    resources: Resources = state.resources
+    return resources
+
+
+class ApiKeyController(Controller):
+    """`/v1/admin/api-keys`: create (shown once), list, rotate with grace, revoke."""
+
+    path = "/v1/admin/api-keys"
+    guards = [requires(Role.ADMIN)]
+
+    @post(status_code=HTTP_201_CREATED)
+    async def create(
+        self, data: JSONBody[CreateApiKey], caller: NamedDependency[TenantScope], state: State
+    ) -> ApiKeyCreated:
+        """Create a key for the caller's tenant."""
+        resources = _resources(state)
+        async with tenant_transaction(resources.pool, scope=caller) as connection:
+            created = await api_keys.create_key(
+                connection,
+                tenant_id=caller.tenant_id,
+                hasher=resources.api_keys.hasher,
+                name=data.name,
+                scopes=data.scopes,
+                created_by=caller.subject,
+                expires_at=data.expires_at,
+                allowed_cidrs=data.allowed_cidrs,
+            )
+        return ApiKeyCreated(key=created.key, api_key=_out(created.info))
+
+    @get()
+    async def list_keys(self, caller: NamedDependency[TenantScope], state: State) -> ApiKeyList:
+        """The tenant's keys, without secrets."""
+        async with tenant_transaction(_resources(state).pool, scope=caller) as connection:
+            keys = await api_keys.list_keys(connection, tenant_id=caller.tenant_id)
+        return ApiKeyList(api_keys=[_out(k) for k in keys])
+
+    @post("/{key_id:str}/rotate", status_code=HTTP_201_CREATED)
+    async def rotate(
+        self,
+        key_id: FromPath[str],
+        data: JSONBody[RotateApiKey],
+        caller: NamedDependency[TenantScope],
+        state: State,
+    ) -> ApiKeyRotated:
+        """Issue a successor; the old key works until the grace period ends."""
+        resources = _resources(state)
+        async with tenant_transaction(resources.pool, scope=caller) as connection:
+            created, previous = await api_keys.rotate_key(
+                connection,
+                tenant_id=caller.tenant_id,
+                hasher=resources.api_keys.hasher,
+                key_id=key_id,
+                grace_seconds=data.grace_seconds,
+                created_by=caller.subject,
+            )
+        # This replica forgets the key now; the others on NOTIFY, moments later.
+        resources.api_keys.evict(key_id)
+        return ApiKeyRotated(key=created.key, api_key=_out(created.info), previous=_out(previous))
+
+    @delete("/{key_id:str}", status_code=HTTP_204_NO_CONTENT)
+    async def revoke(
+        self, key_id: FromPath[str], caller: NamedDependency[TenantScope], state: State
+    ) -> None:
+        """Revoke a key on every replica at once."""
+        resources = _resources(state)
+        async with tenant_transaction(resources.pool, scope=caller) as connection:
+            await api_keys.revoke_key(connection, tenant_id=caller.tenant_id, key_id=key_id)
+        resources.api_keys.evict(key_id)
+
+
+class TokenController(Controller):
+    """`POST /v1/auth/token`: trade a service API key for a short-lived JWT."""
+
+    path = "/v1/auth/token"
+
+    @post(status_code=HTTP_200_OK, cache_control=CacheControlHeader(no_store=True))
+    async def exchange(
+        self, request: Request[TenantScope, Any, Any], state: State
+    ) -> TokenResponse:
+        """Exchange the presented API key (only an API key) for a service token."""
+        caller = request.user
+        issuer: ServiceTokenIssuer | None = _resources(state).service_tokens
+        if issuer is None:
+            raise ServiceUnavailable("token exchange is not configured on this server")
+        if not caller.credential_id.startswith("apikey:"):
+            raise Forbidden("only a service API key can be exchanged for a token")
+        key_id = caller.credential_id.removeprefix("apikey:")
+        token = issuer.mint(
+            tenant_id=caller.tenant_id, key_id=key_id, roles=sorted(r.value for r in caller.roles)
+        )
+        return TokenResponse(
+            access_token=token,
+            token_type="Bearer",  # noqa: S106 - an auth scheme name, not a password
+            expires_in=issuer.ttl_seconds,
+        )
+
+
+class ServiceJwksController(Controller):
+    """`GET /.well-known/jwks.json`: the keys that sign Bulkhead's service tokens."""
+
+    path = "/.well-known/jwks.json"
+
+    @get(cache_control=None)
+    async def jwks(self, state: State) -> dict[str, Any]:
+        """Public signing keys (current and still-valid previous ones)."""
+        issuer: ServiceTokenIssuer | None = _resources(state).service_tokens
+        return issuer.jwks() if issuer is not None else {"keys": []}
