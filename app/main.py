@@ -10,6 +10,7 @@ from litestar.di import Provide
 from litestar.middleware import DefineMiddleware
 from litestar.plugins.opentelemetry import OpenTelemetryConfig, OpenTelemetryPlugin
 
+from app.audit.controllers import UsageController
 from app.audit.middleware import AuditMiddleware
 from app.chat.controllers import ChatController
 from app.config import Settings, get_settings
@@ -42,7 +43,13 @@ def create_app(settings: Settings | None = None) -> Litestar:
             yield
         provider.force_flush()
 
-    routes = [HealthController, DocumentController, SearchController, ChatController]
+    routes = [
+        HealthController,
+        DocumentController,
+        SearchController,
+        ChatController,
+        UsageController,
+    ]
     if settings.dev:
         routes.append(DevJwksController)
     return Litestar(

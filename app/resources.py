@@ -19,6 +19,7 @@ from app.db.urls import with_user
 from app.identity.dev_issuer import DevIssuer
 from app.identity.jwks import JwksCache
 from app.identity.tokens import JwtVerifier
+from app.llm.keys import BackendSecretResolver
 from app.retrieval.edge import EdgeIndex
 from app.retrieval.service import DocumentService
 from app.secrets.backend import SecretsBackend
@@ -98,11 +99,14 @@ async def open_resources(settings: Settings) -> AsyncIterator[Resources]:
         documents = DocumentService(
             pool=pool, index=index, limits=settings.limits, chunking=settings.chunking
         )
+        secrets = LocalSecretsBackend(pool, kek)
+        # Switches to the secrets package's SecretCache when it lands (same two methods).
+        resolver = BackendSecretResolver(secrets, ttl_seconds=settings.llm.key_cache_seconds)
         yield Resources(
             pool=pool,
             registry=registry,
             index=index,
-            secrets=LocalSecretsBackend(pool, kek),
+            secrets=secrets,
             verifier=verifier,
             audit=audit,
             documents=documents,
@@ -111,6 +115,8 @@ async def open_resources(settings: Settings) -> AsyncIterator[Resources]:
                 documents=documents,
                 registry=registry,
                 max_message_chars=settings.limits.max_query_chars,
+                resolver=resolver,
+                llm=settings.llm,
             ),
             dev_issuer=dev_issuer,
         )
