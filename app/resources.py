@@ -102,6 +102,15 @@ async def open_resources(settings: Settings) -> AsyncIterator[Resources]:
         secrets = LocalSecretsBackend(pool, kek)
         # Switches to the secrets package's SecretCache when it lands (same two methods).
         resolver = BackendSecretResolver(secrets, ttl_seconds=settings.llm.key_cache_seconds)
+        chat = ChatService(
+            pool=pool,
+            documents=documents,
+            registry=registry,
+            max_message_chars=settings.limits.max_query_chars,
+            resolver=resolver,
+            llm=settings.llm,
+        )
+        stack.push_async_callback(chat.aclose)
         yield Resources(
             pool=pool,
             registry=registry,
@@ -110,14 +119,7 @@ async def open_resources(settings: Settings) -> AsyncIterator[Resources]:
             verifier=verifier,
             audit=audit,
             documents=documents,
-            chat=ChatService(
-                pool=pool,
-                documents=documents,
-                registry=registry,
-                max_message_chars=settings.limits.max_query_chars,
-                resolver=resolver,
-                llm=settings.llm,
-            ),
+            chat=chat,
             dev_issuer=dev_issuer,
         )
 

@@ -37,6 +37,7 @@ from app.secrets.kek import load_master_key
 from app.tenancy.manifest import IdentitySpec, IssuerSpec, TenantManifest
 from app.tenancy.scope import Role
 from app.tenancy.service import apply_manifest
+from scripts.provider_emulator import EmulatorServer
 
 APP_ROLE = "bulkhead_app"
 DEV_ISSUER = "urn:bulkhead:dev-issuer"
@@ -229,3 +230,11 @@ def auth(dev_issuer: DevIssuer) -> AuthHeaders:
 def spans() -> InMemorySpanExporter:
     SPANS.clear()
     return SPANS
+
+
+@pytest.fixture(scope="session")
+def emulator() -> Iterator[EmulatorServer]:
+    """The OpenAI/Anthropic provider emulator on a loopback port, shared by the run."""
+    server = EmulatorServer().start()
+    yield server
+    server.stop()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import time
@@ -79,6 +80,7 @@ class ChatService:
         self._llm = llm or LlmSettings()
         self.breakers = BreakerRegistry(chain_policy(self._llm).breaker)
         self._chains: dict[str, tuple[str, ProviderChain]] = {}
+        self._retiring: set[asyncio.Task[None]] = set()
 
     def _chain(self, tenant_id: str) -> ProviderChain:
         tenant = self._registry.tenant(tenant_id)
@@ -95,9 +97,29 @@ class ChatService:
                     entries, resolver=self._resolver, settings=self._llm, breakers=self.breakers
                 )
             )
+            if cached is not None:
+                self._retire(cached[1])
             cached = (digest, chain)
             self._chains[tenant_id] = cached
         return cached[1]
+
+    def _retire(self, chain: ProviderChain) -> None:
+        # Requests already running on the old chain keep it until their deadline.
+        async def close_later() -> None:
+            await asyncio.sleep(chain.policy.request_deadline)
+            await chain.aclose()
+
+        task = asyncio.get_running_loop().create_task(close_later())
+        self._retiring.add(task)
+        task.add_done_callback(self._retiring.discard)
+
+    async def aclose(self) -> None:
+        """Close every chain's provider connections."""
+        for task in list(self._retiring):
+            task.cancel()
+        for _, chain in self._chains.values():
+            await chain.aclose()
+        self._chains.clear()
 
     async def answer(
         self,

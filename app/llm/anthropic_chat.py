@@ -45,7 +45,12 @@ class AnthropicProvider:
             client = self._keys.remember(
                 key,
                 anthropic.AsyncAnthropic(
-                    api_key=key.reveal(), base_url=self._keys.entry.base_url, max_retries=0
+                    api_key=key.reveal(),
+                    base_url=self._keys.entry.base_url,
+                    max_retries=0,
+                    # Bulkhead writes the attempt spans itself, attributed to the tenant; the
+                    # SDK's own would be unattributed duplicates.
+                    open_telemetry=False,
                 ),
             )
         return client
@@ -137,3 +142,8 @@ class AnthropicProvider:
     async def invalidate_key(self, *, scope: TenantScope) -> None:
         """Forget the tenant's key for this entry."""
         await self._keys.invalidate(scope=scope)
+
+    async def aclose(self) -> None:
+        """Close the SDK clients (their connection pools)."""
+        for client in self._keys.made():
+            await client.close()

@@ -112,6 +112,9 @@ class LocalProvider:
     async def invalidate_key(self, *, scope: TenantScope) -> None:
         """Nothing to forget: `local` uses no key."""
 
+    async def aclose(self) -> None:
+        """Nothing to release."""
+
     def answer(self, request: CompletionRequest) -> Completion:
         """Answer with the best-matching context sentences, each cited."""
         question_terms = _terms(request.question)

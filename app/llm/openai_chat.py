@@ -145,3 +145,8 @@ class OpenAIProvider:
     async def invalidate_key(self, *, scope: TenantScope) -> None:
         """Forget the tenant's key for this entry."""
         await self._keys.invalidate(scope=scope)
+
+    async def aclose(self) -> None:
+        """Close the SDK clients (their connection pools)."""
+        for client in self._keys.made():
+            await client.close()

@@ -110,3 +110,7 @@ class Provider(Protocol):
     async def invalidate_key(self, *, scope: TenantScope) -> None:
         """Forget the tenant's cached key after the provider refused it (401/403)."""
         ...
+
+    async def aclose(self) -> None:
+        """Release connections."""
+        ...

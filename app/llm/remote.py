@@ -51,6 +51,7 @@ class KeyedClients(Generic[ClientT]):
         self.ref = SecretRef.parse(entry.secret)
         self._resolver = resolver
         self._current: tuple[str, ClientT] | None = None
+        self._made: list[ClientT] = []
 
     async def key(self, *, scope: TenantScope) -> SecretValue:
         """The tenant's key for this entry.
@@ -75,7 +76,12 @@ class KeyedClients(Generic[ClientT]):
     def remember(self, key: SecretValue, client: ClientT) -> ClientT:
         """Keep `client` as the one for `key`."""
         self._current = (hashlib.sha256(key.reveal().encode()).hexdigest(), client)
+        self._made.append(client)
         return client
+
+    def made(self) -> list[ClientT]:
+        """Every client built so far (a rotated-away key's client may still be in use)."""
+        return list(self._made)
 
     async def invalidate(self, *, scope: TenantScope) -> None:
         """Forget the key (the provider refused it) so the next attempt refetches it."""

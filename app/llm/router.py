@@ -137,6 +137,9 @@ class UnavailableProvider:
     async def invalidate_key(self, *, scope: TenantScope) -> None:
         """Nothing to forget."""
 
+    async def aclose(self) -> None:
+        """Nothing to release."""
+
 
 @dataclass(frozen=True, slots=True)
 class ChainLink:
@@ -237,9 +240,10 @@ class _Run:
             retry_after=retry_after,
         )
 
-    def abandon(self, error: BaseException) -> None:
-        self.span.set_attribute("error.type", type(error).__name__)
-        self.span.set_status(Status(StatusCode.ERROR, type(error).__name__))
+    def abandon(self, kind: str) -> None:
+        self.span.set_attribute("bulkhead.attempts", self.attempt)
+        self.span.set_attribute("error.type", kind)
+        self.span.set_status(Status(StatusCode.ERROR, kind))
         self.span.end()
 
 
@@ -287,6 +291,11 @@ class ProviderChain:
             for entry in entries
         ]
         return cls(links)
+
+    async def aclose(self) -> None:
+        """Close every provider's connections."""
+        for link in self._links:
+            await link.provider.aclose()
 
     def _breaker(self, scope: TenantScope, link: ChainLink) -> CircuitBreaker | None:
         if link.entry.provider == "local":
@@ -394,7 +403,7 @@ class ProviderChain:
         except ProviderRejected:
             raise
         except BaseException as exc:
-            run.abandon(exc)
+            run.abandon(type(exc).__name__)
             raise
         raise run.exhausted()
 
@@ -466,7 +475,7 @@ class ProviderChain:
                             elif breaker is not None:
                                 breaker.release()
                             run.failover_reason = error.reason
-                            run.abandon(error)
+                            run.abandon(error.reason)
                             raise StreamInterrupted(str(error), reason=error.reason) from None
                         step = await self._after_failure(run, link, error, retries, refetched)
                         if step == "failover":
@@ -493,7 +502,7 @@ class ProviderChain:
         except (ProvidersUnavailable, ProviderRejected, StreamInterrupted):
             raise
         except BaseException as exc:
-            run.abandon(exc)
+            run.abandon(type(exc).__name__)
             raise
         raise run.exhausted()
 
