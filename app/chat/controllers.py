@@ -3,17 +3,30 @@
 from __future__ import annotations
 
 from collections.abc import AsyncGenerator, AsyncIterator
+from typing import Any
 
 import msgspec
 from litestar import Controller, post
 from litestar.di import NamedDependency
 from litestar.params import JSONBody
 from litestar.response import ServerSentEvent, ServerSentEventMessage
+from litestar.response.base import ASGIResponse
 
 from app.chat.schemas import ChatRequest, ChatResponse, Citation, Usage
 from app.chat.service import SNIPPET_CHARS, ChatService, ChatStream
 from app.identity.guards import ensure_own_tenant, requires
 from app.tenancy.scope import Role, TenantScope
+
+
+class EventStream(ServerSentEvent):
+    """`text/event-stream` even from a handler whose other answers are JSON.
+
+    Litestar gives the route's media type precedence over the response's own.
+    """
+
+    def to_asgi_response(self, *args: Any, **kwargs: Any) -> ASGIResponse:
+        kwargs["media_type"] = "text/event-stream"
+        return super().to_asgi_response(*args, **kwargs)
 
 
 async def _sse(stream: ChatStream) -> AsyncGenerator[ServerSentEventMessage, None]:
@@ -33,7 +46,7 @@ class ChatController(Controller):
         data: JSONBody[ChatRequest],
         caller: NamedDependency[TenantScope],
         chat: NamedDependency[ChatService],
-    ) -> ChatResponse | ServerSentEvent:
+    ) -> ChatResponse | EventStream:
         """Answer a question over the caller's documents, with citations."""
         ensure_own_tenant(caller, data.tenant_id)
         if data.stream:
@@ -44,7 +57,7 @@ class ChatController(Controller):
                 top_k=data.top_k,
                 raw_filter=data.filter,
             )
-            return ServerSentEvent(_sse(started), headers={"Cache-Control": "no-store"})
+            return EventStream(_sse(started), headers={"Cache-Control": "no-store"})
         answer = await chat.answer(
             scope=caller,
             message=data.message,
