@@ -1,7 +1,10 @@
-"""Circuit breakers per (tenant, provider, model).
+"""Circuit breakers per (tenant, provider, model), and endpoint.
 
 Keyed by tenant as well as model so that one tenant's exhausted or revoked key opens only
 that tenant's circuit: another tenant calling the same model with its own key is unaffected.
+The endpoint (base URL) is part of the key too: a chain may list the same model twice, at
+two endpoints (a proxy, then the provider itself), and a dead first one must not cut off the
+second.
 """
 
 from __future__ import annotations
@@ -100,11 +103,13 @@ class BreakerRegistry:
 
     def __init__(self, policy: BreakerPolicy) -> None:
         self.policy = policy
-        self._breakers: dict[tuple[str, str, str], CircuitBreaker] = {}
+        self._breakers: dict[tuple[str, str, str, str], CircuitBreaker] = {}
 
-    def get(self, tenant_id: str, provider: str, model: str) -> CircuitBreaker:
-        """The breaker for this tenant's use of `provider`/`model`."""
-        key = (tenant_id, provider, model)
+    def get(
+        self, tenant_id: str, provider: str, model: str, endpoint: str | None = None
+    ) -> CircuitBreaker:
+        """The breaker for this tenant's use of `provider`/`model` at `endpoint`."""
+        key = (tenant_id, provider, model, endpoint or "")
         breaker = self._breakers.get(key)
         if breaker is None:
             breaker = self._breakers[key] = CircuitBreaker(self.policy)

@@ -297,10 +297,15 @@ class ProviderChain:
         for link in self._links:
             await link.provider.aclose()
 
+    def breaker_for(self, scope: TenantScope, index: int) -> CircuitBreaker | None:
+        """The breaker guarding entry `index` for `scope`'s tenant (None for `local`)."""
+        return self._breaker(scope, self._links[index])
+
     def _breaker(self, scope: TenantScope, link: ChainLink) -> CircuitBreaker | None:
         if link.entry.provider == "local":
             return None  # the last resort never fails, so it is never cut off
-        return self._breakers.get(scope.tenant_id, link.entry.provider, link.entry.model)
+        entry = link.entry
+        return self._breakers.get(scope.tenant_id, entry.provider, entry.model, entry.base_url)
 
     def _retry_delay(self, run: _Run, error: ProviderError, retries: int) -> float | None:
         """Seconds to wait before retrying this entry, or None to fail over."""

@@ -384,7 +384,8 @@ async def test_open_breaker_sends_no_calls_and_is_per_tenant(
         outcome = await _ask(victim_chain, victim, stream=False, close=False)
         assert outcome.completion is not None
         assert outcome.completion.provider == "local"
-    assert breakers.get(victim.tenant_id, "openai", dead_model).state == "open"
+    assert victim_chain.breaker_for(victim, 0) is not None
+    assert victim_chain.breaker_for(victim, 0).state == "open"  # type: ignore[union-attr]
     before = emulator.calls[path]
     spans.clear()
     for stream in (False, True) * 2:
