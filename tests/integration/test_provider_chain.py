@@ -10,6 +10,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import pytest
 from opentelemetry.sdk.trace import ReadableSpan
@@ -30,6 +31,7 @@ from app.secrets.values import SecretRef, SecretValue
 from app.tenancy.manifest import ChainEntry
 from app.tenancy.scope import Role, TenantScope
 from scripts.provider_emulator import EmulatorServer, refused_url
+from tests.conftest import METRICS
 
 PROVIDERS = ("openai", "anthropic")
 OTHER = {"openai": "anthropic", "anthropic": "openai"}
@@ -406,3 +408,51 @@ async def test_open_breaker_sends_no_calls_and_is_per_tenant(
     assert outcome.completion is not None
     assert outcome.completion.provider == "openai"
     assert emulator.calls[path] == before + 1
+
+
+def _points(name: str) -> list[Any]:
+    data = METRICS.get_metrics_data()
+    assert data is not None
+    return [
+        point
+        for resource in data.resource_metrics
+        for scope_metrics in resource.scope_metrics
+        for metric in scope_metrics.metrics
+        if metric.name == name
+        for point in metric.data.data_points
+    ]
+
+
+async def test_metrics_count_tokens_durations_and_failovers(emulator: EmulatorServer) -> None:
+    scope = _scope()
+    model = f"metered-{uuid.uuid4().hex[:8]}"
+    chain, _ = _chain(
+        scope,
+        [
+            _entry(scope, "anthropic", f"{model}@503", emulator.url),
+            _entry(scope, "openai", model, emulator.url),
+        ],
+    )
+    outcome = await _ask(chain, scope, stream=False)
+    assert outcome.completion is not None
+    tokens = {
+        dict(p.attributes)["gen_ai.token.type"]: p.sum
+        for p in _points("gen_ai.client.token.usage")
+        if dict(p.attributes).get("gen_ai.request.model") == model
+    }
+    assert tokens == {
+        "input": outcome.completion.input_tokens,
+        "output": outcome.completion.output_tokens,
+    }
+    durations = [
+        dict(p.attributes).get("error.type")
+        for p in _points("gen_ai.client.operation.duration")
+        if str(dict(p.attributes).get("gen_ai.request.model", "")).startswith(model)
+    ]
+    assert sorted(map(str, durations)) == ["None", "server_error"]
+    failovers = [
+        p.value
+        for p in _points("bulkhead.llm.failovers")
+        if dict(p.attributes).get("gen_ai.request.model") == f"{model}@503"
+    ]
+    assert failovers == [1]
