@@ -22,7 +22,7 @@ from app.resources import open_resources, provide_chat, provide_documents
 from app.retrieval.controllers import DocumentController, SearchController
 from app.retrieval.corpus import seed_demo_corpus
 from app.telemetry.headers import add_trace_header
-from app.telemetry.setup import configure_tracing
+from app.telemetry.setup import configure_metrics, configure_tracing
 
 PUBLIC_PATHS = ["^/healthz$", "^/readyz$", "^/dev/jwks.json$"]
 
@@ -31,6 +31,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
     """Build the Bulkhead ASGI application."""
     settings = settings or get_settings()
     provider = configure_tracing(settings.telemetry)
+    configure_metrics(settings.telemetry)
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:

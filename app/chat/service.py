@@ -94,7 +94,11 @@ class ChatService:
                 ProviderChain.from_entries(entries)
                 if self._resolver is None
                 else build_chain(
-                    entries, resolver=self._resolver, settings=self._llm, breakers=self.breakers
+                    entries,
+                    resolver=self._resolver,
+                    settings=self._llm,
+                    breakers=self.breakers,
+                    capture_content=tenant.manifest.privacy.trace_content,
                 )
             )
             if cached is not None:

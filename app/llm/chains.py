@@ -61,10 +61,16 @@ def build_chain(
     resolver: SecretResolver,
     settings: LlmSettings,
     breakers: BreakerRegistry,
+    capture_content: bool = False,
 ) -> ProviderChain:
     """The tenant's chain: SDK-backed providers with its keys, `local` as the last resort."""
     links = [ChainLink(entry, _provider(entry, resolver, settings)) for entry in entries]
-    return ProviderChain(links, policy=chain_policy(settings), breakers=breakers)
+    return ProviderChain(
+        links,
+        policy=chain_policy(settings),
+        breakers=breakers,
+        capture_content=capture_content,
+    )
 
 
 def estimate_cost(

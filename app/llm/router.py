@@ -17,6 +17,7 @@ the caller; after that a break is raised as `StreamInterrupted`.
 from __future__ import annotations
 
 import asyncio
+import json
 import math
 import random
 import time
@@ -37,6 +38,7 @@ from app.llm.provider import (
     ProviderError,
     StreamEvent,
 )
+from app.llm.remote import build_prompt
 from app.problems import ApiError
 from app.tenancy.manifest import ChainEntry
 from app.tenancy.scope import TenantScope
@@ -152,8 +154,15 @@ class ChainLink:
 class _Run:
     """The state of one request through the chain: deadline, attempt count, spans."""
 
-    def __init__(self, chain: ProviderChain, scope: TenantScope, stream: bool) -> None:
+    def __init__(
+        self,
+        chain: ProviderChain,
+        scope: TenantScope,
+        stream: bool,
+        request: CompletionRequest | None = None,
+    ) -> None:
         self.chain = chain
+        self.request = request if chain.capture_content else None
         self.scope = scope
         self.stream = stream
         self.deadline = time.monotonic() + chain.policy.request_deadline
@@ -183,6 +192,15 @@ class _Run:
         }
         if self.failover_reason:
             attributes["bulkhead.failover.reason"] = self.failover_reason
+        if self.request is not None:
+            attributes["gen_ai.input.messages"] = json.dumps(
+                [
+                    {
+                        "role": "user",
+                        "parts": [{"type": "text", "content": build_prompt(self.request)}],
+                    }
+                ]
+            )
         return _tracer.start_span(
             f"chat {link.entry.model}",
             context=self.context,
@@ -208,6 +226,19 @@ class _Run:
                 "gen_ai.response.finish_reasons": [done.finish_reason],
             }
         )
+        if self.request is not None:
+            span.set_attribute(
+                "gen_ai.output.messages",
+                json.dumps(
+                    [
+                        {
+                            "role": "assistant",
+                            "parts": [{"type": "text", "content": done.text}],
+                            "finish_reason": done.finish_reason,
+                        }
+                    ]
+                ),
+            )
         span.end()
         attributes = _metric_attributes(link, response_model=done.model)
         OPERATION_DURATION.record(time.perf_counter() - started, attributes)
@@ -273,10 +304,13 @@ class ProviderChain:
         *,
         policy: ChainPolicy | None = None,
         breakers: BreakerRegistry | None = None,
+        capture_content: bool = False,
     ) -> None:
         if not links:
             raise ValueError("a provider chain needs at least one entry")
         self._links = links
+        # Prompt and answer text go on spans only when the tenant opted in (privacy).
+        self.capture_content = capture_content
         self.policy = policy or ChainPolicy()
         self._breakers = breakers or BreakerRegistry(self.policy.breaker)
 
@@ -360,7 +394,7 @@ class ProviderChain:
             ProvidersUnavailable: Every entry failed, or the request deadline passed.
             ProviderRejected: A provider refused the request itself (not context length).
         """
-        run = _Run(self, scope, stream=False)
+        run = _Run(self, scope, stream=False, request=request)
         try:
             for link in self._links:
                 breaker = self._breaker(scope, link)
@@ -424,7 +458,7 @@ class ProviderChain:
             ProviderRejected: A provider refused the request itself (not context length).
             StreamInterrupted: The provider broke off after content was sent.
         """
-        run = _Run(self, scope, stream=True)
+        run = _Run(self, scope, stream=True, request=request)
         try:
             for link in self._links:
                 breaker = self._breaker(scope, link)

@@ -456,3 +456,16 @@ async def test_metrics_count_tokens_durations_and_failovers(emulator: EmulatorSe
         if dict(p.attributes).get("gen_ai.request.model") == f"{model}@503"
     ]
     assert failovers == [1]
+
+
+async def test_prompt_and_answer_reach_spans_only_when_the_tenant_opts_in(
+    emulator: EmulatorServer, spans: InMemorySpanExporter
+) -> None:
+    scope = _scope()
+    chain, _ = _chain(scope, [_entry(scope, "openai", "m", emulator.url)])
+    chain.capture_content = True
+    outcome = await _ask(chain, scope, stream=True)
+    assert outcome.completion is not None
+    attempt = _attrs(_tree(spans)[1][0])
+    assert "How much is the hotel limit?" in str(attempt["gen_ai.input.messages"])
+    assert outcome.completion.text in str(attempt["gen_ai.output.messages"])
