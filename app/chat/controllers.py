@@ -57,7 +57,9 @@ class ChatController(Controller):
                 top_k=data.top_k,
                 raw_filter=data.filter,
             )
-            return EventStream(_sse(started), headers={"Cache-Control": "no-store"})
+            return EventStream(
+                _sse(started), headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
+            )
         answer = await chat.answer(
             scope=caller,
             message=data.message,

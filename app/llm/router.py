@@ -272,6 +272,8 @@ class _Run:
         )
 
     def abandon(self, kind: str) -> None:
+        if not self.span.is_recording():
+            return  # already ended: the answer was complete when the caller let go
         self.span.set_attribute("bulkhead.attempts", self.attempt)
         self.span.set_attribute("error.type", kind)
         self.span.set_status(Status(StatusCode.ERROR, kind))
