@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import atexit
 import json
 import re
 import socket
@@ -429,9 +430,26 @@ def free_port() -> int:
         return port
 
 
+_HELD: list[socket.socket] = []
+
+
+@atexit.register
+def _release_held() -> None:
+    for sock in _HELD:
+        sock.close()
+
+
 def refused_url() -> str:
-    """A loopback base URL where nothing listens: connecting is refused at once."""
-    return f"http://127.0.0.1:{free_port()}"
+    """A loopback base URL where nothing listens: connecting is refused at once.
+
+    The port stays bound (never listening) for the life of the process. A port merely closed
+    could be picked as the ephemeral source port of the connect itself, and Linux then lets the
+    socket connect to itself (TCP simultaneous open): no refusal, a flaky test.
+    """
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    _HELD.append(sock)
+    return f"http://127.0.0.1:{sock.getsockname()[1]}"
 
 
 class EmulatorServer:
