@@ -12,7 +12,10 @@ import click
 from app.config import Settings, get_settings
 from app.db.pool import connect
 from app.identity.dev_issuer import DevIssuer
+from app.secrets.admin import secrets as secrets_group
 from app.secrets.kek import MasterKeyError, load_master_key
+from app.secrets.scrub import install_scrubbing
+from app.secrets.setup import data_key_wrapper
 from app.tenancy.manifest import ManifestError, TenantManifest, load_manifest
 from app.tenancy.scope import Role
 from app.tenancy.service import apply_manifest
@@ -21,6 +24,7 @@ DEMO_QUESTION = "How many vacation days do I get?"
 
 
 def _setup_logging() -> None:
+    install_scrubbing()
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
@@ -111,6 +115,9 @@ def _serve(settings: Settings) -> None:
         host=settings.host,
         port=settings.port,
         log_level="info",
+        # Every authenticated request is already in the audit trail and traced; a per-request
+        # access log line would cost more CPU than a search (see benchmarks/README.md).
+        access_log=False,
         proxy_headers=False,
         server_header=False,
     )
@@ -161,7 +168,7 @@ async def _apply_all(settings: Settings, manifests: list[TenantManifest], *, dry
         for manifest in manifests:
             click.echo(f"{manifest.id}: manifest valid (dry run, nothing written)")
         return
-    kek = load_master_key(settings)
+    kek = data_key_wrapper(settings, load_master_key(settings))
     connection = await connect(settings.db.url)
     try:
         for manifest in manifests:
@@ -203,6 +210,9 @@ def token(tenant: str, subject: str, roles: str, groups: str, ttl: int) -> None:
             ttl_seconds=ttl,
         )
     )
+
+
+main.add_command(secrets_group)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -33,16 +33,56 @@ class VectorSettings(BaseModel):
 
     path: Path | None = None
     """Edge shard directory. Empty: `<data_dir>/qdrant`."""
+    search_threads: int | None = Field(default=1, ge=1)
+    """Threads one query may use. 1 measured fastest for filtered top-k on 2 cores (p50 0.10 ms
+    vs 0.23 ms with one per CPU): requests already run concurrently. Empty: one per CPU."""
+
+
+class VaultSettings(BaseModel):
+    """OpenBao / HashiCorp Vault: KV v2 for secrets; token or AppRole auth."""
+
+    addr: str = "http://127.0.0.1:8200"
+    token: str | None = Field(default=None, repr=False)
+    """Static token. Empty: AppRole login with `role_id` and `secret_id`."""
+    role_id: str | None = None
+    secret_id: str | None = Field(default=None, repr=False)
+    approle_mount: str = "approle"
+    mount: str = "secret"
+    """KV v2 mount; a ref `tenants/acme/openai` lives at `<mount>/data/tenants/acme/openai`."""
+    namespace: str | None = None
+    timeout_seconds: float = Field(default=5.0, gt=0)
+    ca_cert: Path | None = None
+
+
+class AwsSecretsSettings(BaseModel):
+    """AWS Secrets Manager; credentials come from boto3's usual chain."""
+
+    region: str = "us-east-1"
+    endpoint_url: str | None = None
+    """Override (VPC endpoints, moto in tests). Empty: AWS's own endpoint."""
+    prefix: str = "bulkhead/"
+    """Secret names are `<prefix><ref>`, so one account can hold several deployments."""
 
 
 class SecretsSettings(BaseModel):
     """Secrets backend. The local envelope-encrypted store is the default."""
 
-    backend: Literal["local"] = "local"
+    backend: Literal["local", "vault", "aws", "env"] = "local"
     master_key: str | None = Field(default=None, repr=False)
     """Base64 32-byte key-encryption key. Empty: read `master_key_file`."""
     master_key_file: Path | None = None
     """0600 file holding the KEK. Empty: `<data_dir>/master.key` (generated in dev only)."""
+    kek: str | None = None
+    """Who wraps tenant data keys. Empty: the master key. `vault-transit:<key>`: that Transit
+    key of the Vault/OpenBao in `vault` (the master key is then only read to migrate)."""
+    transit_mount: str = "transit"
+    previous_master_keys: list[str] = Field(default_factory=list, repr=False)
+    """Older KEKs (base64) still accepted while `bulkhead secrets rotate-kek` rewraps keys."""
+    cache_ttl_seconds: float = Field(default=60.0, ge=0)
+    max_stale_seconds: float = Field(default=300.0, ge=0)
+    """How long past its TTL a cached value is served while the backend is down."""
+    vault: VaultSettings = VaultSettings()
+    aws: AwsSecretsSettings = AwsSecretsSettings()
 
 
 class AuthSettings(BaseModel):
@@ -114,7 +154,6 @@ class LlmSettings(BaseModel):
     breaker_min_calls: int = Field(default=10, ge=1)
     breaker_open_seconds: float = Field(default=30.0, gt=0)
     max_output_tokens: int = Field(default=1024, ge=1)
-    key_cache_seconds: float = Field(default=30.0, ge=0)
     prices: dict[str, tuple[float, float]] = {
         "openai/gpt-4o-mini": (0.15, 0.60),
         "openai/gpt-4o": (2.50, 10.00),

@@ -22,6 +22,8 @@ from litestar.exceptions import (
 from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
 from litestar.types import ExceptionHandlersMap
 
+from app.secrets.scrub import scrub
+
 PROBLEM_JSON = "application/problem+json"
 
 _log = logging.getLogger(__name__)
@@ -122,11 +124,14 @@ def problem_response(
         "title": title,
         "status": status,
         "code": code,
-        "detail": detail,
+        # Last line of defence: a message that quotes an upstream error may carry a key.
+        "detail": scrub(detail),
         "instance": request.url.path,
     }
     if errors:
-        body["errors"] = errors
+        body["errors"] = [
+            {k: scrub(v) if isinstance(v, str) else v for k, v in error.items()} for error in errors
+        ]
     return Response(body, status_code=status, media_type=PROBLEM_JSON, headers=dict(headers or {}))
 
 

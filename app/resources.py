@@ -19,12 +19,14 @@ from app.db.urls import with_user
 from app.identity.dev_issuer import DevIssuer
 from app.identity.jwks import JwksCache
 from app.identity.tokens import JwtVerifier
-from app.llm.keys import BackendSecretResolver
 from app.retrieval.edge import EdgeIndex
 from app.retrieval.service import DocumentService
 from app.secrets.backend import SecretsBackend
+from app.secrets.cache import SecretCache
 from app.secrets.kek import load_master_key
-from app.secrets.local import LocalSecretsBackend
+from app.secrets.local import LocalSecretsBackend, listen_for_changes
+from app.secrets.setup import build_backend
+from app.secrets.values import opted_in_platform_refs
 from app.tenancy.registry import TenantRegistry
 
 _log = logging.getLogger(__name__)
@@ -38,6 +40,7 @@ class Resources:
     registry: TenantRegistry
     index: EdgeIndex
     secrets: SecretsBackend
+    secret_cache: SecretCache
     verifier: JwtVerifier
     audit: AuditWriter
     documents: DocumentService
@@ -70,10 +73,22 @@ async def open_resources(settings: Settings) -> AsyncIterator[Resources]:
         await registry.load()
         await registry.listen(dsn)
         stack.push_async_callback(registry.close)
-        index = EdgeIndex.open(settings.vector_path)
+        index = EdgeIndex.open(settings.vector_path, search_threads=settings.vectors.search_threads)
         stack.push_async_callback(index.close)
         http = httpx.AsyncClient(follow_redirects=False)
         stack.push_async_callback(http.aclose)
+        secrets = build_backend(settings, pool=pool, kek=kek)
+        stack.push_async_callback(secrets.close)
+        secret_cache = SecretCache(
+            secrets,
+            ttl_seconds=settings.secrets.cache_ttl_seconds,
+            max_stale_seconds=settings.secrets.max_stale_seconds,
+            platform_refs=lambda tenant_id: _platform_refs(registry, tenant_id),
+        )
+        if isinstance(secrets, LocalSecretsBackend):
+            # Other replicas' `bulkhead secrets put` reaches this cache at once, not after a TTL.
+            listener = await listen_for_changes(dsn, secret_cache.forget)
+            stack.push_async_callback(listener.close)
         dev_issuer = (
             DevIssuer.load_or_create(
                 settings.dev_signing_key_path,
@@ -99,15 +114,12 @@ async def open_resources(settings: Settings) -> AsyncIterator[Resources]:
         documents = DocumentService(
             pool=pool, index=index, limits=settings.limits, chunking=settings.chunking
         )
-        secrets = LocalSecretsBackend(pool, kek)
-        # Switches to the secrets package's SecretCache when it lands (same two methods).
-        resolver = BackendSecretResolver(secrets, ttl_seconds=settings.llm.key_cache_seconds)
         chat = ChatService(
             pool=pool,
             documents=documents,
             registry=registry,
             max_message_chars=settings.limits.max_query_chars,
-            resolver=resolver,
+            resolver=secret_cache,
             llm=settings.llm,
         )
         stack.push_async_callback(chat.aclose)
@@ -116,12 +128,18 @@ async def open_resources(settings: Settings) -> AsyncIterator[Resources]:
             registry=registry,
             index=index,
             secrets=secrets,
+            secret_cache=secret_cache,
             verifier=verifier,
             audit=audit,
             documents=documents,
             chat=chat,
             dev_issuer=dev_issuer,
         )
+
+
+def _platform_refs(registry: TenantRegistry, tenant_id: str) -> frozenset[str]:
+    record = registry.tenant(tenant_id)
+    return opted_in_platform_refs(record.manifest if record else None)
 
 
 def provide_documents(state: State) -> DocumentService:

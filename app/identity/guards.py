@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from litestar import Request
@@ -12,13 +12,15 @@ from litestar.handlers.base import BaseRouteHandler
 from app.problems import Forbidden, TenantMismatch
 from app.tenancy.scope import Role, TenantScope
 
-Guard = Callable[[ASGIConnection[Any, Any, Any, Any], BaseRouteHandler], None]
+# Guards are async on purpose: Litestar runs a sync guard in a worker thread, a hop that cost
+# more than the rest of the guard work on every request (measured with py-spy under load).
+Guard = Callable[[ASGIConnection[Any, Any, Any, Any], BaseRouteHandler], Awaitable[None]]
 
 
 def requires(role: Role) -> Guard:
     """A guard admitting only credentials that carry `role`."""
 
-    def guard(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
+    async def guard(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
         scope = connection.user
         if not isinstance(scope, TenantScope) or not scope.has(role):
             raise Forbidden(f"this operation requires the {role.value!r} role")
@@ -30,7 +32,7 @@ def requires(role: Role) -> Guard:
 TENANT_HEADER = "x-tenant-id"
 
 
-def tenant_header_guard(
+async def tenant_header_guard(
     connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler
 ) -> None:
     """App-wide guard: an `X-Tenant-ID` header may only repeat the credential's own tenant.

@@ -96,15 +96,21 @@ class EdgeIndex:
         self._write_lock = asyncio.Lock()
 
     @classmethod
-    def open(cls, path: Path) -> EdgeIndex:
-        """Open the shard at `path`, creating it (and its payload indexes) on first use."""
+    def open(cls, path: Path, *, search_threads: int | None = 1) -> EdgeIndex:
+        """Open the shard at `path`, creating it (and its payload indexes) on first use.
+
+        Args:
+            path: Shard directory.
+            search_threads: Threads per query; None lets the engine use one per CPU.
+        """
+        config = qe.EdgeConfig(
+            sparse_vectors={BM25_VECTOR: qe.EdgeSparseVectorParams(modifier=qe.Modifier.Idf)},
+            max_search_threads=search_threads,
+        )
         if (path / "edge_config.json").exists():
-            shard = qe.EdgeShard.load(str(path))
+            shard = qe.EdgeShard.load(str(path), config)
         else:
             path.mkdir(parents=True, exist_ok=True)
-            config = qe.EdgeConfig(
-                sparse_vectors={BM25_VECTOR: qe.EdgeSparseVectorParams(modifier=qe.Modifier.Idf)}
-            )
             shard = qe.EdgeShard.create(str(path), config)
         info = shard.info()
         if TENANT_FIELD not in info.payload_schema:

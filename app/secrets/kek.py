@@ -88,3 +88,15 @@ def _generate(path: Path) -> None:
     with os.fdopen(fd, "w", encoding="ascii") as file:
         file.write(base64.b64encode(os.urandom(KEY_BYTES)).decode() + "\n")
     _log.warning("generated a dev master key at %s; back it up or lose every secret", path)
+
+
+def load_previous_master_keys(settings: Settings) -> list[bytes]:
+    """Older KEKs still accepted during a rotation (`secrets.previous_master_keys`).
+
+    Raises:
+        MasterKeyInvalid: One of them is not base64 of 32 bytes.
+    """
+    return [
+        _decode(text, source=f"BULKHEAD_SECRETS__PREVIOUS_MASTER_KEYS[{i}]")
+        for i, text in enumerate(settings.secrets.previous_master_keys)
+    ]

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
 if TYPE_CHECKING:
+    from app.tenancy.manifest import TenantManifest
     from app.tenancy.scope import TenantScope
 
 _REDACTED: Final = "SecretValue('**********')"
@@ -111,3 +112,18 @@ def ensure_ref_allowed(
     if ref.tenant_id is None and str(ref) in platform_refs:
         return
     raise SecretAccessDenied(f"tenant {scope.tenant_id!r} may not resolve secret ref '{ref}'")
+
+
+def opted_in_platform_refs(manifest: TenantManifest | None) -> frozenset[str]:
+    """The platform refs a manifest opts into: those its LLM chain names explicitly.
+
+    A tenant whose manifest says `secret: platform/openai` has chosen the platform's key; no
+    other platform ref is resolvable for it.
+    """
+    if manifest is None:
+        return frozenset()
+    return frozenset(
+        entry.secret
+        for entry in manifest.llm.chain
+        if entry.secret is not None and entry.secret.startswith("platform/")
+    )

@@ -12,6 +12,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
 from app.config import TelemetrySettings
+from app.telemetry.scrubbing import ScrubbingSpanExporter
 
 
 def configure_tracing(settings: TelemetrySettings) -> TracerProvider:
@@ -26,7 +27,8 @@ def configure_tracing(settings: TelemetrySettings) -> TracerProvider:
     provider = TracerProvider(resource=Resource.create({"service.name": settings.service_name}))
     if settings.otlp_endpoint:
         endpoint = settings.otlp_endpoint.rstrip("/") + "/v1/traces"
-        provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=endpoint)))
+        exporter = ScrubbingSpanExporter(OTLPSpanExporter(endpoint=endpoint))
+        provider.add_span_processor(BatchSpanProcessor(exporter))
     trace.set_tracer_provider(provider)
     return provider
 

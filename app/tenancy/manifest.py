@@ -129,9 +129,18 @@ def parse_manifest(data: Any, *, source: str) -> TenantManifest:
             lines.append(f"{source}: {where}: {error.message}")
         raise ManifestError("\n".join(lines))
     try:
-        return msgspec.convert(data, TenantManifest)
+        manifest = msgspec.convert(data, TenantManifest)
     except msgspec.ValidationError as exc:
         raise ManifestError(f"{source}: {exc}") from exc
+    for index, entry in enumerate(manifest.llm.chain):
+        # Another tenant's ref would be refused at request time; say so at apply time.
+        secret = entry.secret or ""
+        if secret.startswith("tenants/") and not secret.startswith(f"tenants/{manifest.id}/"):
+            raise ManifestError(
+                f"{source}: llm/chain/{index}/secret: a tenant may name only its own"
+                f" secrets (tenants/{manifest.id}/...) or platform/... refs"
+            )
+    return manifest
 
 
 def load_manifest(path: Path) -> TenantManifest:

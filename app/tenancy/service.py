@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 
 from app.db.pool import Connection
 from app.secrets.local import ensure_tenant_key
+from app.secrets.wrapping import KeyWrapper
 from app.tenancy.manifest import ManifestError, TenantManifest
 from app.tenancy.registry import CHANNEL
 
@@ -40,7 +41,7 @@ def _check_issuers(manifest: TenantManifest) -> None:
 
 
 async def apply_manifest(
-    connection: Connection, manifest: TenantManifest, *, kek: bytes
+    connection: Connection, manifest: TenantManifest, *, kek: bytes | KeyWrapper
 ) -> ApplyResult:
     """Create or update a tenant, its issuers and its data key from `manifest`.
 

@@ -12,8 +12,9 @@ from contextlib import asynccontextmanager
 import asyncpg
 import pytest
 
-from app.db.pool import Connection, set_tenant
-from app.secrets.backend import SecretDecryptionError, SecretNotFound
+from app.db.pool import Connection, create_pool, set_tenant
+from app.db.urls import with_user
+from app.secrets.backend import SecretDecryptionError, SecretNotFound, SecretsBackendUnavailable
 from app.secrets.local import LocalSecretsBackend, TenantKeyMissing, ensure_tenant_key
 from app.secrets.values import SecretAccessDenied, SecretRef, SecretValue
 from app.tenancy.scope import TenantScope
@@ -201,3 +202,15 @@ async def test_a_different_kek_cannot_unwrap_the_data_key(
 
     with pytest.raises(SecretDecryptionError):
         await LocalSecretsBackend(app_pool, os.urandom(32)).get(_ref(tenant), scope=_scope(tenant))
+
+
+async def test_an_unreachable_database_is_an_outage_not_a_miss(
+    database_url: str, owner_pool: asyncpg.Pool, make_bare_tenant: MakeTenant, kek: bytes
+) -> None:
+    tenant = await _onboard(owner_pool, make_bare_tenant, kek)
+    pool = await create_pool(with_user(database_url, "bulkhead_app"), min_size=1, max_size=1)
+    await pool.close()
+
+    with pytest.raises(SecretsBackendUnavailable):
+        await LocalSecretsBackend(pool, kek).get(_ref(tenant), scope=_scope(tenant))
+    assert await LocalSecretsBackend(pool, kek).health() is False

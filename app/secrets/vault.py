@@ -1,0 +1,308 @@
+"""OpenBao / HashiCorp Vault backend: KV v2 through hvac, token or AppRole auth.
+
+hvac is synchronous (requests), so every call runs in a worker thread, never on the event
+loop. A ref `tenants/acme/openai` is stored at `<mount>/data/tenants/acme/openai` as
+`{"value": ...}`, so a Vault policy on `tenants/acme/*` can mirror Bulkhead's own rule.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import hvac
+import hvac.exceptions
+import requests
+
+from app.secrets.backend import SecretNotFound, SecretsBackendUnavailable
+from app.secrets.values import SecretRef, SecretValue, ensure_ref_allowed
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from app.config import VaultSettings
+    from app.tenancy.scope import TenantScope
+
+_log = logging.getLogger(__name__)
+_T = TypeVar("_T")
+
+# Renew (or log in again) once a token has less than this share of its lifetime left.
+_RENEW_FRACTION = 1 / 3
+_TRANSPORT = (requests.exceptions.RequestException, OSError)
+
+
+class VaultSecretsBackend:
+    """`SecretsBackend` over a KV v2 mount of OpenBao or Vault.
+
+    Args:
+        settings: Address, auth and mount.
+        client: An hvac client to use instead of building one (tests).
+    """
+
+    name = "vault"
+
+    def __init__(self, settings: VaultSettings, *, client: hvac.Client | None = None) -> None:
+        self.connection = VaultConnection(settings, client=client)
+        self._mount = settings.mount
+
+    # --- SecretsBackend ------------------------------------------------------------------
+
+    async def get(
+        self,
+        ref: SecretRef,
+        *,
+        scope: TenantScope,
+        version: int | None = None,
+        platform_refs: frozenset[str] = frozenset(),
+    ) -> SecretValue:
+        """The latest (or the given) version of `ref`.
+
+        Raises:
+            SecretAccessDenied: `ref` is outside what `scope` may resolve.
+            SecretNotFound: Nothing (or no live version) under `ref`.
+            SecretsBackendUnavailable: Vault is unreachable, sealed, or refuses our token.
+        """
+        ensure_ref_allowed(ref, scope=scope, platform_refs=platform_refs)
+        response = await self._call(
+            lambda c: c.secrets.kv.v2.read_secret_version(
+                path=str(ref),
+                version=version,
+                mount_point=self._mount,
+                raise_on_deleted_version=True,
+            ),
+            ref=ref,
+        )
+        data = response["data"]["data"] or {}
+        if "value" not in data:
+            raise SecretNotFound(f"no secret stored under '{ref}'")
+        return SecretValue(str(data["value"]))
+
+    async def put(
+        self,
+        ref: SecretRef,
+        value: SecretValue,
+        *,
+        scope: TenantScope,
+        platform_refs: frozenset[str] = frozenset(),
+    ) -> int:
+        """Write a new KV v2 version of `ref` and return its number.
+
+        Raises:
+            SecretAccessDenied: `ref` is outside what `scope` may resolve.
+            SecretsBackendUnavailable: Vault is unreachable, sealed, or refuses our token.
+        """
+        ensure_ref_allowed(ref, scope=scope, platform_refs=platform_refs)
+        response = await self._call(
+            lambda c: c.secrets.kv.v2.create_or_update_secret(
+                path=str(ref), secret={"value": value.reveal()}, mount_point=self._mount
+            ),
+            ref=ref,
+        )
+        return int(response["data"]["version"])
+
+    async def delete(
+        self, ref: SecretRef, *, scope: TenantScope, platform_refs: frozenset[str] = frozenset()
+    ) -> bool:
+        """Destroy every version and the metadata of `ref`.
+
+        Raises:
+            SecretAccessDenied: `ref` is outside what `scope` may resolve.
+            SecretsBackendUnavailable: Vault is unreachable, sealed, or refuses our token.
+        """
+        ensure_ref_allowed(ref, scope=scope, platform_refs=platform_refs)
+        try:
+            await self._call(
+                lambda c: c.secrets.kv.v2.read_secret_metadata(
+                    path=str(ref), mount_point=self._mount
+                ),
+                ref=ref,
+            )
+        except SecretNotFound:
+            return False
+        await self._call(
+            lambda c: c.secrets.kv.v2.delete_metadata_and_all_versions(
+                path=str(ref), mount_point=self._mount
+            ),
+            ref=ref,
+        )
+        return True
+
+    async def list(self, *, scope: TenantScope) -> list[tuple[SecretRef, int]]:
+        """The tenant's refs (under `tenants/<id>/`) with their current versions.
+
+        Raises:
+            SecretsBackendUnavailable: Vault is unreachable, sealed, or refuses our token.
+        """
+        prefix = f"tenants/{scope.tenant_id}"
+        try:
+            listed = await self._call(
+                lambda c: c.secrets.kv.v2.list_secrets(path=prefix, mount_point=self._mount),
+                ref=None,
+            )
+        except SecretNotFound:
+            return []
+        result: list[tuple[SecretRef, int]] = []
+        for key in sorted(listed["data"]["keys"]):
+            if key.endswith("/"):
+                continue
+            ref = SecretRef(tenant_id=scope.tenant_id, name=key)
+            metadata = await self._call(partial(self._metadata, str(ref)), ref=ref)
+            result.append((ref, int(metadata["data"]["current_version"])))
+        return result
+
+    def _metadata(self, path: str, client: hvac.Client) -> Any:
+        return client.secrets.kv.v2.read_secret_metadata(path=path, mount_point=self._mount)
+
+    async def health(self) -> bool:
+        """Whether Vault is initialized, unsealed and reachable."""
+        try:
+            return bool(await self._run(lambda c: c.sys.is_initialized() and not c.sys.is_sealed()))
+        except Exception:
+            return False
+
+    async def close(self) -> None:
+        """Stop the worker threads and close the HTTP session."""
+        await self.connection.close()
+
+    async def _run(self, function: Callable[[hvac.Client], _T]) -> _T:
+        return await self.connection.run(function)
+
+    async def _call(self, operation: Callable[[hvac.Client], Any], *, ref: SecretRef | None) -> Any:
+        try:
+            return await self.connection.call(operation)
+        except hvac.exceptions.InvalidPath:
+            raise SecretNotFound(f"no secret stored under '{ref}'") from None
+
+
+class VaultConnection:
+    """An hvac client with its token kept alive, driven from worker threads.
+
+    Token auth uses the token as given (looked up once for its TTL, renewed when renewable).
+    AppRole logs in on first use, renews past two thirds of the token's lifetime, and logs in
+    again when renewal fails or Vault answers 403 (a revoked or expired token), once per call.
+    Shared by the KV backend and the Transit key wrapper.
+
+    Raises (from `call`):
+        SecretsBackendUnavailable: Vault is unreachable, sealed, failing, or refuses our token.
+    """
+
+    def __init__(self, settings: VaultSettings, *, client: hvac.Client | None = None) -> None:
+        if client is None and not settings.token and not (settings.role_id and settings.secret_id):
+            raise ValueError(
+                "vault backend needs BULKHEAD_SECRETS__VAULT__TOKEN, or __ROLE_ID and __SECRET_ID"
+            )
+        self._settings = settings
+        self.client = client or hvac.Client(
+            url=settings.addr,
+            token=settings.token,
+            namespace=settings.namespace,
+            timeout=settings.timeout_seconds,
+            verify=str(settings.ca_cert) if settings.ca_cert else True,
+        )
+        # Several threads share the client; only one renews or logs in at a time.
+        self._auth_lock = threading.Lock()
+        self.expires_at: float | None = None  # None: a token that never expires (root, dev)
+        self._ttl = 0.0
+        self._renewable = False
+        self._authenticated = False
+        self._executor = ThreadPoolExecutor(max_workers=8, thread_name_prefix="bulkhead-vault")
+
+    async def call(self, operation: Callable[[hvac.Client], _T]) -> _T:
+        """Run `operation(client)` in a worker thread with a live token.
+
+        Raises:
+            hvac.exceptions.InvalidPath: Not found (callers map it).
+            hvac.exceptions.InvalidRequest: Refused as invalid (callers map it).
+            SecretsBackendUnavailable: Any outage, including a refused token.
+        """
+        try:
+            return await self.run(partial(self._authenticated_call, operation))
+        except hvac.exceptions.Forbidden as exc:
+            # Our own token was refused even after a fresh login: an outage of our access.
+            raise SecretsBackendUnavailable(f"vault refused the token: {_status(exc)}") from None
+        except (hvac.exceptions.VaultDown, hvac.exceptions.InternalServerError) as exc:
+            raise SecretsBackendUnavailable(f"vault unavailable: {_status(exc)}") from None
+        except _TRANSPORT as exc:
+            raise SecretsBackendUnavailable(f"vault unreachable: {type(exc).__name__}") from None
+
+    async def run(self, function: Callable[[hvac.Client], _T]) -> _T:
+        """Run `function(client)` in a worker thread, without touching the token."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, function, self.client)
+
+    async def close(self) -> None:
+        """Stop the worker threads and close the HTTP session."""
+        self._executor.shutdown(wait=False, cancel_futures=True)
+        self.client.adapter.close()
+
+    def _authenticated_call(
+        self, operation: Callable[[hvac.Client], _T], client: hvac.Client
+    ) -> _T:
+        self._ensure_token()
+        try:
+            return operation(client)
+        except hvac.exceptions.Forbidden:
+            if not self._can_login():
+                raise
+            # The token may have been revoked or expired under us: log in again, once.
+            self._login()
+            return operation(client)
+
+    def _can_login(self) -> bool:
+        return bool(self._settings.role_id and self._settings.secret_id)
+
+    def _ensure_token(self) -> None:
+        if self._authenticated and (self.expires_at is None or not self._due()):
+            return
+        with self._auth_lock:
+            if not self._authenticated:
+                if self._settings.token:
+                    self._adopt(self.client.auth.token.lookup_self()["data"])
+                else:
+                    self._login()
+                return
+            if self.expires_at is None or not self._due():
+                return
+            if self._renewable:
+                try:
+                    self._adopt_auth(self.client.auth.token.renew_self()["auth"])
+                    return
+                except hvac.exceptions.VaultError:
+                    _log.warning("vault token renewal failed; logging in again")
+            if self._can_login():
+                self._login()
+
+    def _due(self) -> bool:
+        assert self.expires_at is not None  # noqa: S101 - callers checked
+        return self.expires_at - time.monotonic() < self._ttl * _RENEW_FRACTION
+
+    def _login(self) -> None:
+        response = self.client.auth.approle.login(
+            role_id=self._settings.role_id,
+            secret_id=self._settings.secret_id,
+            mount_point=self._settings.approle_mount,
+        )
+        self._adopt_auth(response["auth"])
+
+    def _adopt_auth(self, auth: dict[str, Any]) -> None:
+        self.client.token = auth["client_token"]
+        self._set_lifetime(int(auth.get("lease_duration") or 0), bool(auth.get("renewable")))
+
+    def _adopt(self, data: dict[str, Any]) -> None:
+        self._set_lifetime(int(data.get("ttl") or 0), bool(data.get("renewable")))
+
+    def _set_lifetime(self, ttl: int, renewable: bool) -> None:
+        self._authenticated = True
+        self._renewable = renewable
+        self._ttl = float(ttl)
+        self.expires_at = time.monotonic() + ttl if ttl > 0 else None
+
+
+def _status(exc: hvac.exceptions.VaultError) -> str:
+    # hvac puts the server's error list in the message; it never holds our token.
+    return f"{type(exc).__name__} ({getattr(exc, 'method', '')} {getattr(exc, 'url', '')})"

