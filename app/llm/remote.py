@@ -6,9 +6,10 @@ import hashlib
 from typing import TYPE_CHECKING, Generic, TypeVar
 from urllib.parse import urlsplit
 
-from app.llm.keys import SecretResolver
+from app.llm.keys import SecretResolver, scrub
 from app.llm.provider import CompletionRequest, Endpoint, ProviderError
-from app.secrets.backend import SecretNotFound
+from app.secrets.backend import SecretDecryptionError, SecretNotFound, SecretsBackendUnavailable
+from app.secrets.cache import SecretsUnavailable
 from app.secrets.values import SecretAccessDenied, SecretRef, SecretValue
 
 if TYPE_CHECKING:
@@ -61,9 +62,16 @@ class KeyedClients(Generic[ClientT]):
         """
         try:
             return await self._resolver.get(self.ref, scope=scope)
-        except (SecretNotFound, SecretAccessDenied) as exc:
+        except (
+            SecretNotFound,
+            SecretAccessDenied,
+            SecretDecryptionError,
+            SecretsBackendUnavailable,
+            SecretsUnavailable,
+        ) as exc:
+            # The entry cannot be called; the next one (ultimately `local`) may still answer.
             raise ProviderError(
-                f"{type(exc).__name__}: {exc}", reason="secret_unavailable"
+                scrub(f"{type(exc).__name__}: {exc}"), reason="secret_unavailable"
             ) from None
 
     def client(self, key: SecretValue) -> ClientT | None:

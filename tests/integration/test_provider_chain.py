@@ -27,6 +27,7 @@ from app.llm.router import (
     ProvidersUnavailable,
     StreamInterrupted,
 )
+from app.secrets.backend import SecretNotFound
 from app.secrets.values import SecretRef, SecretValue
 from app.tenancy.manifest import ChainEntry
 from app.tenancy.scope import Role, TenantScope
@@ -469,3 +470,27 @@ async def test_prompt_and_answer_reach_spans_only_when_the_tenant_opts_in(
     attempt = _attrs(_tree(spans)[1][0])
     assert "How much is the hotel limit?" in str(attempt["gen_ai.input.messages"])
     assert outcome.completion.text in str(attempt["gen_ai.output.messages"])
+
+
+async def test_unresolvable_key_fails_over_to_the_next_entry(
+    emulator: EmulatorServer, spans: InMemorySpanExporter
+) -> None:
+    scope = _scope()
+    ring = KeyRing({"anthropic": [KEYS["anthropic"]]})  # no openai key stored
+
+    async def missing(ref: SecretRef, *, scope: TenantScope) -> SecretValue:
+        if ref.name == "openai":
+            raise SecretNotFound(f"no secret stored under '{ref}'")
+        return SecretValue(KEYS["anthropic"])
+
+    ring.get = missing  # type: ignore[method-assign]
+    chain, _ = _chain(
+        scope,
+        [_entry(scope, "openai", "m", emulator.url), _entry(scope, "anthropic", "h", emulator.url)],
+        keys=ring,
+    )
+    outcome = await _ask(chain, scope, stream=False)
+    assert outcome.completion is not None
+    assert outcome.completion.provider == "anthropic"
+    _, attempts = _tree(spans)
+    assert [_attrs(a).get("error.type") for a in attempts] == ["secret_unavailable", None]
