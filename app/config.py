@@ -151,6 +151,36 @@ class TelemetrySettings(BaseModel):
     """OTLP/HTTP base URL. Empty: `OTEL_EXPORTER_OTLP_ENDPOINT`, else no export."""
 
 
+class LlmSettings(BaseModel):
+    """The provider chain: timeouts, retries, circuit breakers, prices."""
+
+    connect_timeout_seconds: float = Field(default=2.0, gt=0)
+    first_token_timeout_seconds: float = Field(default=10.0, gt=0)
+    attempt_timeout_seconds: float = Field(default=30.0, gt=0)
+    request_deadline_seconds: float = Field(default=60.0, gt=0)
+    max_retries: int = Field(default=2, ge=0)
+    """Retries of one chain entry (429, 5xx, timeouts, broken connections) before failover."""
+    backoff_base_seconds: float = Field(default=0.2, ge=0)
+    backoff_cap_seconds: float = Field(default=2.0, ge=0)
+    retry_after_cap_seconds: float = Field(default=5.0, ge=0)
+    """A Retry-After longer than this fails over instead of waiting."""
+    unavailable_retry_after_seconds: int = Field(default=5, ge=1)
+    breaker_consecutive_failures: int = Field(default=5, ge=1)
+    breaker_failure_rate: float = Field(default=0.5, gt=0, le=1)
+    breaker_window: int = Field(default=20, ge=1)
+    breaker_min_calls: int = Field(default=10, ge=1)
+    breaker_open_seconds: float = Field(default=30.0, gt=0)
+    max_output_tokens: int = Field(default=1024, ge=1)
+    prices: dict[str, tuple[float, float]] = {
+        "openai/gpt-4o-mini": (0.15, 0.60),
+        "openai/gpt-4o": (2.50, 10.00),
+        "openai/gpt-4.1-mini": (0.40, 1.60),
+        "anthropic/claude-haiku-4-5": (1.00, 5.00),
+        "anthropic/claude-sonnet-4-5": (3.00, 15.00),
+    }
+    """USD per million (input, output) tokens by `provider/model`; unlisted models cost 0."""
+
+
 class Settings(BaseSettings):
     """Everything the service reads at start-up."""
 
@@ -173,6 +203,7 @@ class Settings(BaseSettings):
     limits: LimitSettings = LimitSettings()
     chunking: ChunkingSettings = ChunkingSettings()
     telemetry: TelemetrySettings = TelemetrySettings()
+    llm: LlmSettings = LlmSettings()
 
     @model_validator(mode="after")
     def _conventional_env_names(self) -> Settings:

@@ -10,6 +10,7 @@ from litestar.di import Provide
 from litestar.middleware import DefineMiddleware
 from litestar.plugins.opentelemetry import OpenTelemetryConfig, OpenTelemetryPlugin
 
+from app.audit.controllers import UsageController
 from app.audit.middleware import AuditMiddleware
 from app.chat.controllers import ChatController
 from app.config import Settings, get_settings
@@ -23,8 +24,7 @@ from app.retrieval.controllers import DocumentController, SearchController
 from app.retrieval.corpus import seed_demo_corpus
 from app.secrets.scrub import install_scrubbing
 from app.telemetry.headers import add_trace_header
-from app.telemetry.metrics import configure_metrics
-from app.telemetry.setup import configure_tracing
+from app.telemetry.setup import configure_metrics, configure_tracing
 
 PUBLIC_PATHS = ["^/healthz$", "^/readyz$", "^/dev/jwks.json$", "^/.well-known/jwks.json$"]
 
@@ -51,7 +51,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
         provider.force_flush()
 
     routes = [HealthController, DocumentController, SearchController, ChatController]
-    routes += [ApiKeyController, TokenController, ServiceJwksController]
+    routes += [ApiKeyController, TokenController, ServiceJwksController, UsageController]
     if settings.dev:
         routes.append(DevJwksController)
     return Litestar(

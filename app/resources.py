@@ -137,6 +137,15 @@ async def open_resources(settings: Settings) -> AsyncIterator[Resources]:
         documents = DocumentService(
             pool=pool, index=index, limits=settings.limits, chunking=settings.chunking
         )
+        chat = ChatService(
+            pool=pool,
+            documents=documents,
+            registry=registry,
+            max_message_chars=settings.limits.max_query_chars,
+            resolver=secret_cache,
+            llm=settings.llm,
+        )
+        stack.push_async_callback(chat.aclose)
         yield Resources(
             pool=pool,
             registry=registry,
@@ -146,12 +155,7 @@ async def open_resources(settings: Settings) -> AsyncIterator[Resources]:
             verifier=verifier,
             audit=audit,
             documents=documents,
-            chat=ChatService(
-                pool=pool,
-                documents=documents,
-                registry=registry,
-                max_message_chars=settings.limits.max_query_chars,
-            ),
+            chat=chat,
             dev_issuer=dev_issuer,
             api_keys=identity.api_keys,
             service_tokens=identity.service_tokens,

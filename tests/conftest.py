@@ -39,6 +39,7 @@ from app.secrets.kek import load_master_key
 from app.tenancy.manifest import IdentitySpec, IssuerSpec, TenantManifest
 from app.tenancy.scope import Role
 from app.tenancy.service import apply_manifest
+from scripts.provider_emulator import EmulatorServer
 from tests.servers import OpenBao, moto_server, openbao_dev_server
 
 APP_ROLE = "bulkhead_app"
@@ -118,6 +119,12 @@ def settings(database_url: str, tmp_root: Path) -> Settings:
     settings = Settings(dev=True, data_dir=data_dir, tenants_dir=empty_tenants)
     settings.db.url = database_url
     settings.audit.flush_interval_seconds = 0.05
+    # Tiny provider-chain timings, so fault tests finish fast.
+    settings.llm.backoff_base_seconds = 0.005
+    settings.llm.backoff_cap_seconds = 0.01
+    settings.llm.first_token_timeout_seconds = 0.5
+    settings.llm.attempt_timeout_seconds = 1.0
+    settings.llm.request_deadline_seconds = 5.0
     return settings
 
 
@@ -154,8 +161,10 @@ TenantFactory = Callable[..., Awaitable[str]]
 def make_tenant(database_url: str, kek: bytes) -> TenantFactory:
     """Onboard a fresh tenant (dev issuer, `tenant` claim) and return its id."""
 
-    async def make(prefix: str = "t", **manifest_fields: object) -> str:
-        tenant_id = f"{prefix}-{uuid.uuid4().hex[:10]}"
+    async def make(
+        prefix: str = "t", tenant_id: str | None = None, **manifest_fields: object
+    ) -> str:
+        tenant_id = tenant_id or f"{prefix}-{uuid.uuid4().hex[:10]}"
         manifest = TenantManifest(
             id=tenant_id,
             name=f"Test tenant {tenant_id}",
@@ -264,3 +273,11 @@ def moto_endpoint() -> Iterator[str]:
     """Moto's server mode (AWS Secrets Manager) on loopback, for the whole run."""
     with moto_server() as endpoint:
         yield endpoint
+
+
+@pytest.fixture(scope="session")
+def emulator() -> Iterator[EmulatorServer]:
+    """The OpenAI/Anthropic provider emulator on a loopback port, shared by the run."""
+    server = EmulatorServer().start()
+    yield server
+    server.stop()

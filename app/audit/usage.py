@@ -1,6 +1,9 @@
-"""The usage ledger: tokens, provider, model, latency and outcome per answered request."""
+"""The usage ledger: tokens, cost, provider, model, latency and outcome per chat request."""
 
 from __future__ import annotations
+
+from datetime import date
+from typing import Any
 
 from app.db.pool import Connection
 
@@ -18,13 +21,14 @@ async def record_usage(
     latency_ms: float,
     outcome: str,
     trace_id: str,
+    cost_usd: float = 0.0,
 ) -> None:
     """Append one row to the usage ledger."""
     await connection.execute(
         """
         INSERT INTO usage (tenant_id, user_id, credential_id, provider, model, input_tokens,
-                           output_tokens, latency_ms, outcome, trace_id)
-        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+                           output_tokens, latency_ms, outcome, trace_id, cost_usd)
+        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
         """,
         tenant_id,
         user_id,
@@ -36,4 +40,45 @@ async def record_usage(
         latency_ms,
         outcome,
         trace_id,
+        cost_usd,
     )
+
+
+async def usage_report(
+    connection: Connection,
+    *,
+    since: date | None,
+    until: date | None,
+    user_id: str | None,
+    provider: str | None,
+    model: str | None,
+) -> list[dict[str, Any]]:
+    """Usage totals by day, user, provider and model (RLS limits rows to the tenant).
+
+    `since` and `until` are inclusive UTC days; the other arguments filter when given.
+    """
+    rows = await connection.fetch(
+        """
+        SELECT (occurred_at AT TIME ZONE 'UTC')::date AS day, user_id, provider, model,
+               count(*) AS requests,
+               count(*) FILTER (WHERE outcome <> 'ok') AS failed,
+               sum(input_tokens)::bigint AS input_tokens,
+               sum(output_tokens)::bigint AS output_tokens,
+               sum(cost_usd) AS cost_usd,
+               avg(latency_ms)::double precision AS avg_latency_ms
+        FROM usage
+        WHERE ($1::date IS NULL OR occurred_at >= $1::date::timestamp AT TIME ZONE 'UTC')
+          AND ($2::date IS NULL OR occurred_at < ($2::date + 1)::timestamp AT TIME ZONE 'UTC')
+          AND ($3::text IS NULL OR user_id = $3)
+          AND ($4::text IS NULL OR provider = $4)
+          AND ($5::text IS NULL OR model = $5)
+        GROUP BY 1, 2, 3, 4
+        ORDER BY 1, 2, 3, 4
+        """,
+        since,
+        until,
+        user_id,
+        provider,
+        model,
+    )
+    return [dict(row) for row in rows]

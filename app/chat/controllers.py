@@ -1,16 +1,38 @@
-"""`POST /v1/chat` (non-streaming)."""
+"""`POST /v1/chat`: a JSON answer, or with `stream: true` server-sent events."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncGenerator, AsyncIterator
+from typing import Any
+
+import msgspec
 from litestar import Controller, post
 from litestar.di import NamedDependency
 from litestar.params import JSONBody
+from litestar.response import ServerSentEvent, ServerSentEventMessage
+from litestar.response.base import ASGIResponse
 
 from app.chat.schemas import ChatRequest, ChatResponse, Citation, Usage
-from app.chat.service import SNIPPET_CHARS, ChatService
+from app.chat.service import SNIPPET_CHARS, ChatService, ChatStream
 from app.identity.guards import ensure_own_tenant, requires
-from app.problems import ValidationFailed
 from app.tenancy.scope import Role, TenantScope
+
+
+class EventStream(ServerSentEvent):
+    """`text/event-stream` even from a handler whose other answers are JSON.
+
+    Litestar gives the route's media type precedence over the response's own.
+    """
+
+    def to_asgi_response(self, *args: Any, **kwargs: Any) -> ASGIResponse:
+        kwargs["media_type"] = "text/event-stream"
+        return super().to_asgi_response(*args, **kwargs)
+
+
+async def _sse(stream: ChatStream) -> AsyncGenerator[ServerSentEventMessage, None]:
+    events: AsyncIterator[tuple[str, dict[str, object]]] = stream.events
+    async for name, data in events:
+        yield ServerSentEventMessage(data=msgspec.json.encode(data).decode(), event=name)
 
 
 class ChatController(Controller):
@@ -24,13 +46,19 @@ class ChatController(Controller):
         data: JSONBody[ChatRequest],
         caller: NamedDependency[TenantScope],
         chat: NamedDependency[ChatService],
-    ) -> ChatResponse:
+    ) -> ChatResponse | EventStream:
         """Answer a question over the caller's documents, with citations."""
         ensure_own_tenant(caller, data.tenant_id)
         if data.stream:
-            raise ValidationFailed(
-                "stream: streaming responses are not available yet; send stream=false",
-                errors=[{"key": "stream", "message": "unsupported"}],
+            started = await chat.stream_answer(
+                scope=caller,
+                message=data.message,
+                conversation_id=data.conversation_id,
+                top_k=data.top_k,
+                raw_filter=data.filter,
+            )
+            return EventStream(
+                _sse(started), headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
             )
         answer = await chat.answer(
             scope=caller,

@@ -8,8 +8,13 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import AsyncGenerator
+from typing import TYPE_CHECKING
 
-from app.llm.provider import Completion, CompletionRequest
+from app.llm.provider import Completion, CompletionRequest, Endpoint, StreamEvent
+
+if TYPE_CHECKING:
+    from app.tenancy.scope import TenantScope
 
 _WORD = re.compile(r"[a-z0-9]+(?:'[a-z]+)?")
 _SENTENCE = re.compile(r"(?<=[.!?])\s+|\n+")
@@ -79,8 +84,38 @@ class LocalProvider:
     """Extractive answers from the retrieved context, with `[n]` citation markers."""
 
     name = "local"
+    endpoint = Endpoint("localhost", 0)
 
-    async def complete(self, request: CompletionRequest) -> Completion:
+    async def complete(
+        self,
+        request: CompletionRequest,
+        *,
+        scope: TenantScope | None = None,
+        time_budget: float = 0.0,
+    ) -> Completion:
+        """Answer with the best-matching context sentences, each cited."""
+        return self.answer(request)
+
+    async def stream(
+        self,
+        request: CompletionRequest,
+        *,
+        scope: TenantScope | None = None,
+        time_budget: float = 0.0,
+    ) -> AsyncGenerator[StreamEvent, None]:
+        """The same answer, streamed word by word."""
+        completion = self.answer(request)
+        for i, word in enumerate(completion.text.split(" ")):
+            yield word if i == 0 else " " + word
+        yield completion
+
+    async def invalidate_key(self, *, scope: TenantScope) -> None:
+        """Nothing to forget: `local` uses no key."""
+
+    async def aclose(self) -> None:
+        """Nothing to release."""
+
+    def answer(self, request: CompletionRequest) -> Completion:
         """Answer with the best-matching context sentences, each cited."""
         question_terms = _terms(request.question)
         scored: list[tuple[float, int, int, str]] = []

@@ -1,9 +1,13 @@
-"""The Provider seam: one completion call against one model."""
+"""The Provider seam: one completion call (plain or streamed) against one model."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from app.tenancy.scope import TenantScope
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,22 +45,72 @@ class Completion:
 
 
 class ProviderError(Exception):
-    """A failed attempt; `reason` is a stable code used in spans, metrics and failover."""
+    """A failed attempt; `reason` is a stable code used in spans, metrics and failover.
 
-    def __init__(self, message: str, *, reason: str) -> None:
+    The message is already scrubbed of key material (it may quote a provider's error body).
+
+    Attributes:
+        reason: Stable failure code (`rate_limited`, `server_error`, `timeout`, `auth`...).
+        retry_after: Seconds the provider asked us to wait (429/503 `Retry-After`), if any.
+        status: The provider's HTTP status, when it answered with one.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        reason: str,
+        retry_after: float | None = None,
+        status: int | None = None,
+    ) -> None:
         super().__init__(message)
         self.reason = reason
+        self.retry_after = retry_after
+        self.status = status
+
+
+# A streamed answer is text deltas followed by exactly one Completion (the whole text, usage).
+StreamEvent = str | Completion
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    """Where a provider's requests go, for `server.address` / `server.port` on spans."""
+
+    address: str
+    port: int
 
 
 class Provider(Protocol):
-    """A model endpoint that answers grounded questions."""
+    """A model endpoint that answers grounded questions, with the tenant's key."""
 
     name: str
+    endpoint: Endpoint
 
-    async def complete(self, request: CompletionRequest) -> Completion:
-        """Answer `request`.
+    async def complete(
+        self, request: CompletionRequest, *, scope: TenantScope, time_budget: float
+    ) -> Completion:
+        """Answer `request` within `time_budget` seconds.
 
         Raises:
-            ProviderError: The attempt failed; the chain may try the next entry.
+            ProviderError: The attempt failed; the chain decides whether to retry or fail over.
         """
+        ...
+
+    def stream(
+        self, request: CompletionRequest, *, scope: TenantScope, time_budget: float
+    ) -> AsyncGenerator[StreamEvent, None]:
+        """Stream text deltas for `request`, then one final `Completion`.
+
+        Raises:
+            ProviderError: The attempt failed (before or during the stream).
+        """
+        ...
+
+    async def invalidate_key(self, *, scope: TenantScope) -> None:
+        """Forget the tenant's cached key after the provider refused it (401/403)."""
+        ...
+
+    async def aclose(self) -> None:
+        """Release connections."""
         ...

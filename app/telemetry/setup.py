@@ -1,9 +1,12 @@
-"""Tracer provider: one per process, exporting OTLP/HTTP when an endpoint is configured."""
+"""Tracer and meter providers: one each per process, exporting OTLP/HTTP when configured."""
 
 from __future__ import annotations
 
-from opentelemetry import trace
+from opentelemetry import metrics, trace
+from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
@@ -28,3 +31,19 @@ def configure_tracing(settings: TelemetrySettings) -> TracerProvider:
         provider.add_span_processor(BatchSpanProcessor(exporter))
     trace.set_tracer_provider(provider)
     return provider
+
+
+def configure_metrics(settings: TelemetrySettings) -> None:
+    """Install the process's meter provider (once), exporting OTLP/HTTP when configured.
+
+    The GenAI client metrics (token usage, operation duration) and the failover counter are
+    recorded through it. As with tracing, a provider already installed is kept.
+    """
+    if isinstance(metrics.get_meter_provider(), MeterProvider):
+        return
+    readers = []
+    if settings.otlp_endpoint:
+        endpoint = settings.otlp_endpoint.rstrip("/") + "/v1/metrics"
+        readers.append(PeriodicExportingMetricReader(OTLPMetricExporter(endpoint=endpoint)))
+    resource = Resource.create({"service.name": settings.service_name})
+    metrics.set_meter_provider(MeterProvider(resource=resource, metric_readers=readers))

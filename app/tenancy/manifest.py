@@ -80,6 +80,8 @@ class PrivacySpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     redact: tuple[str, ...] = ("credentials",)
     store_conversations: bool = True
     retention_days: int = 30
+    trace_content: bool = False
+    """Put prompts and answers on LLM spans (`gen_ai.input/output.messages`). Off: never."""
 
 
 class TenantManifest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):

@@ -140,7 +140,7 @@ async def test_chat_input_is_validated(
         ({"message": "x", "conversation_id": "not-a-uuid"}, 422),
         ({"message": "x", "api_base": "https://evil.example"}, 422),
         ({"message": "x", "model": "gpt-4o"}, 422),
-        ({"message": "x", "stream": True}, 422),
+        ({"message": "x", "stream": "yes"}, 422),
         ({}, 422),
     ]
     for payload, status in cases:

@@ -1,0 +1,149 @@
+"""The `anthropic` provider: the Messages API through the official async SDK."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator
+from typing import TYPE_CHECKING
+
+import anthropic
+import httpx2
+from anthropic.types import MessageParam
+
+from app.llm.errors import classify
+from app.llm.keys import SecretResolver
+from app.llm.provider import Completion, CompletionRequest, ProviderError, StreamEvent
+from app.llm.remote import SYSTEM_PROMPT, KeyedClients, build_prompt, endpoint_of
+
+if TYPE_CHECKING:
+    from app.secrets.values import SecretValue
+    from app.tenancy.manifest import ChainEntry
+    from app.tenancy.scope import TenantScope
+
+
+class AnthropicProvider:
+    """One chain entry served by Anthropic (or anything speaking its API at `base_url`)."""
+
+    name = "anthropic"
+
+    def __init__(
+        self,
+        entry: ChainEntry,
+        resolver: SecretResolver,
+        *,
+        connect_timeout: float,
+        max_output_tokens: int,
+    ) -> None:
+        self._keys: KeyedClients[anthropic.AsyncAnthropic] = KeyedClients(entry, resolver)
+        self._connect_timeout = connect_timeout
+        self._max_output_tokens = max_output_tokens
+        self.endpoint = endpoint_of(entry.base_url, "api.anthropic.com")
+
+    def _client(self, key: SecretValue) -> anthropic.AsyncAnthropic:
+        client = self._keys.client(key)
+        if client is None:
+            # The router owns retries and timeouts: the SDK must not retry behind its back.
+            client = self._keys.remember(
+                key,
+                anthropic.AsyncAnthropic(
+                    api_key=key.reveal(),
+                    base_url=self._keys.entry.base_url,
+                    max_retries=0,
+                    # Bulkhead writes the attempt spans itself, attributed to the tenant; the
+                    # SDK's own would be unattributed duplicates.
+                    open_telemetry=False,
+                ),
+            )
+        return client
+
+    def _messages(self, request: CompletionRequest) -> list[MessageParam]:
+        return [{"role": "user", "content": build_prompt(request)}]
+
+    async def complete(
+        self, request: CompletionRequest, *, scope: TenantScope, time_budget: float
+    ) -> Completion:
+        """One Messages call.
+
+        Raises:
+            ProviderError: The call failed; the message never carries the key.
+        """
+        key = await self._keys.key(scope=scope)
+        try:
+            message = await self._client(key).messages.create(
+                model=request.model,
+                system=SYSTEM_PROMPT,
+                messages=self._messages(request),
+                max_tokens=self._max_output_tokens,
+                timeout=httpx2.Timeout(time_budget, connect=self._connect_timeout),
+            )
+        except Exception as exc:
+            raise classify(exc, key=key.reveal()) from None
+        text = "".join(block.text for block in message.content if block.type == "text")
+        return Completion(
+            text=text,
+            provider=self.name,
+            model=message.model,
+            input_tokens=message.usage.input_tokens,
+            output_tokens=message.usage.output_tokens,
+            finish_reason=message.stop_reason or "end_turn",
+            response_id=message.id,
+        )
+
+    async def stream(
+        self, request: CompletionRequest, *, scope: TenantScope, time_budget: float
+    ) -> AsyncGenerator[StreamEvent, None]:
+        """A streamed Messages call: text deltas, then the completion with usage.
+
+        Raises:
+            ProviderError: The call failed, or the stream broke or ended without `message_stop`.
+        """
+        key = await self._keys.key(scope=scope)
+        parts: list[str] = []
+        response_id = model = finish = ""
+        input_tokens = output_tokens = 0
+        stopped = False
+        try:
+            stream = await self._client(key).messages.create(
+                model=request.model,
+                system=SYSTEM_PROMPT,
+                messages=self._messages(request),
+                max_tokens=self._max_output_tokens,
+                stream=True,
+                timeout=httpx2.Timeout(time_budget, connect=self._connect_timeout),
+            )
+            try:
+                async for event in stream:
+                    if event.type == "message_start":
+                        response_id, model = event.message.id, event.message.model
+                        input_tokens = event.message.usage.input_tokens
+                    elif event.type == "content_block_delta" and event.delta.type == "text_delta":
+                        parts.append(event.delta.text)
+                        yield event.delta.text
+                    elif event.type == "message_delta":
+                        finish = event.delta.stop_reason or finish
+                        output_tokens = event.usage.output_tokens
+                    elif event.type == "message_stop":
+                        stopped = True
+            finally:
+                await stream.close()
+        except Exception as exc:
+            raise classify(exc, key=key.reveal()) from None
+        if not stopped:
+            raise ProviderError("the stream ended before the answer", reason="stream_interrupted")
+        yield Completion(
+            text="".join(parts),
+            provider=self.name,
+            model=model or request.model,
+            input_tokens=input_tokens,
+            output_tokens=output_tokens,
+            finish_reason=finish or "end_turn",
+            response_id=response_id,
+        )
+
+    async def invalidate_key(self, *, scope: TenantScope) -> None:
+        """Forget the tenant's key for this entry."""
+        await self._keys.invalidate(scope=scope)
+
+    async def aclose(self) -> None:
+        """Close the SDK clients (their connection pools)."""
+        for client in self._keys.made():
+            await client.close()

@@ -1,0 +1,152 @@
+"""The `openai` provider: Chat Completions through the official async SDK."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator
+from typing import TYPE_CHECKING
+
+import httpx2
+import openai
+from openai.types.chat import ChatCompletionMessageParam
+
+from app.llm.errors import classify
+from app.llm.keys import SecretResolver
+from app.llm.provider import Completion, CompletionRequest, ProviderError, StreamEvent
+from app.llm.remote import SYSTEM_PROMPT, KeyedClients, build_prompt, endpoint_of
+
+if TYPE_CHECKING:
+    from app.secrets.values import SecretValue
+    from app.tenancy.manifest import ChainEntry
+    from app.tenancy.scope import TenantScope
+
+
+class OpenAIProvider:
+    """One chain entry served by OpenAI (or anything speaking its API at `base_url`)."""
+
+    name = "openai"
+
+    def __init__(
+        self,
+        entry: ChainEntry,
+        resolver: SecretResolver,
+        *,
+        connect_timeout: float,
+        max_output_tokens: int,
+    ) -> None:
+        self._keys: KeyedClients[openai.AsyncOpenAI] = KeyedClients(entry, resolver)
+        self._connect_timeout = connect_timeout
+        self._max_output_tokens = max_output_tokens
+        self.endpoint = endpoint_of(entry.base_url, "api.openai.com")
+
+    def _client(self, key: SecretValue) -> openai.AsyncOpenAI:
+        client = self._keys.client(key)
+        if client is None:
+            # The router owns retries and timeouts: the SDK must not retry behind its back.
+            client = self._keys.remember(
+                key,
+                openai.AsyncOpenAI(
+                    api_key=key.reveal(),
+                    base_url=self._keys.entry.base_url,
+                    max_retries=0,
+                    organization=None,
+                    project=None,
+                ),
+            )
+        return client
+
+    def _messages(self, request: CompletionRequest) -> list[ChatCompletionMessageParam]:
+        return [
+            {"role": "system", "content": SYSTEM_PROMPT},
+            {"role": "user", "content": build_prompt(request)},
+        ]
+
+    async def complete(
+        self, request: CompletionRequest, *, scope: TenantScope, time_budget: float
+    ) -> Completion:
+        """One Chat Completions call.
+
+        Raises:
+            ProviderError: The call failed; the message never carries the key.
+        """
+        key = await self._keys.key(scope=scope)
+        try:
+            response = await self._client(key).chat.completions.create(
+                model=request.model,
+                messages=self._messages(request),
+                max_completion_tokens=self._max_output_tokens,
+                timeout=httpx2.Timeout(time_budget, connect=self._connect_timeout),
+            )
+        except Exception as exc:
+            raise classify(exc, key=key.reveal()) from None
+        if not response.choices:
+            raise ProviderError("the provider returned no choices", reason="malformed_response")
+        choice = response.choices[0]
+        usage = response.usage
+        return Completion(
+            text=choice.message.content or "",
+            provider=self.name,
+            model=response.model,
+            input_tokens=usage.prompt_tokens if usage else 0,
+            output_tokens=usage.completion_tokens if usage else 0,
+            finish_reason=choice.finish_reason or "stop",
+            response_id=response.id,
+        )
+
+    async def stream(
+        self, request: CompletionRequest, *, scope: TenantScope, time_budget: float
+    ) -> AsyncGenerator[StreamEvent, None]:
+        """A streamed Chat Completions call: text deltas, then the completion with usage.
+
+        Raises:
+            ProviderError: The call failed, or the stream broke or ended without finishing.
+        """
+        key = await self._keys.key(scope=scope)
+        parts: list[str] = []
+        response_id = model = finish = ""
+        input_tokens = output_tokens = 0
+        try:
+            stream = await self._client(key).chat.completions.create(
+                model=request.model,
+                messages=self._messages(request),
+                max_completion_tokens=self._max_output_tokens,
+                stream=True,
+                stream_options={"include_usage": True},
+                timeout=httpx2.Timeout(time_budget, connect=self._connect_timeout),
+            )
+            try:
+                async for chunk in stream:
+                    response_id, model = chunk.id or response_id, chunk.model or model
+                    if chunk.usage is not None:
+                        input_tokens = chunk.usage.prompt_tokens
+                        output_tokens = chunk.usage.completion_tokens
+                    for choice in chunk.choices:
+                        if choice.delta.content:
+                            parts.append(choice.delta.content)
+                            yield choice.delta.content
+                        if choice.finish_reason:
+                            finish = choice.finish_reason
+            finally:
+                await stream.close()
+        except Exception as exc:
+            raise classify(exc, key=key.reveal()) from None
+        if not finish:
+            # A stream that ends without a finish reason was cut, not completed.
+            raise ProviderError("the stream ended before the answer", reason="stream_interrupted")
+        yield Completion(
+            text="".join(parts),
+            provider=self.name,
+            model=model or request.model,
+            input_tokens=input_tokens,
+            output_tokens=output_tokens,
+            finish_reason=finish,
+            response_id=response_id,
+        )
+
+    async def invalidate_key(self, *, scope: TenantScope) -> None:
+        """Forget the tenant's key for this entry."""
+        await self._keys.invalidate(scope=scope)
+
+    async def aclose(self) -> None:
+        """Close the SDK clients (their connection pools)."""
+        for client in self._keys.made():
+            await client.close()

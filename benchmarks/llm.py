@@ -1,0 +1,239 @@
+"""`python -m benchmarks.llm`: what the provider chain costs, measured against the emulator.
+
+1. Router overhead: the same OpenAI Chat Completions call made N times directly with the SDK
+   and N times through `ProviderChain.complete` (key resolution from an in-memory resolver,
+   breaker, retry bookkeeping, the SDK tracer provider recording the attempt and chain spans),
+   interleaved so both see the same machine. Reported: p50 and p99 of each, and p50 added.
+2. Failover after connection refused: a chain whose first entry's port refuses connections
+   against a chain with only the healthy entry; p99 added. The breaker is set out of reach here
+   so every request pays the refused connect (with the breaker, it would be skipped outright).
+3. Breaker open: a chain whose first entry always answers 503, N requests; calls the dead
+   provider received before the circuit opened and after (counted by the emulator).
+
+The emulator runs as its own process (in a thread it would compete for this process's GIL
+and inflate both sides' tails); everything talks over loopback TCP.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import httpx
+import openai
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+
+from app.config import LlmSettings
+from app.llm.breaker import BreakerPolicy, BreakerRegistry
+from app.llm.chains import build_chain
+from app.llm.provider import CompletionRequest, ContextChunk
+from app.llm.router import ChainPolicy, ProviderChain
+from app.secrets.values import SecretRef, SecretValue
+from app.tenancy.manifest import ChainEntry
+from app.tenancy.scope import Role, TenantScope
+from scripts.provider_emulator import free_port, refused_url
+
+KEY = "sk-bench-0123456789abcdef"
+SCOPE = TenantScope(
+    tenant_id="bench", subject="bench-user", roles=frozenset({Role.CHAT}), credential_id="c"
+)
+REQUEST = CompletionRequest(
+    question="How much is the hotel limit?",
+    context=(ContextChunk(1, "d", "c", "Travel", "Hotels: 180 euros per night.", 1.0),),
+    model="",
+)
+
+
+class EmulatorProcess:
+    """`scripts/provider_emulator.py` in a subprocess on a free loopback port."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        script = Path(__file__).resolve().parents[1] / "scripts" / "provider_emulator.py"
+        self._process = subprocess.Popen(  # noqa: S603 - our own script, fixed arguments
+            [sys.executable, str(script), "--port", str(self.port)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 15
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    self.stop()
+                    raise RuntimeError("the emulator did not start") from None
+                time.sleep(0.05)
+
+    def calls(self, path: str) -> int:
+        """Calls the emulator has counted on `path` since its last reset."""
+        counts: dict[str, int] = httpx.get(f"{self.url}/_emulator/calls").json()
+        return counts.get(path, 0)
+
+    def reset(self) -> None:
+        """Zero the emulator's counters."""
+        httpx.post(f"{self.url}/_emulator/reset")
+
+    def stop(self) -> None:
+        """Terminate the subprocess."""
+        self._process.terminate()
+        self._process.wait(timeout=10)
+
+
+class StaticKeys:
+    """The key every entry uses, as a warm secret cache would hand it out."""
+
+    async def get(self, ref: SecretRef, *, scope: TenantScope) -> SecretValue:
+        """The bench key."""
+        return SecretValue(KEY)
+
+    async def invalidate(self, ref: SecretRef, *, scope: TenantScope) -> None:
+        """Nothing cached."""
+
+
+REF = "tenants/bench/openai"
+
+
+def _entry(model: str, url: str) -> ChainEntry:
+    return ChainEntry(provider="openai", model=model, secret=REF, base_url=url)
+
+
+def _chain(entries: list[ChainEntry], breaker: BreakerPolicy) -> ProviderChain:
+    settings = LlmSettings()
+    chain = build_chain(
+        tuple(entries), resolver=StaticKeys(), settings=settings, breakers=BreakerRegistry(breaker)
+    )
+    chain.policy = ChainPolicy(backoff_base=0.001, backoff_cap=0.002, breaker=breaker)
+    return chain
+
+
+def _pct(samples: list[float], q: float) -> float:
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000
+
+
+async def _timed(call: Callable[[], Awaitable[object]]) -> float:
+    started = time.perf_counter()
+    await call()
+    return time.perf_counter() - started
+
+
+async def overhead(emulator: EmulatorProcess, n: int) -> tuple[list[float], list[float]]:
+    base = emulator.url + "/v1"
+    direct_client = openai.AsyncOpenAI(api_key=KEY, base_url=base, max_retries=0)
+    chain = _chain([_entry("gpt-4o-mini", base)], BreakerPolicy())
+    messages: list[openai.types.chat.ChatCompletionMessageParam] = [
+        {"role": "system", "content": "Answer from the context."},
+        {"role": "user", "content": "Context: [1] Hotels: 180 euros per night. Question: limit?"},
+    ]
+
+    async def direct() -> object:
+        return await direct_client.chat.completions.create(
+            model="gpt-4o-mini", messages=messages, max_completion_tokens=1024
+        )
+
+    async def routed() -> object:
+        return await chain.complete(scope=SCOPE, request=REQUEST)
+
+    for _ in range(50):  # warm both connection pools
+        await direct()
+        await routed()
+    direct_times, routed_times = [], []
+    for _ in range(n):
+        direct_times.append(await _timed(direct))
+        routed_times.append(await _timed(routed))
+    await direct_client.close()
+    await chain.aclose()
+    return direct_times, routed_times
+
+
+async def failover(
+    emulator: EmulatorProcess, n: int, breaker: BreakerPolicy
+) -> tuple[list[float], list[float]]:
+    base = emulator.url + "/v1"
+    healthy = _chain([_entry("gpt-4o-mini", base)], breaker)
+    refused = _chain([_entry("gpt-4o-mini", refused_url()), _entry("gpt-4o-mini", base)], breaker)
+    for _ in range(50):
+        await healthy.complete(scope=SCOPE, request=REQUEST)
+        await refused.complete(scope=SCOPE, request=REQUEST)
+    healthy_times, refused_times = [], []
+    for _ in range(n):
+        healthy_times.append(await _timed(lambda: healthy.complete(scope=SCOPE, request=REQUEST)))
+        refused_times.append(await _timed(lambda: refused.complete(scope=SCOPE, request=REQUEST)))
+    await healthy.aclose()
+    await refused.aclose()
+    return healthy_times, refused_times
+
+
+async def breaker_open(emulator: EmulatorProcess, n: int) -> tuple[int, int, int]:
+    path = "/v1/chat/completions"
+    chain = _chain(
+        [_entry("dead@503", emulator.url + "/v1"), ChainEntry(provider="local")],
+        BreakerPolicy(consecutive_failures=5, open_seconds=300),
+    )
+    emulator.reset()
+    answered_locally = 0
+    before_open = -1
+    for _ in range(n):
+        completion = await chain.complete(scope=SCOPE, request=REQUEST)
+        answered_locally += completion.provider == "local"
+        breaker = chain.breaker_for(SCOPE, 0)
+        if before_open < 0 and breaker is not None and breaker.state == "open":
+            before_open = emulator.calls(path)
+    after_open = emulator.calls(path) - before_open
+    await chain.aclose()
+    return before_open, after_open, answered_locally
+
+
+async def run(n: int) -> int:
+    trace.set_tracer_provider(TracerProvider())  # spans are recorded, not exported
+    emulator = EmulatorProcess()
+    try:
+        direct, routed = await overhead(emulator, n)
+        unreachable = BreakerPolicy(consecutive_failures=10**9, min_calls=10**9)
+        healthy, refused = await failover(emulator, n, unreachable)
+        healthy_b, refused_b = await failover(emulator, n, BreakerPolicy())
+        before, after, local = await breaker_open(emulator, n)
+    finally:
+        emulator.stop()
+    added_p50 = _pct(routed, 0.5) - _pct(direct, 0.5)
+    added_p99 = _pct(refused, 0.99) - _pct(healthy, 0.99)
+    print(f"router overhead (n={n}, sequential, loopback emulator):")
+    print(f"  direct SDK   p50 {_pct(direct, 0.5):7.3f} ms  p99 {_pct(direct, 0.99):7.3f} ms")
+    print(f"  via router   p50 {_pct(routed, 0.5):7.3f} ms  p99 {_pct(routed, 0.99):7.3f} ms")
+    print(f"  added        p50 {added_p50:7.3f} ms  (target <= 1 ms)")
+    print("failover after connection refused:")
+    print(f"  healthy only p50 {_pct(healthy, 0.5):7.3f} ms  p99 {_pct(healthy, 0.99):7.3f} ms")
+    print(f"  refused+ok   p50 {_pct(refused, 0.5):7.3f} ms  p99 {_pct(refused, 0.99):7.3f} ms")
+    print(f"  added        p99 {added_p99:7.3f} ms  (target <= 5 ms)")
+    mean_added = (statistics.mean(refused) - statistics.mean(healthy)) * 1000
+    print(f"  added       mean {mean_added:7.3f} ms  (breaker out of reach: every request refused)")
+    added_b = _pct(refused_b, 0.99) - _pct(healthy_b, 0.99)
+    print(f"  added        p99 {added_b:7.3f} ms  (default breaker: the dead entry is skipped)")
+    print(f"breaker open ({n} requests, dead provider answers 503):")
+    print(f"  calls to the dead provider before the circuit opened: {before}")
+    print(f"  calls to the dead provider after it opened:           {after}  (target 0)")
+    print(f"  requests answered by the local fallback:              {local}/{n}")
+    ok = added_p50 <= 1.0 and added_p99 <= 5.0 and after == 0
+    return 0 if ok else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Provider chain benchmarks")
+    parser.add_argument("-n", type=int, default=1000, help="requests per measurement")
+    args = parser.parse_args(argv)
+    return asyncio.run(run(args.n))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,232 @@
+"""`POST /v1/chat` over HTTP with providers on the loopback emulator.
+
+SSE streaming, failover, a break after content, every entry failing, and the usage ledger
+behind `/v1/admin/usage`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import asyncpg
+import pytest
+from litestar import Litestar
+from litestar.testing import AsyncTestClient
+
+from app.db.pool import tenant_transaction
+from app.secrets.local import LocalSecretsBackend
+from app.secrets.values import SecretRef, SecretValue
+from app.tenancy.manifest import ChainEntry, LlmSpec
+from app.tenancy.scope import Role, TenantScope
+from scripts.provider_emulator import EmulatorServer, refused_url
+from tests.conftest import AuthHeaders, TenantFactory, wait_for_tenant
+
+Client = AsyncTestClient[Litestar]
+Chain = list[tuple[str, str, str | None]]
+KEYS = {"openai": "sk-proj-HTTPTESTopenai98765", "anthropic": "sk-ant-HTTPTESTanthropic987"}
+DOC = "## Hotels\nHotel stays are reimbursed up to 180 euros per night in every city.\n"
+QUESTION = {"message": "How much is the hotel limit per night?"}
+
+
+def _events(body: str) -> list[tuple[str, dict[str, Any]]]:
+    events = []
+    for frame in body.replace("\r\n", "\n").split("\n\n"):
+        name, data = "", ""
+        for line in frame.splitlines():
+            if line.startswith("event:"):
+                name = line.removeprefix("event:").strip()
+            elif line.startswith("data:"):
+                data += line.removeprefix("data:").strip()
+        if name:
+            events.append((name, json.loads(data)))
+    return events
+
+
+LlmTenant = Callable[[Chain], Awaitable[str]]
+
+
+@pytest.fixture
+def llm_tenant(
+    app: Litestar,
+    client: Client,
+    make_tenant: TenantFactory,
+    auth: AuthHeaders,
+    app_pool: asyncpg.Pool,
+    kek: bytes,
+) -> LlmTenant:
+    """Make a tenant whose chain is `(provider, model, base_url)` entries, keys stored."""
+
+    async def make(chain: Chain) -> str:
+        return await _tenant(
+            app, client, make_tenant, auth, chain, LocalSecretsBackend(app_pool, kek)
+        )
+
+    return make
+
+
+async def _tenant(
+    app: Litestar,
+    client: Client,
+    make_tenant: TenantFactory,
+    auth: AuthHeaders,
+    chain: Chain,
+    secrets: LocalSecretsBackend,
+) -> str:
+    tenant_id = f"llm-{uuid.uuid4().hex[:10]}"
+    entries = tuple(
+        ChainEntry(provider="local")
+        if provider == "local"
+        else ChainEntry(
+            provider=provider,  # type: ignore[arg-type]
+            model=model,
+            secret=f"tenants/{tenant_id}/{provider}",
+            base_url=url,
+        )
+        for provider, model, url in chain
+    )
+    await make_tenant(tenant_id=tenant_id, llm=LlmSpec(chain=entries))
+    await wait_for_tenant(app, tenant_id)
+    scope = TenantScope(tenant_id=tenant_id, subject="ops", roles=frozenset())
+    for provider, key in KEYS.items():
+        await secrets.put(SecretRef(tenant_id, provider), SecretValue(key), scope=scope)
+    response = await client.post(
+        "/v1/documents",
+        json={"documents": [{"id": "travel", "title": "Travel", "text": DOC}]},
+        headers=auth(tenant_id),
+    )
+    assert response.status_code == 201
+    return tenant_id
+
+
+def _openai(emulator: EmulatorServer) -> str:
+    return emulator.url + "/v1"
+
+
+async def test_stream_sends_meta_citations_deltas_done(
+    client: Client, llm_tenant: LlmTenant, auth: AuthHeaders
+) -> None:
+    tenant = await llm_tenant([("local", "", None)])
+    response = await client.post("/v1/chat", json=QUESTION | {"stream": True}, headers=auth(tenant))
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"].startswith("text/event-stream"), response.text
+    events = _events(response.text)
+    names = [name for name, _ in events]
+    assert names[:2] == ["meta", "citations"]
+    assert names[-1] == "done"
+    assert set(names[2:-1]) == {"delta"}
+    answer = "".join(data["text"] for name, data in events if name == "delta")
+    assert "180 euros per night in every city. [1]" in answer
+    meta, citations, done = events[0][1], events[1][1], events[-1][1]
+    assert meta["trace_id"] == response.headers["x-trace-id"]
+    assert citations["citations"][0]["document_id"] == "travel"
+    assert (done["provider"], done["model"]) == ("local", "extractive")
+    assert done["usage"]["output_tokens"] > 0
+    assert done["cited"] == [1]
+
+
+async def test_stream_fails_over_before_the_first_token(
+    client: Client,
+    llm_tenant: LlmTenant,
+    auth: AuthHeaders,
+    emulator: EmulatorServer,
+) -> None:
+    chain: Chain = [
+        ("openai", "gpt-4o-mini@429:30", _openai(emulator)),
+        ("anthropic", "claude-haiku-4-5", emulator.url),
+    ]
+    tenant = await llm_tenant(chain)
+    response = await client.post("/v1/chat", json=QUESTION | {"stream": True}, headers=auth(tenant))
+    events = _events(response.text)
+    assert events[-1][0] == "done"
+    assert events[-1][1]["provider"] == "anthropic"
+    assert "".join(d["text"] for n, d in events if n == "delta").startswith("Hotel stays")
+
+
+async def test_break_after_content_ends_with_an_error_event(
+    client: Client,
+    llm_tenant: LlmTenant,
+    auth: AuthHeaders,
+    emulator: EmulatorServer,
+    app_pool: asyncpg.Pool,
+) -> None:
+    chain: Chain = [("anthropic", "claude@disconnect", emulator.url), ("local", "", None)]
+    tenant = await llm_tenant(chain)
+    async with asyncio.timeout(5):  # never a hang
+        response = await client.post(
+            "/v1/chat", json=QUESTION | {"stream": True}, headers=auth(tenant)
+        )
+    events = _events(response.text)
+    assert [n for n, _ in events] == ["meta", "citations", "delta", "delta", "error"]
+    assert events[-1][1]["code"] == "provider_stream_interrupted"
+    scope = TenantScope(tenant_id=tenant, subject="alice", roles=frozenset())
+    async with tenant_transaction(app_pool, scope=scope) as connection:
+        outcomes = await connection.fetch("SELECT outcome FROM usage")
+    assert [r["outcome"] for r in outcomes] == ["stream_interrupted"]
+
+
+async def test_every_entry_failing_is_503_with_retry_after_and_no_key(
+    client: Client,
+    llm_tenant: LlmTenant,
+    auth: AuthHeaders,
+    emulator: EmulatorServer,
+    app_pool: asyncpg.Pool,
+) -> None:
+    chain: Chain = [
+        ("openai", "gpt-4o-mini", refused_url()),
+        ("anthropic", "claude@401", emulator.url),
+        ("openai", "gpt-4o-mini@503", _openai(emulator)),
+    ]
+    tenant = await llm_tenant(chain)
+    for stream in (False, True):
+        response = await client.post(
+            "/v1/chat", json=QUESTION | {"stream": stream}, headers=auth(tenant)
+        )
+        assert response.status_code == 503
+        assert response.json()["code"] == "providers_unavailable"
+        assert int(response.headers["retry-after"]) >= 1
+        for key in KEYS.values():
+            assert key not in response.text
+    scope = TenantScope(tenant_id=tenant, subject="alice", roles=frozenset())
+    async with asyncio.timeout(5):
+        while True:
+            async with tenant_transaction(app_pool, scope=scope) as connection:
+                usage = await connection.fetch("SELECT outcome FROM usage")
+                audited = await connection.fetch(
+                    "SELECT status FROM audit_events WHERE route = '/v1/chat'"
+                )
+            if len(audited) == 2:
+                break
+            await asyncio.sleep(0.02)
+    assert [r["outcome"] for r in usage] == ["providers_unavailable"] * 2
+    assert [r["status"] for r in audited] == [503, 503]
+
+
+async def test_admin_usage_report_by_user_provider_model_day(
+    client: Client,
+    llm_tenant: LlmTenant,
+    auth: AuthHeaders,
+    emulator: EmulatorServer,
+) -> None:
+    chain: Chain = [("openai", "gpt-4o-mini", _openai(emulator))]
+    tenant = await llm_tenant(chain)
+    for user in ("alice", "alice", "bob"):
+        response = await client.post("/v1/chat", json=QUESTION, headers=auth(tenant, user=user))
+        assert response.status_code == 200
+        assert response.json()["provider"] == "openai"
+    admin = auth(tenant, user="root", roles=(Role.ADMIN,))
+    report = (await client.get("/v1/admin/usage", headers=admin)).json()["usage"]
+    by_user = {row["user_id"]: row for row in report}
+    assert set(by_user) == {"alice", "bob"}
+    assert by_user["alice"]["requests"] == 2
+    assert by_user["alice"]["provider"] == "openai"
+    assert by_user["alice"]["model"] == "gpt-4o-mini"
+    assert by_user["alice"]["output_tokens"] > 0
+    assert by_user["alice"]["cost_usd"] > 0, "priced from the table in settings"
+    assert len(by_user["alice"]["day"]) == 10
+    only_bob = await client.get("/v1/admin/usage", params={"user": "bob"}, headers=admin)
+    assert [row["user_id"] for row in only_bob.json()["usage"]] == ["bob"]
+    assert (await client.get("/v1/admin/usage", headers=auth(tenant))).status_code == 403
