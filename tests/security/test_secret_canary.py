@@ -1,22 +1,18 @@
 """Canary: secret values run through a full flow and are then searched for everywhere.
 
-Canary values are stored with `bulkhead secrets put` (CLI, real database), resolved by the
-running app's `SecretCache` (which registers them for scrubbing), echoed the way a failing
-provider SDK echoes a key, and surrounded by ingest, chat (local provider) and validation
-errors. Then captured logs, spans, every HTTP response (body and headers), audit rows and
-every text, jsonb and bytea column of the database are searched: zero occurrences.
-
-Still to add when the OpenAI/Anthropic providers land (issue 6): a chain whose first
-provider is the OpenAI emulator answering 401 "Incorrect API key provided: <key>" with the
-canary key, so the real SDK exception goes through the provider layer's scrubbing, the
-cache's invalidate-and-refetch-once, and failover to the next provider. Until then the
-401 echo is reproduced below by logging and raising the same message from app code.
+Canary values are stored with `bulkhead secrets put` (CLI, real database) as the tenant's
+OpenAI and Anthropic keys. The tenant's chain is OpenAI (emulator) → Anthropic (emulator) →
+local, and both emulated providers answer 401 with a message that echoes the key, as the real
+APIs do: the real SDK exceptions go through the provider layer (scrubbing, invalidate and
+refetch once) and the chat fails over to `local`, streamed and not. Around that: ingest and
+validation errors that quote what they were given. Then captured logs, spans, every HTTP
+response (body and headers), audit rows and every text, jsonb and bytea column of the
+database are searched: zero occurrences.
 """
 
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import uuid
 
@@ -30,32 +26,13 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 from app.cli import main
 from app.config import Settings, get_settings
-from app.secrets.cache import SecretCache
-from app.secrets.values import SecretRef, SecretValue
-from app.tenancy.scope import TenantScope
+from app.tenancy.manifest import ChainEntry, LlmSpec
+from scripts.provider_emulator import EmulatorServer
 from tests.conftest import AuthHeaders, TenantFactory, wait_for_tenant
 
 Client = AsyncTestClient[Litestar]
 
 DOC = "# Expenses\n\nMeals are reimbursed up to 40 euros per day on business trips.\n"
-
-
-async def _resolve_in_app(client: Client, app: Litestar, ref: SecretRef, tenant: str) -> None:
-    """Resolve `ref` through the app's own cache, in the app's event loop."""
-    cache: SecretCache = app.state.resources.secret_cache
-    scope = TenantScope(tenant_id=tenant, subject="provider-layer", roles=frozenset())
-    call = functools.partial(
-        client.blocking_portal.call, functools.partial(cache.get, ref, scope=scope)
-    )
-    value: SecretValue = await asyncio.to_thread(call)
-    # Stand-in for a provider SDK failing with the key it was given (issue 6 replaces this).
-    message = f"Error code: 401 - Incorrect API key provided: {value.reveal()}"
-    log = logging.getLogger("app.llm.provider")
-    log.warning("provider attempt failed: %s", message)
-    try:
-        raise PermissionError(message)
-    except PermissionError:
-        log.exception("provider %s rejected the key", "openai")
 
 
 async def _all_database_text(owner_url: str) -> list[str]:
@@ -91,14 +68,31 @@ async def test_canary_secret_values_appear_nowhere(
     settings: Settings,
     caplog: pytest.LogCaptureFixture,
     monkeypatch: pytest.MonkeyPatch,
+    emulator: EmulatorServer,
 ) -> None:
     caplog.set_level(logging.DEBUG)
     marker = uuid.uuid4().hex
     canaries = {
         "openai": f"sk-proj-canary{marker}",  # credential-shaped
-        "plain": f"canary-plain-{marker}",  # no known shape: only registration removes it
+        "anthropic": f"canary-plain-{marker}",  # no known shape: only registration removes it
     }
-    tenant = await make_tenant("canary")
+    tenant = f"canary-{marker[:10]}"
+    chain = (
+        ChainEntry(
+            provider="openai",
+            model="gpt-4o-mini@401",
+            secret=f"tenants/{tenant}/openai",
+            base_url=emulator.url + "/v1",
+        ),
+        ChainEntry(
+            provider="anthropic",
+            model="claude-haiku-4-5@401",
+            secret=f"tenants/{tenant}/anthropic",
+            base_url=emulator.url,
+        ),
+        ChainEntry(provider="local"),
+    )
+    await make_tenant(tenant_id=tenant, llm=LlmSpec(chain=chain))
     await wait_for_tenant(app, tenant)
     headers = auth(tenant)
     assert settings.db.url is not None
@@ -124,9 +118,6 @@ async def test_canary_secret_values_appear_nowhere(
     finally:
         get_settings.cache_clear()
 
-    for name in canaries:
-        await _resolve_in_app(client, app, SecretRef(tenant_id=tenant, name=name), tenant)
-
     responses.append(
         await client.post(
             "/v1/documents",
@@ -134,14 +125,17 @@ async def test_canary_secret_values_appear_nowhere(
             headers=headers,
         )
     )
-    responses.append(
-        await client.post("/v1/chat", json={"message": "What is the meal limit?"}, headers=headers)
-    )
+    calls_before = emulator.calls.copy()
+    question = {"message": "How much are meals reimbursed per day?"}
+    chat = await client.post("/v1/chat", json=question, headers=headers)
+    responses.append(chat)
+    streamed = await client.post("/v1/chat", json=question | {"stream": True}, headers=headers)
+    responses.append(streamed)
     # Validation errors that quote what they were given.
     for body in (
         {"message": "hi", "api_key": canaries["openai"]},
-        {"message": "hi", "base_url": f"http://x/{canaries['plain']}"},
-        {"message": canaries["plain"] * 1000},
+        {"message": "hi", "base_url": f"http://x/{canaries['anthropic']}"},
+        {"message": canaries["anthropic"] * 1000},
     ):
         responses.append(await client.post("/v1/chat", json=body, headers=headers))
     responses.append(
@@ -158,7 +152,16 @@ async def test_canary_secret_values_appear_nowhere(
     responses.append(
         await client.get("/v1/documents", headers={"Authorization": f"Bearer {canaries['openai']}"})
     )
-    assert [r.status_code for r in responses] == [201, 200, 422, 422, 422, 422, 401]
+    assert [r.status_code for r in responses] == [201, 200, 200, 422, 422, 422, 422, 401]
+    # Both providers were really called with the canary keys, refused them, and the chain fell
+    # over to `local`, streamed and not.
+    assert chat.json()["provider"] == "local"
+    assert "40 euros" in chat.json()["answer"]
+    assert "event: done" in streamed.text
+    assert '"provider":"local"' in streamed.text.replace(" ", "")
+    called = {path: n - calls_before.get(path, 0) for path, n in emulator.calls.items()}
+    assert called.get("/v1/chat/completions", 0) >= 2  # each request, plus one refetch retry
+    assert called.get("/v1/messages", 0) >= 2
     await asyncio.sleep(0.3)  # the audit writer flushes every 50 ms in tests
 
     haystacks: dict[str, list[str]] = {
@@ -168,8 +171,9 @@ async def test_canary_secret_values_appear_nowhere(
         "responses": [r.text + repr(dict(r.headers)) for r in responses],
         "database": await _all_database_text(settings.db.url),
     }
-    assert any("provider attempt failed" in text for text in haystacks["logs"])
-    assert any("[REDACTED]" in text for text in haystacks["logs"])
+    assert any(
+        span.attributes and span.attributes.get("error.type") for span in spans.get_finished_spans()
+    ), "the refused attempts must be visible in the spans"
     assert any("audit_events" in text and tenant in text for text in haystacks["database"])
     for where, texts in haystacks.items():
         for canary in canaries.values():
