@@ -180,28 +180,17 @@ class ChatService:
             message_id = uuid.uuid4()
             trace_id = current_trace_id()
             span.set_attribute("bulkhead.citations", len(citations))
-            async with tenant_transaction(self._pool, scope=scope) as connection:
-                if store:
-                    await repository.save_exchange(
-                        connection,
-                        tenant_id=scope.tenant_id,
-                        conversation_id=conversation,
-                        user_id=scope.subject,
-                        question=message,
-                        answer_id=message_id,
-                        answer=completion.text,
-                        citations=[
-                            {
-                                "marker": c.marker,
-                                "document_id": c.hit.document_id,
-                                "chunk_id": c.hit.chunk_id,
-                            }
-                            for c in citations
-                        ],
-                        provider=completion.provider,
-                        model=completion.model,
-                    )
-                await self._record(connection, scope, completion, started, "ok", trace_id)
+            await self._save_turn(
+                scope,
+                store=store,
+                conversation_id=conversation,
+                question=message,
+                answer_id=message_id,
+                completion=completion,
+                citations=citations,
+                started=started,
+                trace_id=trace_id,
+            )
         return ChatAnswer(
             conversation_id=conversation,
             message_id=message_id,
@@ -213,6 +202,43 @@ class ChatService:
             output_tokens=completion.output_tokens,
             trace_id=trace_id,
         )
+
+    async def _save_turn(
+        self,
+        scope: TenantScope,
+        *,
+        store: bool,
+        conversation_id: uuid.UUID,
+        question: str,
+        answer_id: uuid.UUID,
+        completion: Completion,
+        citations: list[CitedSource],
+        started: float,
+        trace_id: str,
+    ) -> None:
+        """Append the turn (unless the tenant opted out) and its usage in one transaction."""
+        async with tenant_transaction(self._pool, scope=scope) as connection:
+            if store:
+                await repository.save_exchange(
+                    connection,
+                    tenant_id=scope.tenant_id,
+                    conversation_id=conversation_id,
+                    user_id=scope.subject,
+                    question=question,
+                    answer_id=answer_id,
+                    answer=completion.text,
+                    citations=[
+                        {
+                            "marker": c.marker,
+                            "document_id": c.hit.document_id,
+                            "chunk_id": c.hit.chunk_id,
+                        }
+                        for c in citations
+                    ],
+                    provider=completion.provider,
+                    model=completion.model,
+                )
+            await self._record(connection, scope, completion, started, "ok", trace_id)
 
     async def _record(
         self,
@@ -353,28 +379,17 @@ class ChatService:
                     yield ("delta", {"text": event})
                     event = await anext(upstream)
                 cited = _cited(event.text, hits)
-                async with tenant_transaction(self._pool, scope=scope) as connection:
-                    if store:
-                        await repository.save_exchange(
-                            connection,
-                            tenant_id=scope.tenant_id,
-                            conversation_id=conversation,
-                            user_id=scope.subject,
-                            question=message,
-                            answer_id=message_id,
-                            answer=event.text,
-                            citations=[
-                                {
-                                    "marker": c.marker,
-                                    "document_id": c.hit.document_id,
-                                    "chunk_id": c.hit.chunk_id,
-                                }
-                                for c in cited
-                            ],
-                            provider=event.provider,
-                            model=event.model,
-                        )
-                    await self._record(connection, scope, event, started, "ok", trace_id)
+                await self._save_turn(
+                    scope,
+                    store=store,
+                    conversation_id=conversation,
+                    question=message,
+                    answer_id=message_id,
+                    completion=event,
+                    citations=cited,
+                    started=started,
+                    trace_id=trace_id,
+                )
                 yield (
                     "done",
                     {
