@@ -73,7 +73,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             )
         ],
         dependencies={
-            "caller": Provide(provide_scope),
+            "caller": Provide(provide_scope, sync_to_thread=False),
             "documents": Provide(provide_documents, sync_to_thread=False),
             "chat": Provide(provide_chat, sync_to_thread=False),
         },
