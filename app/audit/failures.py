@@ -20,6 +20,8 @@ from datetime import datetime
 import asyncpg
 from opentelemetry import metrics
 
+from app.audit.batching import BatchWriter
+
 _log = logging.getLogger(__name__)
 
 _meter = metrics.get_meter("bulkhead.identity")
@@ -49,17 +51,15 @@ class AuthFailure:
     trace_id: str
 
 
-class AuthFailureLog:
+class AuthFailureLog(BatchWriter[AuthFailure]):
     """Counts every failure at once; writes the rows in batches off the hot path."""
 
     def __init__(self, pool: asyncpg.Pool, *, buffer_size: int = 10_000) -> None:
+        # Batches only what is already queued (no wait): rows here carry no back-pressure.
+        super().__init__(
+            name="auth-failures", buffer_size=buffer_size, batch_size=500, flush_interval=0
+        )
         self._pool = pool
-        self._queue: asyncio.Queue[AuthFailure] = asyncio.Queue(maxsize=buffer_size)
-        self._task: asyncio.Task[None] | None = None
-
-    def start(self) -> None:
-        """Start the background writer."""
-        self._task = asyncio.get_running_loop().create_task(self._run(), name="auth-failures")
 
     def record(self, failure: AuthFailure) -> None:
         """Count the failure and queue its row (dropped, and counted, if the buffer is full)."""
@@ -69,33 +69,12 @@ class AuthFailureLog:
         except asyncio.QueueFull:
             _DROPPED.add(1)
 
-    async def flush(self) -> None:
-        """Wait until every queued row has been written."""
-        if self._task is None or self._task.done():
-            return
-        joined = asyncio.ensure_future(self._queue.join())
-        await asyncio.wait({joined, self._task}, return_when=asyncio.FIRST_COMPLETED)
-        joined.cancel()
-
-    async def close(self) -> None:
-        """Write what is queued, then stop."""
-        await self.flush()
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-
-    async def _run(self) -> None:
-        while True:
-            batch = [await self._queue.get()]
-            while len(batch) < 500 and not self._queue.empty():
-                batch.append(self._queue.get_nowait())
-            try:
-                await self._write(batch)
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
-                _log.exception("writing %d auth-failure rows failed; dropped", len(batch))
-                _DROPPED.add(len(batch))
-            for _ in batch:
-                self._queue.task_done()
+    async def _handle(self, batch: list[AuthFailure]) -> None:
+        try:
+            await self._write(batch)
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+            _log.exception("writing %d auth-failure rows failed; dropped", len(batch))
+            _DROPPED.add(len(batch))
 
     async def _write(self, batch: list[AuthFailure]) -> None:
         async with self._pool.acquire() as connection:

@@ -17,6 +17,7 @@ from itertools import groupby
 
 import asyncpg
 
+from app.audit.batching import BatchWriter
 from app.db.pool import set_tenant
 
 _log = logging.getLogger(__name__)
@@ -38,58 +39,25 @@ class AuditRow:
     trace_id: str
 
 
-class AuditWriter:
+class AuditWriter(BatchWriter[AuditRow]):
     """Buffers audit rows and writes them in batches."""
 
     def __init__(
         self, pool: asyncpg.Pool, *, buffer_size: int, batch_size: int, flush_interval: float
     ) -> None:
+        super().__init__(
+            name="audit-writer",
+            buffer_size=buffer_size,
+            batch_size=batch_size,
+            flush_interval=flush_interval,
+        )
         self._pool = pool
-        self._queue: asyncio.Queue[AuditRow] = asyncio.Queue(maxsize=buffer_size)
-        self._batch_size = batch_size
-        self._flush_interval = flush_interval
-        self._task: asyncio.Task[None] | None = None
-
-    def start(self) -> None:
-        """Start the background writer."""
-        self._task = asyncio.get_running_loop().create_task(self._run(), name="audit-writer")
 
     async def record(self, row: AuditRow) -> None:
         """Queue a row, waiting for room when the buffer is full (back-pressure)."""
         await self._queue.put(row)
 
-    async def flush(self) -> None:
-        """Wait until every queued row has been written (or the writer has stopped)."""
-        if self._task is None or self._task.done():
-            return
-        joined = asyncio.ensure_future(self._queue.join())
-        await asyncio.wait({joined, self._task}, return_when=asyncio.FIRST_COMPLETED)
-        joined.cancel()
-
-    async def close(self) -> None:
-        """Write what is queued, then stop."""
-        await self.flush()
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-
-    async def _run(self) -> None:
-        while True:
-            batch = [await self._queue.get()]
-            deadline = asyncio.get_running_loop().time() + self._flush_interval
-            while len(batch) < self._batch_size:
-                timeout = deadline - asyncio.get_running_loop().time()
-                if timeout <= 0:
-                    break
-                try:
-                    batch.append(await asyncio.wait_for(self._queue.get(), timeout))
-                except TimeoutError:
-                    break
-            await self._write_with_retry(batch)
-            for _ in batch:
-                self._queue.task_done()
-
-    async def _write_with_retry(self, batch: list[AuditRow]) -> None:
+    async def _handle(self, batch: list[AuditRow]) -> None:
         delay = 0.1
         while True:
             try:

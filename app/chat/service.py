@@ -145,28 +145,13 @@ class ChatService:
             raise ValidationFailed(f"message: at most {self._max_message_chars} characters")
         started = time.perf_counter()
         with scoped_span("chat", scope=scope) as span:
-            if conversation_id is not None:
-                async with tenant_transaction(self._pool, scope=scope) as connection:
-                    if not await repository.conversation_exists(
-                        connection, conversation_id=conversation_id, user_id=scope.subject
-                    ):
-                        raise NotFound("no such conversation")
-            hits = await self._documents.search(
-                scope=scope, query=message, top_k=top_k, raw_filter=raw_filter
+            hits, context = await self._context(
+                scope=scope,
+                message=message,
+                conversation_id=conversation_id,
+                top_k=top_k,
+                raw_filter=raw_filter,
             )
-            context = tuple(
-                ContextChunk(
-                    marker=i,
-                    document_id=h.document_id,
-                    chunk_id=h.chunk_id,
-                    title=h.title,
-                    text=h.text,
-                    score=h.score,
-                )
-                for i, h in enumerate(hits, start=1)
-            )
-            tenant = self._registry.tenant(scope.tenant_id)
-            store = tenant is not None and tenant.manifest.privacy.store_conversations
             try:
                 completion = await self._chain(scope.tenant_id).complete(
                     scope=scope,
@@ -182,7 +167,6 @@ class ChatService:
             span.set_attribute("bulkhead.citations", len(citations))
             await self._save_turn(
                 scope,
-                store=store,
                 conversation_id=conversation,
                 question=message,
                 answer_id=message_id,
@@ -207,7 +191,6 @@ class ChatService:
         self,
         scope: TenantScope,
         *,
-        store: bool,
         conversation_id: uuid.UUID,
         question: str,
         answer_id: uuid.UUID,
@@ -217,6 +200,8 @@ class ChatService:
         trace_id: str,
     ) -> None:
         """Append the turn (unless the tenant opted out) and its usage in one transaction."""
+        tenant = self._registry.tenant(scope.tenant_id)
+        store = tenant is not None and tenant.manifest.privacy.store_conversations
         async with tenant_transaction(self._pool, scope=scope) as connection:
             if store:
                 await repository.save_exchange(
@@ -346,8 +331,6 @@ class ChatService:
                     top_k=top_k,
                     raw_filter=raw_filter,
                 )
-                tenant = self._registry.tenant(scope.tenant_id)
-                store = tenant is not None and tenant.manifest.privacy.store_conversations
                 upstream = self._chain(scope.tenant_id).stream(
                     scope=scope,
                     request=CompletionRequest(question=message, context=context, model=""),
@@ -381,7 +364,6 @@ class ChatService:
                 cited = _cited(event.text, hits)
                 await self._save_turn(
                     scope,
-                    store=store,
                     conversation_id=conversation,
                     question=message,
                     answer_id=message_id,

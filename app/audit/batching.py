@@ -1,0 +1,67 @@
+"""BatchWriter: a bounded queue drained in batches by one background task.
+
+Shared by the audit trail (which waits for room: back-pressure) and the auth-failure log
+(which drops when full). Subclasses decide how a row is queued and how a batch is written.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Generic, TypeVar
+
+Row = TypeVar("Row")
+
+
+class BatchWriter(Generic[Row]):
+    """Owns the queue, the writer task and its lifecycle; `_handle` writes one batch."""
+
+    def __init__(
+        self, *, name: str, buffer_size: int, batch_size: int, flush_interval: float
+    ) -> None:
+        self._name = name
+        self._queue: asyncio.Queue[Row] = asyncio.Queue(maxsize=buffer_size)
+        self._batch_size = batch_size
+        self._flush_interval = flush_interval
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        """Start the background writer."""
+        self._task = asyncio.get_running_loop().create_task(self._run(), name=self._name)
+
+    async def flush(self) -> None:
+        """Wait until every queued row has been handled (or the writer has stopped)."""
+        if self._task is None or self._task.done():
+            return
+        joined = asyncio.ensure_future(self._queue.join())
+        await asyncio.wait({joined, self._task}, return_when=asyncio.FIRST_COMPLETED)
+        joined.cancel()
+
+    async def close(self) -> None:
+        """Handle what is queued, then stop."""
+        await self.flush()
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    async def _handle(self, batch: list[Row]) -> None:
+        raise NotImplementedError
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            batch = [await self._queue.get()]
+            deadline = loop.time() + self._flush_interval
+            while len(batch) < self._batch_size:
+                if not self._queue.empty():
+                    batch.append(self._queue.get_nowait())
+                    continue
+                timeout = deadline - loop.time()
+                if timeout <= 0:
+                    break
+                try:
+                    batch.append(await asyncio.wait_for(self._queue.get(), timeout))
+                except TimeoutError:
+                    break
+            await self._handle(batch)
+            for _ in batch:
+                self._queue.task_done()
