@@ -337,6 +337,20 @@ class ProviderChain:
         """The breaker guarding entry `index` for `scope`'s tenant (None for `local`)."""
         return self._breaker(scope, self._links[index])
 
+    def _attempt_budget(self, run: _Run, breaker: CircuitBreaker | None) -> float:
+        """Seconds the next attempt may take; the request is over when none are left.
+
+        Raises:
+            ProvidersUnavailable: The request deadline has passed.
+        """
+        budget = min(self.policy.attempt_timeout, run.remaining())
+        if budget <= 0:
+            if breaker is not None:
+                breaker.release()
+            run.failover_reason = "deadline_exceeded"
+            raise run.exhausted()
+        return budget
+
     def _breaker(self, scope: TenantScope, link: ChainLink) -> CircuitBreaker | None:
         if link.entry.provider == "local":
             return None  # the last resort never fails, so it is never cut off
@@ -400,20 +414,12 @@ class ProviderChain:
         try:
             for link in self._links:
                 breaker = self._breaker(scope, link)
-                if breaker is not None and not breaker.allow():
-                    run.span.add_event("circuit_open", {"gen_ai.request.model": link.entry.model})
-                    run.retry_hint = max(run.retry_hint, breaker.retry_in())
-                    run.fail_over(link, "circuit_open")
+                if _circuit_open(run, link, breaker):
                     continue
                 retries, refetched = 0, False
                 asked = CompletionRequest(request.question, request.context, link.entry.model)
                 while True:
-                    budget = min(self.policy.attempt_timeout, run.remaining())
-                    if budget <= 0:
-                        if breaker is not None:
-                            breaker.release()
-                        run.failover_reason = "deadline_exceeded"
-                        raise run.exhausted()
+                    budget = self._attempt_budget(run, breaker)
                     span, started = run.start_attempt(link), time.perf_counter()
                     try:
                         async with asyncio.timeout(budget):
@@ -439,9 +445,7 @@ class ProviderChain:
                         breaker.success()
                     run.succeeded(span, link, completion, started)
                     return completion
-        except ProvidersUnavailable:
-            raise
-        except ProviderRejected:
+        except (ProvidersUnavailable, ProviderRejected):
             raise
         except BaseException as exc:
             run.abandon(type(exc).__name__)
@@ -464,20 +468,12 @@ class ProviderChain:
         try:
             for link in self._links:
                 breaker = self._breaker(scope, link)
-                if breaker is not None and not breaker.allow():
-                    run.span.add_event("circuit_open", {"gen_ai.request.model": link.entry.model})
-                    run.retry_hint = max(run.retry_hint, breaker.retry_in())
-                    run.fail_over(link, "circuit_open")
+                if _circuit_open(run, link, breaker):
                     continue
                 retries, refetched = 0, False
                 asked = CompletionRequest(request.question, request.context, link.entry.model)
                 while True:
-                    budget = min(self.policy.attempt_timeout, run.remaining())
-                    if budget <= 0:
-                        if breaker is not None:
-                            breaker.release()
-                        run.failover_reason = "deadline_exceeded"
-                        raise run.exhausted()
+                    budget = self._attempt_budget(run, breaker)
                     span, started = run.start_attempt(link), time.perf_counter()
                     attempt_deadline = asyncio.get_running_loop().time() + budget
                     events = link.provider.stream(asked, scope=scope, time_budget=budget)
@@ -546,6 +542,16 @@ class ProviderChain:
             run.abandon(type(exc).__name__)
             raise
         raise run.exhausted()
+
+
+def _circuit_open(run: _Run, link: ChainLink, breaker: CircuitBreaker | None) -> bool:
+    """Whether `link` is skipped because its breaker is open (recorded as a failover)."""
+    if breaker is None or breaker.allow():
+        return False
+    run.span.add_event("circuit_open", {"gen_ai.request.model": link.entry.model})
+    run.retry_hint = max(run.retry_hint, breaker.retry_in())
+    run.fail_over(link, "circuit_open")
+    return True
 
 
 def _as_provider_error(exc: BaseException) -> ProviderError:
