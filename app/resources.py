@@ -25,8 +25,10 @@ from app.identity.key_store import ApiKeyStore
 from app.identity.network import ClientAddressResolver
 from app.identity.service_tokens import ServiceTokenIssuer
 from app.identity.tokens import JwtVerifier
-from app.retrieval.edge import EdgeIndex
+from app.retrieval.index import VectorIndex
+from app.retrieval.qdrant_server import Isolation
 from app.retrieval.service import DocumentService
+from app.retrieval.setup import open_vector_index
 from app.secrets.backend import SecretsBackend
 from app.secrets.cache import SecretCache
 from app.secrets.kek import load_master_key
@@ -44,7 +46,7 @@ class Resources:
 
     pool: asyncpg.Pool
     registry: TenantRegistry
-    index: EdgeIndex
+    index: VectorIndex
     secrets: SecretsBackend
     secret_cache: SecretCache
     verifier: JwtVerifier
@@ -84,8 +86,6 @@ async def open_resources(settings: Settings) -> AsyncIterator[Resources]:
         await registry.load()
         await registry.listen(dsn)
         stack.push_async_callback(registry.close)
-        index = EdgeIndex.open(settings.vector_path, search_threads=settings.vectors.search_threads)
-        stack.push_async_callback(index.close)
         http = httpx.AsyncClient(follow_redirects=False)
         stack.push_async_callback(http.aclose)
         secrets = build_backend(settings, pool=pool, kek=kek)
@@ -100,6 +100,15 @@ async def open_resources(settings: Settings) -> AsyncIterator[Resources]:
             # Other replicas' `bulkhead secrets put` reaches this cache at once, not after a TTL.
             listener = await listen_for_changes(dsn, secret_cache.forget)
             stack.push_async_callback(listener.close)
+        index = await stack.enter_async_context(
+            open_vector_index(
+                settings,
+                secrets=secrets,
+                secret_cache=secret_cache,
+                tenant_ids=registry.tenant_ids,
+                isolation_of=lambda tenant_id: _isolation(registry, tenant_id),
+            )
+        )
         dev_issuer = (
             DevIssuer.load_or_create(
                 settings.dev_signing_key_path,
@@ -163,6 +172,11 @@ async def open_resources(settings: Settings) -> AsyncIterator[Resources]:
             auth_failures=identity.auth_failures,
             client_addresses=ClientAddressResolver(settings.auth.trusted_proxies),
         )
+
+
+def _isolation(registry: TenantRegistry, tenant_id: str) -> Isolation:
+    record = registry.tenant(tenant_id)
+    return record.manifest.retrieval.isolation if record else "shared"
 
 
 def _platform_refs(registry: TenantRegistry, tenant_id: str) -> frozenset[str]:

@@ -1,30 +1,41 @@
 """Qdrant Edge adapter: an in-process shard holding every tenant's chunks (isolation: shared).
 
-Isolation lives in `_scoped_filter`, the one function that builds the filter of every query,
-count and delete; upserts stamp `tenant_id` from the scope in `_payload` and are conditional on
-the same filter, so a point of another tenant can never be overwritten.
+Isolation lives in `_scoped_filter`, which translates `scoping.forced_condition` (shared by every
+adapter) into the filter of every query, count and delete; upserts stamp `tenant_id` from the
+scope (`chunk_payload`) and are conditional on the same filter, so a point of another tenant can
+never be overwritten. Edge has one shard, so `isolation: dedicated` is not available on it.
 """
 
 from __future__ import annotations
 
 import asyncio
-import uuid
 from pathlib import Path
 from typing import Any
 
 import qdrant_edge as qe
 
 from app.retrieval.filters import MetadataMatch
-from app.retrieval.index import ACL_EVERYONE, ChunkRecord, Hit
+from app.retrieval.index import ChunkRecord, Hit
+from app.retrieval.scoping import (
+    ACL_FIELD,
+    DOCUMENT_FIELD,
+    HIT_FIELDS,
+    TENANT_FIELD,
+    VERSION_FIELD,
+    AllOf,
+    AnyOf,
+    Clause,
+    FieldEquals,
+    FieldIn,
+    bm25_text,
+    chunk_payload,
+    forced_condition,
+    point_id,
+)
 from app.tenancy.scope import TenantScope
 
 BM25_VECTOR = "bm25"
-TENANT_FIELD = "tenant_id"
-ACL_FIELD = "_bulkhead_acl"
-VERSION_FIELD = "_bulkhead_version"
-DOCUMENT_FIELD = "document_id"
 
-_HIT_FIELDS = (DOCUMENT_FIELD, "title", "section", "text", "metadata")
 _FIELD_INDEXES: dict[str, Any] = {
     DOCUMENT_FIELD: qe.PayloadSchemaType.Keyword,
     ACL_FIELD: qe.PayloadSchemaType.Keyword,
@@ -41,51 +52,34 @@ def _scoped_filter(
     version: int | None = None,
     except_version: int | None = None,
 ) -> qe.Filter:
-    """The filter of every vector operation: the tenant (and, for reads, ACL) first.
-
-    Caller conditions are nested inside `must`, so they can only narrow the result.
-    """
-    must: list[Any] = [qe.FieldCondition(TENANT_FIELD, match=qe.MatchValue(scope.tenant_id))]
-    if reading:
-        must.append(qe.FieldCondition(ACL_FIELD, match=qe.MatchAny([ACL_EVERYONE, *scope.groups])))
-    narrowing: list[Any] = [_metadata_condition(m) for m in matches]
-    if document_id is not None:
-        narrowing.append(qe.FieldCondition(DOCUMENT_FIELD, match=qe.MatchValue(document_id)))
-    if version is not None:
-        narrowing.append(qe.FieldCondition(VERSION_FIELD, match=qe.MatchValue(version)))
-    must_not: list[Any] = []
-    if except_version is not None:
-        must_not.append(qe.FieldCondition(VERSION_FIELD, match=qe.MatchValue(except_version)))
-    if narrowing or must_not:
-        must.append(qe.Filter(must=narrowing or None, must_not=must_not or None))
-    return qe.Filter(must=must)
+    """The filter of every vector operation: `forced_condition` in Qdrant Edge's types."""
+    condition = forced_condition(
+        scope,
+        reading=reading,
+        matches=matches,
+        document_id=document_id,
+        version=version,
+        except_version=except_version,
+    )
+    return _edge_filter(condition)
 
 
-def _metadata_condition(match: MetadataMatch) -> Any:
-    key = f"metadata.{match.key}"
-    if len(match.values) == 1:
-        return qe.FieldCondition(key, match=qe.MatchValue(match.values[0]))
-    strings = [v for v in match.values if isinstance(v, str)]
-    if len(strings) == len(match.values):
-        return qe.FieldCondition(key, match=qe.MatchAny(strings))
-    integers = [v for v in match.values if isinstance(v, int) and not isinstance(v, bool)]
-    if len(integers) == len(match.values):
-        return qe.FieldCondition(key, match=qe.MatchAny(integers))
-    return qe.Filter(should=[qe.FieldCondition(key, match=qe.MatchValue(v)) for v in match.values])
+def _edge_filter(clause: AllOf) -> qe.Filter:
+    return qe.Filter(
+        must=[_edge_clause(c) for c in clause.must] or None,
+        must_not=[_edge_clause(c) for c in clause.must_not] or None,
+    )
 
 
-def _payload(scope: TenantScope, chunk: ChunkRecord) -> dict[str, Any]:
-    return {
-        TENANT_FIELD: scope.tenant_id,
-        DOCUMENT_FIELD: chunk.document_id,
-        VERSION_FIELD: chunk.version,
-        ACL_FIELD: list(chunk.acl_groups) if chunk.acl_groups is not None else [ACL_EVERYONE],
-        "chunk_index": chunk.index,
-        "title": chunk.title,
-        "section": chunk.section,
-        "text": chunk.text,
-        "metadata": chunk.metadata,
-    }
+def _edge_clause(clause: Clause) -> Any:
+    if isinstance(clause, FieldEquals):
+        return qe.FieldCondition(clause.key, match=qe.MatchValue(clause.value))
+    if isinstance(clause, FieldIn):
+        values: list[str] | list[int] = list(clause.values)  # type: ignore[assignment]
+        return qe.FieldCondition(clause.key, match=qe.MatchAny(values))
+    if isinstance(clause, AnyOf):
+        return qe.Filter(should=[_edge_clause(c) for c in clause.should])
+    return _edge_filter(clause)
 
 
 class EdgeIndex:
@@ -128,12 +122,10 @@ class EdgeIndex:
     @staticmethod
     def point_id(tenant_id: str, document_id: str, version: int, index: int) -> str:
         """Deterministic point id; the tenant is part of it, so ids never collide across tenants."""
-        return str(
-            uuid.uuid5(uuid.NAMESPACE_URL, f"bulkhead:{tenant_id}/{document_id}/{version}/{index}")
-        )
+        return point_id(tenant_id, document_id, version, index)
 
     def _embed_document(self, chunk: ChunkRecord) -> qe.SparseVector:
-        return self._bm25.embed_document(f"{chunk.title}\n{chunk.section}\n{chunk.text}")
+        return self._bm25.embed_document(bm25_text(chunk))
 
     async def upsert(self, *, scope: TenantScope, chunks: list[ChunkRecord]) -> None:
         """Index `chunks` as the scope's tenant's (BM25 embedding runs off the event loop)."""
@@ -145,7 +137,7 @@ class EdgeIndex:
                 qe.Point(
                     chunk.chunk_id,
                     {BM25_VECTOR: self._embed_document(chunk)},
-                    _payload(scope, chunk),
+                    chunk_payload(scope, chunk),
                 )
                 for chunk in chunks
             ]
@@ -172,7 +164,7 @@ class EdgeIndex:
             query=qe.Query.Nearest(self._bm25.embed_query(query), using=BM25_VECTOR),
             filter=_scoped_filter(scope, reading=True, matches=matches),
             # Only what a hit shows: each payload field is converted from the engine per access.
-            with_payload=list(_HIT_FIELDS),
+            with_payload=list(HIT_FIELDS),
         )
         # Sub-millisecond at 100k chunks (see benchmarks); cheaper inline than a thread hop.
         points = self._shard.query(request)

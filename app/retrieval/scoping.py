@@ -1,0 +1,143 @@
+"""The forced condition of every vector operation, decided once for every adapter (DESIGN §3.3).
+
+`forced_condition` is the only place that says which points a scope may touch: the tenant (and,
+for reads, the caller's ACL groups) as top-level `must` clauses, and everything the caller or
+the service asks for nested as one further `must` clause. Nesting is what makes a caller's
+condition narrow-only: whatever it contains (a `should`, a `must_not`), it is ANDed with the
+tenant clause and can never sit beside it in an OR. Adapters translate the result to their
+client's model types and add nothing of their own.
+
+The stored payload layout (`chunk_payload`) lives here too, so both adapters write the same
+fields the condition reads.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from app.retrieval.filters import MetadataMatch, Scalar
+from app.retrieval.index import ACL_EVERYONE, ChunkRecord
+from app.tenancy.scope import TenantScope
+
+TENANT_FIELD = "tenant_id"
+ACL_FIELD = "_bulkhead_acl"
+VERSION_FIELD = "_bulkhead_version"
+DOCUMENT_FIELD = "document_id"
+METADATA_FIELD = "metadata"
+HIT_FIELDS = (DOCUMENT_FIELD, "title", "section", "text", METADATA_FIELD)
+
+
+@dataclass(frozen=True, slots=True)
+class FieldEquals:
+    """`payload[key] == value` (for a list payload: the list contains `value`)."""
+
+    key: str
+    value: Scalar
+
+
+@dataclass(frozen=True, slots=True)
+class FieldIn:
+    """`payload[key]` is one of `values` (all strings or all integers)."""
+
+    key: str
+    values: tuple[str, ...] | tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class AllOf:
+    """Every clause of `must` holds and none of `must_not` does."""
+
+    must: tuple[Clause, ...] = ()
+    must_not: tuple[Clause, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class AnyOf:
+    """At least one clause of `should` holds."""
+
+    should: tuple[Clause, ...]
+
+
+Clause = FieldEquals | FieldIn | AllOf | AnyOf
+
+
+def forced_condition(
+    scope: TenantScope,
+    *,
+    reading: bool,
+    matches: tuple[MetadataMatch, ...] = (),
+    document_id: str | None = None,
+    version: int | None = None,
+    except_version: int | None = None,
+) -> AllOf:
+    """The condition of every query, count, delete and conditional upsert for `scope`.
+
+    Args:
+        scope: The verified caller; the only source of the tenant and ACL groups.
+        reading: Add the ACL clause (searches and counts); writes are tenant-wide.
+        matches: The caller's validated metadata filter.
+        document_id: Restrict to one document.
+        version: Restrict to one version of it.
+        except_version: Exclude one version of it.
+
+    Returns:
+        `AllOf(must=(tenant, [acl], [AllOf(narrowing..., must_not=...)]))`: the tenant clause
+        always first, every narrowing clause nested one level down.
+    """
+    must: list[Clause] = [FieldEquals(TENANT_FIELD, scope.tenant_id)]
+    if reading:
+        must.append(FieldIn(ACL_FIELD, (ACL_EVERYONE, *scope.groups)))
+    narrowing: list[Clause] = [metadata_clause(m) for m in matches]
+    if document_id is not None:
+        narrowing.append(FieldEquals(DOCUMENT_FIELD, document_id))
+    if version is not None:
+        narrowing.append(FieldEquals(VERSION_FIELD, version))
+    must_not: tuple[Clause, ...] = ()
+    if except_version is not None:
+        must_not = (FieldEquals(VERSION_FIELD, except_version),)
+    if narrowing or must_not:
+        must.append(AllOf(must=tuple(narrowing), must_not=must_not))
+    return AllOf(must=tuple(must))
+
+
+def metadata_clause(match: MetadataMatch) -> Clause:
+    """One caller filter entry, addressed under `metadata.` so it can never name our fields."""
+    key = f"{METADATA_FIELD}.{match.key}"
+    if len(match.values) == 1:
+        return FieldEquals(key, match.values[0])
+    strings = tuple(v for v in match.values if isinstance(v, str))
+    if len(strings) == len(match.values):
+        return FieldIn(key, strings)
+    integers = tuple(v for v in match.values if isinstance(v, int) and not isinstance(v, bool))
+    if len(integers) == len(match.values):
+        return FieldIn(key, integers)
+    return AnyOf(tuple(FieldEquals(key, v) for v in match.values))
+
+
+def chunk_payload(scope: TenantScope, chunk: ChunkRecord) -> dict[str, Any]:
+    """The stored payload of a chunk: the tenant stamped from the scope, never from the chunk."""
+    return {
+        TENANT_FIELD: scope.tenant_id,
+        DOCUMENT_FIELD: chunk.document_id,
+        VERSION_FIELD: chunk.version,
+        ACL_FIELD: list(chunk.acl_groups) if chunk.acl_groups is not None else [ACL_EVERYONE],
+        "chunk_index": chunk.index,
+        "title": chunk.title,
+        "section": chunk.section,
+        "text": chunk.text,
+        METADATA_FIELD: chunk.metadata,
+    }
+
+
+def bm25_text(chunk: ChunkRecord) -> str:
+    """The text BM25 embeds for a chunk (same in every adapter, so scores are comparable)."""
+    return f"{chunk.title}\n{chunk.section}\n{chunk.text}"
+
+
+def point_id(tenant_id: str, document_id: str, version: int, index: int) -> str:
+    """Deterministic point id; the tenant is part of it, so ids never collide across tenants."""
+    return str(
+        uuid.uuid5(uuid.NAMESPACE_URL, f"bulkhead:{tenant_id}/{document_id}/{version}/{index}")
+    )

@@ -1,0 +1,110 @@
+"""Both VectorIndex adapters behind one harness, for the contract and property suites.
+
+Qdrant server is exercised through qdrant-client's local mode (no server binary exists here),
+which implements the same client API; it ignores API keys and keeps no payload indexes, so
+neither key enforcement nor index use is observable through it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from qdrant_client import AsyncQdrantClient
+
+from app.retrieval.edge import EdgeIndex
+from app.retrieval.index import ChunkRecord, VectorIndex
+from app.retrieval.qdrant_clients import SharedClient
+from app.retrieval.qdrant_server import (
+    CollectionNames,
+    Isolation,
+    QdrantServerIndex,
+    ensure_collection,
+)
+from app.retrieval.scoping import point_id
+from app.tenancy.scope import Role, TenantScope
+
+ADAPTERS = ("edge", "qdrant-shared", "qdrant-dedicated")
+
+
+@dataclass
+class Harness:
+    """An open index and how to onboard a tenant into it."""
+
+    index: VectorIndex
+    kind: str
+    client: AsyncQdrantClient | None = None
+    names: CollectionNames = field(default_factory=CollectionNames)
+    isolation: dict[str, Isolation] = field(default_factory=dict)
+
+    async def onboard(self, tenant_id: str) -> None:
+        """Make the tenant's collection exist (what the key minter does at onboarding)."""
+        if self.client is None:
+            return
+        mode: Isolation = "dedicated" if self.kind == "qdrant-dedicated" else "shared"
+        self.isolation[tenant_id] = mode
+        await ensure_collection(self.client, self.names.for_tenant(tenant_id, mode))
+
+
+@asynccontextmanager
+async def open_harness(kind: str, tmp: Path) -> AsyncIterator[Harness]:
+    """A fresh, empty index of `kind` (one of ADAPTERS)."""
+    if kind == "edge":
+        edge = EdgeIndex.open(tmp / "edge")
+        try:
+            yield Harness(index=edge, kind=kind)
+        finally:
+            await edge.close()
+        return
+    client = AsyncQdrantClient(location=":memory:")
+    isolation: dict[str, Isolation] = {}
+    names = CollectionNames("contract")
+    index = QdrantServerIndex(
+        SharedClient(client),
+        isolation_of=lambda tenant_id: isolation.get(tenant_id, "shared"),
+        names=names,
+    )
+    harness = Harness(index=index, kind=kind, client=client, names=names, isolation=isolation)
+    await ensure_collection(client, names.shared)
+    try:
+        yield harness
+    finally:
+        await index.close()
+
+
+def scope(tenant_id: str, *groups: str) -> TenantScope:
+    """A search-and-ingest scope of `tenant_id` with ACL `groups`."""
+    return TenantScope(
+        tenant_id=tenant_id,
+        subject="user",
+        roles=frozenset({Role.SEARCH, Role.INGEST}),
+        groups=groups,
+    )
+
+
+def chunk(
+    tenant_id: str,
+    document_id: str,
+    text: str,
+    *,
+    version: int = 1,
+    index: int = 0,
+    metadata: dict[str, Any] | None = None,
+    acl: tuple[str, ...] | None = None,
+    chunk_id: str | None = None,
+) -> ChunkRecord:
+    """A chunk with the deterministic id ingestion would give it."""
+    return ChunkRecord(
+        chunk_id=chunk_id or point_id(tenant_id, document_id, version, index),
+        document_id=document_id,
+        version=version,
+        index=index,
+        title=f"title {document_id}",
+        section="",
+        text=text,
+        metadata=metadata or {},
+        acl_groups=acl,
+    )
