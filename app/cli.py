@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import sys
+from contextlib import AsyncExitStack
 from pathlib import Path
 
 import click
@@ -13,13 +14,16 @@ from app.config import Settings, get_settings
 from app.db.pool import connect
 from app.identity.cli import keys
 from app.identity.dev_issuer import DevIssuer
+from app.retrieval.setup import check_isolation, open_qdrant_admin
+from app.secrets.admin import open_admin_backend
 from app.secrets.admin import secrets as secrets_group
 from app.secrets.kek import MasterKeyError, load_master_key
 from app.secrets.scrub import install_scrubbing
 from app.secrets.setup import data_key_wrapper
+from app.secrets.wrapping import KeyWrapper
 from app.tenancy.manifest import ManifestError, TenantManifest, load_manifest
 from app.tenancy.scope import Role
-from app.tenancy.service import apply_manifest
+from app.tenancy.service import VectorProvisioning, apply_manifest
 
 DEMO_QUESTION = "How many vacation days do I get?"
 
@@ -170,11 +174,33 @@ async def _apply_all(settings: Settings, manifests: list[TenantManifest], *, dry
             click.echo(f"{manifest.id}: manifest valid (dry run, nothing written)")
         return
     kek = data_key_wrapper(settings, load_master_key(settings))
-    connection = await connect(settings.db.url)
+    try:
+        for manifest in manifests:
+            check_isolation(settings, manifest)
+    except ManifestError as exc:
+        raise click.ClickException(str(exc)) from exc
+    async with AsyncExitStack() as stack:
+        vectors: VectorProvisioning | None = None
+        if settings.vectors.backend == "qdrant":
+            # Server mode: collections and the tenant's scoped key are made at onboarding.
+            secrets = await stack.enter_async_context(open_admin_backend(settings))
+            admin = await stack.enter_async_context(open_qdrant_admin(settings, secrets))
+            vectors = admin.minter
+        await _apply_each(settings.db.url, manifests, kek=kek, vectors=vectors)
+
+
+async def _apply_each(
+    url: str,
+    manifests: list[TenantManifest],
+    *,
+    kek: bytes | KeyWrapper,
+    vectors: VectorProvisioning | None,
+) -> None:
+    connection = await connect(url)
     try:
         for manifest in manifests:
             try:
-                result = await apply_manifest(connection, manifest, kek=kek)
+                result = await apply_manifest(connection, manifest, kek=kek, vectors=vectors)
             except ManifestError as exc:
                 raise click.ClickException(str(exc)) from exc
             if result.created:

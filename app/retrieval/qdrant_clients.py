@@ -107,6 +107,8 @@ class ScopedKeyClients:
             api_key=token.reveal(),
             prefer_grpc=self._prefer_grpc,
             timeout=self._timeout,
+            # The monitor (cluster key) checks server/client versions once per process.
+            check_compatibility=False,
         )
         if cached is not None:
             # Requests in flight may still hold it; closed at shutdown.

@@ -61,7 +61,8 @@ def _read_value(from_env: str | None) -> SecretValue:
 
 
 @asynccontextmanager
-async def _backend(settings: Settings) -> AsyncIterator[SecretsBackend]:
+async def open_admin_backend(settings: Settings) -> AsyncIterator[SecretsBackend]:
+    """The configured secrets backend for an admin command (CLI), closed on exit."""
     # Imported here: resources imports the whole service (Litestar, Qdrant) for one helper.
     from app.resources import app_dsn
 
@@ -89,7 +90,7 @@ async def _backend(settings: Settings) -> AsyncIterator[SecretsBackend]:
 
 def _run(action: Callable[[SecretsBackend], Awaitable[_T]]) -> _T:
     async def main() -> _T:
-        async with _backend(get_settings()) as backend:
+        async with open_admin_backend(get_settings()) as backend:
             try:
                 return await action(backend)
             except (SecretAccessDenied, SecretNotFound, SecretsReadOnly, LookupError) as exc:
