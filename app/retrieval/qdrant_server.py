@@ -139,6 +139,11 @@ class QdrantServerIndex:
         """The collection holding `scope`'s tenant's points."""
         return self._names.for_tenant(scope.tenant_id, self._isolation_of(scope.tenant_id))
 
+    async def provisioned(self, scope: TenantScope) -> bool:
+        """Whether the scope's tenant's collection exists (onboarding has run)."""
+        client = await self._clients.for_scope(scope)
+        return await client.collection_exists(self.collection(scope))
+
     def _point(self, scope: TenantScope, chunk: ChunkRecord) -> models.PointStruct:
         sparse = self._bm25.embed_document(bm25_text(chunk))
         return models.PointStruct(

@@ -25,6 +25,8 @@ from app.tenancy.scope import TenantScope
 
 _log = logging.getLogger(__name__)
 
+NEW_TENANT_POLL_SECONDS = 2.0
+
 
 def check_isolation(settings: Settings, manifest: TenantManifest) -> None:
     """Refuse a manifest the configured backend cannot honour.
@@ -170,6 +172,18 @@ async def _refresh_loop(
     isolation_of: IsolationOf,
     interval: float,
 ) -> None:
+    # Tenants applied while the service runs are provisioned within NEW_TENANT_POLL_SECONDS
+    # (in server mode `tenants apply` has already done it; local mode cannot: the path is ours).
+    known = set(tenant_ids())
+    loop = asyncio.get_running_loop()
+    next_full = loop.time() + interval
     while True:
-        await asyncio.sleep(interval)
-        await refresh_tenants(minter, tenant_ids(), isolation_of)
+        await asyncio.sleep(min(interval, NEW_TENANT_POLL_SECONDS))
+        current = tenant_ids()
+        if loop.time() >= next_full:
+            next_full = loop.time() + interval
+            due = current
+        else:
+            due = [tenant_id for tenant_id in current if tenant_id not in known]
+        known.update(current)
+        await refresh_tenants(minter, due, isolation_of)

@@ -1,0 +1,57 @@
+"""Vector backend settings: the guard outside dev mode, and what Edge cannot honour."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError
+
+from app.config import Settings
+from app.retrieval.setup import check_isolation
+from app.tenancy.manifest import ManifestError, RetrievalSpec, TenantManifest
+
+
+def test_edge_is_the_default_backend() -> None:
+    assert Settings().vectors.backend == "edge"
+
+
+@pytest.mark.parametrize(
+    ("qdrant", "message"),
+    [
+        ({"api_key_secret": "platform/qdrant-api-key"}, "url is required"),
+        ({"url": "https://qdrant.internal:6333", "api_key_secret": None}, "api_key_secret"),
+    ],
+)
+def test_server_mode_outside_dev_needs_a_url_and_a_key_ref(
+    qdrant: dict[str, object], message: str
+) -> None:
+    with pytest.raises(ValidationError, match=message):
+        Settings(vectors={"backend": "qdrant", "qdrant": qdrant})  # type: ignore[arg-type]
+
+
+def test_server_mode_takes_the_key_as_a_secret_ref_only() -> None:
+    settings = Settings(
+        vectors={"backend": "qdrant", "qdrant": {"url": "https://q:6333"}}  # type: ignore[arg-type]
+    )
+    assert settings.vectors.qdrant.api_key_secret == "platform/qdrant-api-key"
+    assert "api_key" not in type(settings.vectors.qdrant).model_fields
+
+
+def test_dev_mode_may_use_local_mode_without_a_key() -> None:
+    settings = Settings(
+        dev=True,
+        vectors={"backend": "qdrant", "qdrant": {"api_key_secret": None}},  # type: ignore[arg-type]
+    )
+    assert settings.vectors.qdrant.url is None
+
+
+def test_edge_refuses_a_dedicated_manifest_and_server_mode_accepts_it() -> None:
+    manifest = TenantManifest(
+        id="acme", name="Acme", retrieval=RetrievalSpec(isolation="dedicated")
+    )
+    with pytest.raises(ManifestError, match="dedicated needs the Qdrant server backend"):
+        check_isolation(Settings(), manifest)
+    check_isolation(
+        Settings(dev=True, vectors={"backend": "qdrant"}),  # type: ignore[arg-type]
+        manifest,
+    )
+    check_isolation(Settings(), TenantManifest(id="acme", name="Acme"))
