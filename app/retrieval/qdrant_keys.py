@@ -30,6 +30,7 @@ from qdrant_client import AsyncQdrantClient, models
 
 from app.retrieval.qdrant_server import CollectionNames, Isolation, ensure_collection
 from app.secrets.backend import SecretNotFound, SecretsBackend
+from app.secrets.scrub import register_secret
 from app.secrets.values import SecretRef, SecretValue
 from app.tenancy.scope import Role, TenantScope
 
@@ -179,6 +180,7 @@ class TenantKeyMinter:
             exp=exp,
         )
         token = sign(claims, self._cluster_key)
+        register_secret(token)
         version = await self._secrets.put(jwt_ref(tenant_id), token, scope=scope)
         _log.info("minted Qdrant key for tenant %s (%s, version %d)", tenant_id, reason, version)
         # Records of keys already past `exp` admit nothing any more; the previous key's record

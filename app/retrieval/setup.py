@@ -19,6 +19,7 @@ from app.retrieval.qdrant_keys import TenantKeyMinter
 from app.retrieval.qdrant_server import CollectionNames, Isolation, IsolationOf, QdrantServerIndex
 from app.secrets.backend import SecretsBackend
 from app.secrets.cache import SecretCache
+from app.secrets.scrub import register_secret
 from app.secrets.values import SecretRef, SecretValue
 from app.tenancy.manifest import ManifestError, TenantManifest
 from app.tenancy.scope import TenantScope
@@ -56,7 +57,9 @@ async def cluster_key(settings: Settings, secrets: SecretsBackend) -> SecretValu
         tenant_id=ref.tenant_id or "platform", subject="bulkhead:qdrant", roles=frozenset()
     )
     platform_refs = frozenset({str(ref)}) if ref.tenant_id is None else frozenset()
-    return await secrets.get(ref, scope=scope, platform_refs=platform_refs)
+    key = await secrets.get(ref, scope=scope, platform_refs=platform_refs)
+    register_secret(key)  # scrubbed from logs and spans like every cached secret
+    return key
 
 
 def _admin_client(settings: Settings, key: SecretValue | None) -> AsyncQdrantClient:
@@ -140,6 +143,8 @@ async def open_vector_index(
         index = QdrantServerIndex(
             clients, isolation_of=isolation_of, names=CollectionNames(qdrant.collection_prefix)
         )
+        # Fails start-up when the server is unreachable, as a broken Edge shard does.
+        await admin.minter.ensure_platform_collections()
         await refresh_tenants(admin.minter, tenant_ids(), isolation_of)
         task = asyncio.create_task(
             _refresh_loop(admin.minter, tenant_ids, isolation_of, qdrant.jwt_check_interval_seconds)
