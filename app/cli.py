@@ -9,6 +9,7 @@ from contextlib import AsyncExitStack
 from pathlib import Path
 
 import click
+import msgspec
 
 from app.config import Settings, get_settings
 from app.db.pool import connect
@@ -169,16 +170,16 @@ def tenants_apply(paths: tuple[Path, ...], dry_run: bool) -> None:
 
 async def _apply_all(settings: Settings, manifests: list[TenantManifest], *, dry_run: bool) -> None:
     assert settings.db.url is not None  # noqa: S101 - callers checked
-    if dry_run:
-        for manifest in manifests:
-            click.echo(f"{manifest.id}: manifest valid (dry run, nothing written)")
-        return
-    kek = data_key_wrapper(settings, load_master_key(settings))
     try:
         for manifest in manifests:
             check_isolation(settings, manifest)
     except ManifestError as exc:
         raise click.ClickException(str(exc)) from exc
+    if dry_run:
+        for manifest in manifests:
+            click.echo(f"{manifest.id}: manifest valid (dry run, nothing written)")
+        return
+    kek = data_key_wrapper(settings, load_master_key(settings))
     async with AsyncExitStack() as stack:
         vectors: VectorProvisioning | None = None
         if settings.vectors.backend == "qdrant":
@@ -211,6 +212,42 @@ async def _apply_each(
                 click.echo(f"{manifest.id}: unchanged")
     finally:
         await connection.close()
+
+
+@tenants.command("rotate-vector-key")
+@click.argument("tenant_id")
+def tenants_rotate_vector_key(tenant_id: str) -> None:
+    """Revoke a tenant's Qdrant key at once and mint a fresh one (server mode)."""
+    _setup_logging()
+    settings = get_settings()
+    if settings.vectors.backend != "qdrant":
+        raise click.ClickException("per-tenant keys exist in server mode only (vectors.backend)")
+    if not settings.db.url:
+        raise click.ClickException("set DATABASE_URL (the owner role's connection)")
+    asyncio.run(_rotate_vector_key(settings, tenant_id))
+
+
+async def _rotate_vector_key(settings: Settings, tenant_id: str) -> None:
+    assert settings.db.url is not None  # noqa: S101 - callers checked
+    connection = await connect(settings.db.url)
+    try:
+        raw = await connection.fetchval("SELECT manifest FROM tenants WHERE id = $1", tenant_id)
+    finally:
+        await connection.close()
+    if raw is None:
+        raise click.ClickException(f"no tenant {tenant_id!r}")
+    isolation = msgspec.convert(raw, TenantManifest).retrieval.isolation
+    async with (
+        open_admin_backend(settings) as secrets,
+        open_qdrant_admin(settings, secrets) as admin,
+    ):
+        # Revocation first: the old key stops working now, whatever happens next.
+        await admin.minter.revoke(tenant_id)
+        outcome = await admin.minter.ensure(tenant_id, isolation)
+    if outcome.minted:
+        click.echo(f"{tenant_id}: key revoked; new key stored as version {outcome.version}")
+    else:
+        click.echo(f"{tenant_id}: key revoked; no key minted ({outcome.reason})")
 
 
 @main.command()

@@ -36,10 +36,11 @@ class QdrantServerSettings(BaseModel):
     `path` (single process, pure Python, no auth: dev and tests only)."""
     path: Path | None = None
     """Local-mode directory when `url` is empty. Empty: `<data_dir>/qdrant-local`."""
-    api_key_secret: str | None = "platform/qdrant-api-key"  # noqa: S105 - a ref, not a value
-    """Secret ref of the cluster API key (signs the per-tenant JWTs; used for collection
-    management only, never on the request path). Never read from plain config; empty is
-    accepted only in dev mode against a server without authentication."""
+    api_key_secret: str | None = None
+    """Secret ref of the cluster API key, e.g. `platform/qdrant-api-key` (it signs the
+    per-tenant JWTs and manages collections, never serves a request). Never read from plain
+    config. Required outside dev mode; a platform ref needs a backend that stores platform
+    secrets (vault, aws). Empty in dev: no per-tenant keys (local mode ignores keys anyway)."""
     prefer_grpc: bool = False
     timeout_seconds: int = Field(default=10, ge=1)
     collection_prefix: str = Field(default="bulkhead", pattern=r"^[a-z][a-z0-9_]{0,30}$")
@@ -243,6 +244,15 @@ class Settings(BaseSettings):
                 raise ValueError("vectors.qdrant.url is required outside dev mode")
             if not qdrant.api_key_secret:
                 raise ValueError("vectors.qdrant.api_key_secret is required outside dev mode")
+        if (
+            self.vectors.backend == "qdrant"
+            and (qdrant.api_key_secret or "").startswith("platform/")
+            and self.secrets.backend == "local"
+        ):
+            raise ValueError(
+                "vectors.qdrant.api_key_secret: the local secrets backend stores tenant secrets"
+                " only; keep the cluster key in the vault or aws backend"
+            )
         return self
 
     @property

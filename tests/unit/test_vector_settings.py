@@ -18,22 +18,42 @@ def test_edge_is_the_default_backend() -> None:
     ("qdrant", "message"),
     [
         ({"api_key_secret": "platform/qdrant-api-key"}, "url is required"),
-        ({"url": "https://qdrant.internal:6333", "api_key_secret": None}, "api_key_secret"),
+        ({"url": "https://qdrant.internal:6333"}, "api_key_secret is required"),
     ],
 )
 def test_server_mode_outside_dev_needs_a_url_and_a_key_ref(
     qdrant: dict[str, object], message: str
 ) -> None:
     with pytest.raises(ValidationError, match=message):
-        Settings(vectors={"backend": "qdrant", "qdrant": qdrant})  # type: ignore[arg-type]
+        Settings(
+            vectors={"backend": "qdrant", "qdrant": qdrant},  # type: ignore[arg-type]
+            secrets={"backend": "vault"},  # type: ignore[arg-type]
+        )
 
 
 def test_server_mode_takes_the_key_as_a_secret_ref_only() -> None:
     settings = Settings(
-        vectors={"backend": "qdrant", "qdrant": {"url": "https://q:6333"}}  # type: ignore[arg-type]
+        vectors={  # type: ignore[arg-type]
+            "backend": "qdrant",
+            "qdrant": {"url": "https://q:6333", "api_key_secret": "platform/qdrant-api-key"},
+        },
+        secrets={"backend": "vault"},  # type: ignore[arg-type]
     )
     assert settings.vectors.qdrant.api_key_secret == "platform/qdrant-api-key"
     assert "api_key" not in type(settings.vectors.qdrant).model_fields
+
+
+@pytest.mark.parametrize("dev", [True, False])
+def test_a_platform_cluster_key_needs_a_backend_that_holds_platform_secrets(dev: bool) -> None:
+    # The local backend stores tenant secrets only: the ref could never resolve.
+    with pytest.raises(ValidationError, match="stores tenant secrets only"):
+        Settings(
+            dev=dev,
+            vectors={  # type: ignore[arg-type]
+                "backend": "qdrant",
+                "qdrant": {"url": "https://q:6333", "api_key_secret": "platform/qdrant-api-key"},
+            },
+        )
 
 
 def test_dev_mode_may_use_local_mode_without_a_key() -> None:
