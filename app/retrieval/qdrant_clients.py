@@ -9,8 +9,12 @@ where there is no key to scope.
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
+import grpc
 from qdrant_client import AsyncQdrantClient
+from qdrant_client.http.exceptions import UnexpectedResponse
 
 from app.problems import ApiError
 from app.retrieval.qdrant_keys import jwt_ref
@@ -20,6 +24,15 @@ from app.secrets.values import SecretValue
 from app.tenancy.scope import TenantScope
 
 _log = logging.getLogger(__name__)
+T = TypeVar("T")
+_REFUSED_GRPC = (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED)
+
+
+def _refused(exc: Exception) -> bool:
+    """Whether the server refused the credential (REST 401/403, gRPC equivalents)."""
+    if isinstance(exc, UnexpectedResponse):
+        return exc.status_code in (401, 403)
+    return isinstance(exc, grpc.aio.AioRpcError) and exc.code() in _REFUSED_GRPC
 
 
 class VectorKeyMissing(ApiError):
@@ -48,6 +61,10 @@ class SharedClient:
     async def for_scope(self, scope: TenantScope) -> AsyncQdrantClient:
         """The one client (rows are isolated by the forced filter alone)."""
         return self._client
+
+    async def run(self, scope: TenantScope, call: Callable[[AsyncQdrantClient], Awaitable[T]]) -> T:
+        """`call` with the one client."""
+        return await call(self._client)
 
     async def health(self) -> bool:
         """The store answers a collection listing."""
@@ -99,7 +116,39 @@ class ScopedKeyClients:
             raise VectorKeyMissing(
                 "the tenant's vector store key is not provisioned; apply its manifest"
             ) from None
-        cached = self._clients.get(scope.tenant_id)
+        return self._client_for(scope.tenant_id, token)
+
+    async def run(self, scope: TenantScope, call: Callable[[AsyncQdrantClient], Awaitable[T]]) -> T:
+        """`call` with the tenant's client; once more with a newer key if the server refuses.
+
+        A re-mint or `rotate-vector-key` reaches this replica's cache within its TTL; a
+        request in between is refused by the server, refetches the key and retries once.
+
+        Raises:
+            VectorKeyMissing: No key is stored for the tenant.
+            UnexpectedResponse: The server refused the current key too (or failed otherwise).
+        """
+        client = await self.for_scope(scope)
+        try:
+            return await call(client)
+        except Exception as exc:
+            if not _refused(exc):
+                raise
+            ref = jwt_ref(scope.tenant_id)
+            rejected = self._clients[scope.tenant_id][0]
+            try:
+                fresh = await self._secrets.refetch_rejected(ref, rejected, scope=scope)
+            except SecretNotFound:
+                fresh = None
+            if fresh is None:
+                raise
+            _log.info(
+                "Qdrant refused tenant %s's key; retrying with the newer one", scope.tenant_id
+            )
+            return await call(self._client_for(scope.tenant_id, fresh))
+
+    def _client_for(self, tenant_id: str, token: SecretValue) -> AsyncQdrantClient:
+        cached = self._clients.get(tenant_id)
         if cached is not None and cached[0] == token:
             return cached[1]
         client = AsyncQdrantClient(
@@ -113,7 +162,7 @@ class ScopedKeyClients:
         if cached is not None:
             # Requests in flight may still hold it; closed at shutdown.
             self._retired.append(cached[1])
-        self._clients[scope.tenant_id] = (token, client)
+        self._clients[tenant_id] = (token, client)
         return client
 
     async def health(self) -> bool:

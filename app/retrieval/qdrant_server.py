@@ -13,9 +13,9 @@ one built with the tenant's scoped JWT (see `qdrant_keys`), never the cluster ke
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Literal, Protocol, TypeVar
 
 import qdrant_edge as qe
 from qdrant_client import AsyncQdrantClient, models
@@ -41,6 +41,7 @@ from app.retrieval.scoping import (
 from app.tenancy.scope import TenantScope
 
 BM25_VECTOR = "bm25"
+T = TypeVar("T")
 Isolation = Literal["shared", "dedicated"]
 IsolationOf = Callable[[str], Isolation]
 """Tenant id -> the isolation its manifest asks for."""
@@ -82,6 +83,10 @@ class TenantClients(Protocol):
 
     async def for_scope(self, scope: TenantScope) -> AsyncQdrantClient:
         """The client for `scope`'s tenant (its scoped key in server mode)."""
+        ...
+
+    async def run(self, scope: TenantScope, call: Callable[[AsyncQdrantClient], Awaitable[T]]) -> T:
+        """`call` with the scope's client (retried once with a newer key if refused)."""
         ...
 
     async def health(self) -> bool:
@@ -141,8 +146,8 @@ class QdrantServerIndex:
 
     async def provisioned(self, scope: TenantScope) -> bool:
         """Whether the scope's tenant's collection exists (onboarding has run)."""
-        client = await self._clients.for_scope(scope)
-        return await client.collection_exists(self.collection(scope))
+        collection = self.collection(scope)
+        return await self._clients.run(scope, lambda client: client.collection_exists(collection))
 
     def _point(self, scope: TenantScope, chunk: ChunkRecord) -> models.PointStruct:
         sparse = self._bm25.embed_document(bm25_text(chunk))
@@ -160,11 +165,11 @@ class QdrantServerIndex:
         """Index `chunks` as the scope's tenant's; an existing point of another tenant is kept."""
         if not chunks:
             return
-        client = await self._clients.for_scope(scope)
-        await client.upsert(
-            self.collection(scope),
-            [self._point(scope, chunk) for chunk in chunks],
-            update_filter=_client_filter(forced_condition(scope, reading=False)),
+        collection = self.collection(scope)
+        points = [self._point(scope, chunk) for chunk in chunks]
+        condition = _client_filter(forced_condition(scope, reading=False))
+        await self._clients.run(
+            scope, lambda client: client.upsert(collection, points, update_filter=condition)
         )
 
     async def search(
@@ -177,14 +182,19 @@ class QdrantServerIndex:
     ) -> list[Hit]:
         """BM25 top-k within the caller's tenant and ACL groups, narrowed by `matches`."""
         sparse = self._bm25.embed_query(query)
-        client = await self._clients.for_scope(scope)
-        response = await client.query_points(
-            self.collection(scope),
-            query=models.SparseVector(indices=list(sparse.indices), values=list(sparse.values)),
-            using=BM25_VECTOR,
-            query_filter=_client_filter(forced_condition(scope, reading=True, matches=matches)),
-            limit=top_k,
-            with_payload=list(HIT_FIELDS),
+        collection = self.collection(scope)
+        vector = models.SparseVector(indices=list(sparse.indices), values=list(sparse.values))
+        condition = _client_filter(forced_condition(scope, reading=True, matches=matches))
+        response = await self._clients.run(
+            scope,
+            lambda client: client.query_points(
+                collection,
+                query=vector,
+                using=BM25_VECTOR,
+                query_filter=condition,
+                limit=top_k,
+                with_payload=list(HIT_FIELDS),
+            ),
         )
         return [hit for point in response.points if (hit := _hit(point)) is not None]
 
@@ -204,19 +214,18 @@ class QdrantServerIndex:
             version=version,
             except_version=keep_version,
         )
-        client = await self._clients.for_scope(scope)
-        await client.delete(
-            self.collection(scope),
-            points_selector=models.FilterSelector(filter=_client_filter(condition)),
+        collection = self.collection(scope)
+        selector = models.FilterSelector(filter=_client_filter(condition))
+        await self._clients.run(
+            scope, lambda client: client.delete(collection, points_selector=selector)
         )
 
     async def count(self, *, scope: TenantScope) -> int:
         """Chunks the scope may see."""
-        client = await self._clients.for_scope(scope)
-        result = await client.count(
-            self.collection(scope),
-            count_filter=_client_filter(forced_condition(scope, reading=True)),
-            exact=True,
+        collection = self.collection(scope)
+        condition = _client_filter(forced_condition(scope, reading=True))
+        result = await self._clients.run(
+            scope, lambda client: client.count(collection, count_filter=condition, exact=True)
         )
         return result.count
 

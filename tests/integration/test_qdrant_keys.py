@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator
 import asyncpg
 import pytest
 from qdrant_client import AsyncQdrantClient
+from qdrant_client.http.exceptions import UnexpectedResponse
 
 from app.db.pool import connect
 from app.retrieval.qdrant_clients import ScopedKeyClients, VectorKeyMissing
@@ -174,6 +175,7 @@ class RecordingQdrant:
 
     def __init__(self) -> None:
         self.keys: list[str] = []
+        self.refused: set[str] = set()
         self.server: asyncio.Server | None = None
 
     async def start(self) -> str:
@@ -183,15 +185,21 @@ class RecordingQdrant:
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         head = await reader.readuntil(b"\r\n\r\n")
+        key = ""
         for line in head.decode().split("\r\n"):
             name, _, value = line.partition(":")
             if name.lower() == "api-key":
-                self.keys.append(value.strip())
-        body = json.dumps({"result": {"collections": []}, "status": "ok", "time": 0}).encode()
+                key = value.strip()
+                self.keys.append(key)
+        if key in self.refused:
+            status = b"403 Forbidden"
+            body = json.dumps({"status": {"error": "Forbidden"}, "time": 0}).encode()
+        else:
+            status = b"200 OK"
+            body = json.dumps({"result": {"collections": []}, "status": "ok", "time": 0}).encode()
         writer.write(
-            b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\nconnection: close\r\n"
-            + f"content-length: {len(body)}\r\n\r\n".encode()
-            + body
+            b"HTTP/1.1 " + status + b"\r\ncontent-type: application/json\r\n"
+            b"connection: close\r\n" + f"content-length: {len(body)}\r\n\r\n".encode() + body
         )
         await writer.drain()
         writer.close()
@@ -226,6 +234,41 @@ async def test_request_path_client_sends_the_tenants_stored_key(
         with pytest.raises(VectorKeyMissing) as info:
             await clients.for_scope(_scope(unprovisioned))
         assert info.value.status == 503
+    finally:
+        await clients.close()
+        await server.stop()
+
+
+@pytest.mark.filterwarnings("ignore:Api key is used with an insecure connection")
+async def test_a_refused_key_is_refetched_once_and_the_call_retried(
+    make_tenant: TenantFactory, minter: TenantKeyMinter, secrets: LocalSecretsBackend
+) -> None:
+    tenant_id = await make_tenant("qk")
+    await minter.ensure(tenant_id, "shared")
+    old = (await secrets.get(jwt_ref(tenant_id), scope=_scope(tenant_id))).reveal()
+    server = RecordingQdrant()
+    url = await server.start()
+    clients = ScopedKeyClients(
+        url=url,
+        secrets=SecretCache(secrets, ttl_seconds=3600),
+        monitor=AsyncQdrantClient(location=":memory:"),
+    )
+    try:
+        await clients.run(_scope(tenant_id), lambda c: c.get_collections())  # caches the key
+        await minter.revoke(tenant_id)
+        await minter.ensure(tenant_id, "shared")  # a new key, not yet in this replica's cache
+        new = (await secrets.get(jwt_ref(tenant_id), scope=_scope(tenant_id))).reveal()
+        server.refused.add(old)
+
+        await clients.run(_scope(tenant_id), lambda c: c.get_collections())
+
+        assert server.keys == [old, old, new]
+        # When the store still holds the refused key, the refusal is the answer: no loop.
+        server.refused.add(new)
+        with pytest.raises(UnexpectedResponse) as info:
+            await clients.run(_scope(tenant_id), lambda c: c.get_collections())
+        assert info.value.status_code == 403
+        assert server.keys[3:] == [new]
     finally:
         await clients.close()
         await server.stop()
