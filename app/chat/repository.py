@@ -63,3 +63,28 @@ async def save_exchange(
             ),
         ],
     )
+
+
+async def conversations_for_export(
+    connection: Connection, *, tenant_id: str
+) -> list[dict[str, Any]]:
+    """Every conversation of the tenant with its messages in order, as plaintext (offboarding).
+
+    Conversation content is read through this module so that content encryption stays the
+    repository's business: callers always get plaintext.
+    """
+    conversations = await connection.fetch(
+        "SELECT id, user_id, created_at, updated_at FROM conversations WHERE tenant_id = $1"
+        " ORDER BY created_at, id",
+        tenant_id,
+    )
+    messages = await connection.fetch(
+        "SELECT id, conversation_id, role, content, citations, provider, model, created_at"
+        " FROM messages WHERE tenant_id = $1 ORDER BY created_at, id",
+        tenant_id,
+    )
+    by_conversation: dict[uuid.UUID, list[dict[str, Any]]] = {}
+    for message in messages:
+        item = dict(message)
+        by_conversation.setdefault(item.pop("conversation_id"), []).append(item)
+    return [{**dict(row), "messages": by_conversation.get(row["id"], [])} for row in conversations]
