@@ -39,6 +39,18 @@ def _join(path: str, key: str | int) -> str:
     return f"{path}.{key}" if path else key
 
 
+def _leaves(op: str, value: Any, path: str) -> list[Change]:
+    """An added or removed subtree as one change per leaf (empty containers stay whole)."""
+    items: list[tuple[str | int, Any]] = []
+    if isinstance(value, dict):
+        items = sorted(value.items())
+    elif isinstance(value, list):
+        items = list(enumerate(value))
+    if not items:
+        return [Change(op, path, old=value) if op == "-" else Change(op, path, new=value)]
+    return [leaf for key, item in items for leaf in _leaves(op, item, _join(path, key))]
+
+
 def manifest_diff(old: Any, new: Any, path: str = "") -> list[Change]:
     """Leaf-level changes turning `old` into `new` (dicts recursed by key, lists by index)."""
     if isinstance(old, dict) and isinstance(new, dict):
@@ -46,9 +58,9 @@ def manifest_diff(old: Any, new: Any, path: str = "") -> list[Change]:
         for key in sorted(old.keys() | new.keys()):
             here = _join(path, key)
             if key not in old:
-                changes.append(Change("+", here, new=new[key]))
+                changes.extend(_leaves("+", new[key], here))
             elif key not in new:
-                changes.append(Change("-", here, old=old[key]))
+                changes.extend(_leaves("-", old[key], here))
             else:
                 changes.extend(manifest_diff(old[key], new[key], here))
         return changes
@@ -57,9 +69,9 @@ def manifest_diff(old: Any, new: Any, path: str = "") -> list[Change]:
         for index in range(max(len(old), len(new))):
             here = _join(path, index)
             if index >= len(old):
-                changes.append(Change("+", here, new=new[index]))
+                changes.extend(_leaves("+", new[index], here))
             elif index >= len(new):
-                changes.append(Change("-", here, old=old[index]))
+                changes.extend(_leaves("-", old[index], here))
             else:
                 changes.extend(manifest_diff(old[index], new[index], here))
         return changes

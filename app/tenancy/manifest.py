@@ -117,11 +117,27 @@ def manifest_schema() -> dict[str, Any]:
     return schema
 
 
-def _at(source: str, lines: YamlSourceMap | None, path: list[str | int]) -> str:
+def _at(
+    source: str,
+    lines: YamlSourceMap | None,
+    path: list[str | int],
+    line_path: list[str | int] | None = None,
+) -> str:
     """`file:line: field/path` for an error message (no line without a source map)."""
-    line = lines.line(path) if lines is not None else None
+    line = lines.line(line_path or path) if lines is not None else None
     where = "/".join(str(p) for p in path) or "(top level)"
     return f"{source}:{line}: {where}" if line is not None else f"{source}: {where}"
+
+
+def _line_path(error: jsonschema.ValidationError) -> list[str | int]:
+    """Where to look up the line: the failing field, or for an unknown field the key itself."""
+    path: list[str | int] = list(error.absolute_path)
+    if error.validator == "additionalProperties" and isinstance(error.instance, dict):
+        known = error.schema.get("properties", {}) if isinstance(error.schema, dict) else {}
+        unknown = [key for key in error.instance if key not in known]
+        if unknown:
+            path.append(str(unknown[0]))
+    return path
 
 
 def parse_manifest(data: Any, *, source: str, lines: YamlSourceMap | None = None) -> TenantManifest:
@@ -139,11 +155,9 @@ def parse_manifest(data: Any, *, source: str, lines: YamlSourceMap | None = None
     validator = jsonschema.Draft202012Validator(manifest_schema())
     errors = sorted(validator.iter_errors(data), key=lambda e: list(e.absolute_path))
     if errors:
+        where = [_at(source, lines, list(e.absolute_path), _line_path(e)) for e in errors]
         raise ManifestError(
-            "\n".join(
-                f"{_at(source, lines, list(error.absolute_path))}: {error.message}"
-                for error in errors
-            )
+            "\n".join(f"{w}: {e.message}" for w, e in zip(where, errors, strict=True))
         )
     try:
         manifest = msgspec.convert(data, TenantManifest)

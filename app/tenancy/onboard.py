@@ -1,9 +1,10 @@
 """`bulkhead tenants apply`: plan (diff + checks), then apply a manifest, idempotently.
 
 Order for an existing tenant: checks first (every secret ref resolves; with `verify`, every
-key works), then the write, so an update can never point live traffic at a missing or dead
-key. A new tenant cannot have secrets yet (they are stored under the tenant, after it exists):
-it is created first and its missing secrets are reported with the command that stores them.
+key works), then the write, so an update can never point live traffic at a newly named
+secret that is missing, or (with `verify`) at a dead key. A new tenant cannot have secrets
+yet (they are stored under the tenant, after it exists): it is created first and its missing
+secrets are reported with the command that stores them.
 """
 
 from __future__ import annotations
@@ -111,7 +112,15 @@ async def onboard(
     report.changes = manifest_diff(old or {}, manifest.to_json())
     if old is not None:
         report.keys = await check_keys(backend, manifest, verify=verify_keys, settings=settings.llm)
-        if not report.keys_ok:
+        known = {entry.get("secret") for entry in old.get("llm", {}).get("chain", [])}
+        # A ref this update introduces must work before traffic is pointed at it; a ref that
+        # was already missing is reported, but does not block unrelated changes.
+        blocking = [
+            check
+            for check in report.keys
+            if not check.ok and (verify_keys or check.entry.secret not in known)
+        ]
+        if blocking and report.changes:
             raise OnboardRefused(report)
     if dry_run:
         return report
