@@ -155,9 +155,9 @@ def parse_manifest(data: Any, *, source: str, lines: YamlSourceMap | None = None
     validator = jsonschema.Draft202012Validator(manifest_schema())
     errors = sorted(validator.iter_errors(data), key=lambda e: list(e.absolute_path))
     if errors:
-        where = [_at(source, lines, list(e.absolute_path), _line_path(e)) for e in errors]
+        located = [_at(source, lines, list(e.absolute_path), _line_path(e)) for e in errors]
         raise ManifestError(
-            "\n".join(f"{w}: {e.message}" for w, e in zip(where, errors, strict=True))
+            "\n".join(f"{at}: {e.message}" for at, e in zip(located, errors, strict=True))
         )
     try:
         manifest = msgspec.convert(data, TenantManifest)
@@ -176,8 +176,8 @@ def parse_manifest(data: Any, *, source: str, lines: YamlSourceMap | None = None
         try:
             ipaddress.ip_network(cidr, strict=False)
         except ValueError as exc:
-            where = _at(source, lines, ["network", "allowed_cidrs", index])
-            raise ManifestError(f"{where}: {exc}") from exc
+            at = _at(source, lines, ["network", "allowed_cidrs", index])
+            raise ManifestError(f"{at}: {exc}") from exc
     return manifest
 
 
