@@ -80,7 +80,9 @@ async def conversations_for_export(
     )
     messages = await connection.fetch(
         "SELECT id, conversation_id, role, content, citations, provider, model, created_at"
-        " FROM messages WHERE tenant_id = $1 ORDER BY created_at, id",
+        " FROM messages WHERE tenant_id = $1"
+        # A question and its answer share one transaction's timestamp: question first.
+        " ORDER BY created_at, role = 'assistant', id",
         tenant_id,
     )
     by_conversation: dict[uuid.UUID, list[dict[str, Any]]] = {}
