@@ -407,3 +407,11 @@ def test_compose_feeds_the_collector_every_env_it_reads() -> None:
     assert any(v.startswith("./otel-collector.yaml:") for v in collector["volumes"])
     bulkhead = _compose()["services"]["bulkhead"]["environment"]
     assert bulkhead["OTEL_EXPORTER_OTLP_ENDPOINT"] == "http://otel-collector:4318"
+
+
+def test_traces_go_to_the_backend_and_metrics_to_prometheus() -> None:
+    # Jaeger and Tempo accept traces only: metrics sent there are rejected and retried forever.
+    pipelines = _pipelines()
+    assert "otlp/backend" in pipelines["traces"]["exporters"]
+    assert "otlp/backend" not in pipelines["metrics"]["exporters"]
+    assert _collector()["exporters"]["prometheus"]["endpoint"].endswith(":8889")
