@@ -12,6 +12,7 @@ from litestar.plugins.opentelemetry import OpenTelemetryConfig, OpenTelemetryPlu
 
 from app.audit.controllers import UsageController
 from app.audit.middleware import AuditMiddleware
+from app.chat.completions import CompletionsController
 from app.chat.controllers import ChatController
 from app.config import Settings, get_settings
 from app.health import DevJwksController, HealthController
@@ -51,6 +52,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
         provider.force_flush()
 
     routes = [HealthController, DocumentController, SearchController, ChatController]
+    routes += [CompletionsController]
     routes += [ApiKeyController, TokenController, ServiceJwksController, UsageController]
     if settings.dev:
         routes.append(DevJwksController)

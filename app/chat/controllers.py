@@ -12,7 +12,7 @@ from litestar.params import JSONBody
 from litestar.response import ServerSentEvent, ServerSentEventMessage
 from litestar.response.base import ASGIResponse
 
-from app.chat.grounding import SNIPPET_CHARS
+from app.chat.grounding import citation
 from app.chat.schemas import ChatRequest, ChatResponse, Citation, Usage
 from app.chat.service import Ask, ChatService, ChatStream
 from app.identity.guards import ensure_own_tenant, requires
@@ -66,17 +66,7 @@ class ChatController(Controller):
             conversation_id=str(answer.conversation_id),
             message_id=str(answer.message_id),
             answer=answer.answer,
-            citations=[
-                Citation(
-                    marker=c.marker,
-                    document_id=c.hit.document_id,
-                    chunk_id=c.hit.chunk_id,
-                    title=c.hit.title,
-                    score=c.hit.score,
-                    snippet=c.hit.text[:SNIPPET_CHARS],
-                )
-                for c in answer.citations
-            ],
+            citations=[Citation(**citation(c.marker, c.hit)) for c in answer.citations],
             provider=answer.provider,
             model=answer.model,
             usage=Usage(input_tokens=answer.input_tokens, output_tokens=answer.output_tokens),
