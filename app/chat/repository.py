@@ -174,6 +174,33 @@ async def read_turns(
     return [_turn(row, sealer) for row in rows]
 
 
+_SUMMARY = """
+    SELECT c.id, c.user_id, c.created_at, c.updated_at,
+           (SELECT count(*) FROM messages m WHERE m.conversation_id = c.id) AS messages
+    FROM conversations c
+"""
+
+
+def _summary(r: asyncpg.Record) -> ConversationSummary:
+    return ConversationSummary(
+        id=r["id"],
+        user_id=r["user_id"],
+        created_at=r["created_at"],
+        updated_at=r["updated_at"],
+        messages=r["messages"],
+    )
+
+
+async def find_conversation(
+    connection: Connection, *, conversation_id: uuid.UUID, user_id: str
+) -> ConversationSummary | None:
+    """The user's conversation by id, or None (another user's is None too)."""
+    row = await connection.fetchrow(
+        _SUMMARY + " WHERE c.id = $1 AND c.user_id = $2", conversation_id, user_id
+    )
+    return None if row is None else _summary(row)
+
+
 async def list_conversations(
     connection: Connection,
     *,
@@ -190,10 +217,8 @@ async def list_conversations(
         before: Keyset cursor: only conversations after `(updated_at, id)` in this order.
     """
     rows = await connection.fetch(
-        """
-        SELECT c.id, c.user_id, c.created_at, c.updated_at,
-               (SELECT count(*) FROM messages m WHERE m.conversation_id = c.id) AS messages
-        FROM conversations c
+        _SUMMARY
+        + """
         WHERE ($1::text IS NULL OR c.user_id = $1)
           AND ($2::timestamptz IS NULL OR (c.updated_at, c.id) < ($2, $3::uuid))
         ORDER BY c.updated_at DESC, c.id DESC
@@ -204,16 +229,7 @@ async def list_conversations(
         before[1] if before else None,
         limit,
     )
-    return [
-        ConversationSummary(
-            id=r["id"],
-            user_id=r["user_id"],
-            created_at=r["created_at"],
-            updated_at=r["updated_at"],
-            messages=r["messages"],
-        )
-        for r in rows
-    ]
+    return [_summary(r) for r in rows]
 
 
 async def delete_conversation(

@@ -19,6 +19,7 @@ from opentelemetry import trace
 from app.audit.usage import record_usage
 from app.chat import repository
 from app.chat.chains import AUTO_MODEL, TenantChains
+from app.chat.conversations import ConversationService
 from app.chat.crypto import ConversationCipher
 from app.chat.grounding import (
     CitedSource,
@@ -117,6 +118,7 @@ class ChatService:
         self._llm = llm or LlmSettings()
         self._settings = chat or ChatSettings()
         self.chains = TenantChains(registry, resolver=resolver, llm=self._llm)
+        self.conversations = ConversationService(pool=pool, cipher=cipher)
 
     async def aclose(self) -> None:
         """Close every chain's provider connections."""
