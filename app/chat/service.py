@@ -114,7 +114,6 @@ class ChatService:
         self._registry = registry
         self._cipher = cipher
         self._max_message_chars = max_message_chars
-        self._resolver = resolver
         self._llm = llm or LlmSettings()
         self._settings = chat or ChatSettings()
         self.chains = TenantChains(registry, resolver=resolver, llm=self._llm)
