@@ -9,6 +9,8 @@ from pathlib import Path
 
 import click
 
+from app.chat.cli import export as chat_export
+from app.chat.cli import forget as chat_forget
 from app.config import Settings, get_settings
 from app.db.pool import connect
 from app.identity.cli import keys
@@ -216,6 +218,9 @@ def token(tenant: str, subject: str, roles: str, groups: str, ttl: int) -> None:
 main.add_command(secrets_group)
 
 main.add_command(keys)
+
+main.add_command(chat_export)
+main.add_command(chat_forget)
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

@@ -35,7 +35,7 @@ import socket
 import threading
 import time
 import uuid
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -61,6 +61,8 @@ class ProviderEmulator:
     def __init__(self, default_fault: str | None = None) -> None:
         self.default_fault = default_fault
         self.calls: Counter[str] = Counter()
+        # The latest request bodies, for tests that check what a provider was sent.
+        self.bodies: deque[tuple[str, bytes]] = deque(maxlen=200)
         self._seen: Counter[str] = Counter()
         self._lock = threading.Lock()
 
@@ -68,6 +70,7 @@ class ProviderEmulator:
         """Forget every call."""
         with self._lock:
             self.calls.clear()
+            self.bodies.clear()
             self._seen.clear()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:  # noqa: D102
@@ -87,6 +90,7 @@ class ProviderEmulator:
         body = await _body(receive)
         with self._lock:
             self.calls[path] += 1
+            self.bodies.append((path, body))
         if path.endswith("/chat/completions"):
             await self._openai_chat(scope, receive, send, body)
         elif path.endswith("/embeddings"):
