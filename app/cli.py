@@ -9,6 +9,8 @@ from pathlib import Path
 
 import click
 
+from app.chat.cli import export as chat_export
+from app.chat.cli import forget as chat_forget
 from app.config import Settings, get_settings
 from app.identity.cli import keys
 from app.identity.dev_issuer import DevIssuer
@@ -175,6 +177,9 @@ main.add_command(secrets_group)
 main.add_command(keys)
 
 main.add_command(tenants)
+
+main.add_command(chat_export)
+main.add_command(chat_forget)
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

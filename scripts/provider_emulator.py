@@ -35,7 +35,7 @@ import socket
 import threading
 import time
 import uuid
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -63,6 +63,8 @@ class ProviderEmulator:
         self.calls: Counter[str] = Counter()
         self.keys: Counter[str] = Counter()
         """Calls per API key presented (key rotation tests check which key was used)."""
+        # The latest request bodies, for tests that check what a provider was sent.
+        self.bodies: deque[tuple[str, bytes]] = deque(maxlen=200)
         self._seen: Counter[str] = Counter()
         self._lock = threading.Lock()
 
@@ -71,6 +73,7 @@ class ProviderEmulator:
         with self._lock:
             self.calls.clear()
             self.keys.clear()
+            self.bodies.clear()
             self._seen.clear()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:  # noqa: D102
@@ -91,6 +94,7 @@ class ProviderEmulator:
         with self._lock:
             self.calls[path] += 1
             self.keys[_header(scope, b"x-api-key") or _bearer(scope)] += 1
+            self.bodies.append((path, body))
         if path.endswith("/chat/completions"):
             await self._openai_chat(scope, receive, send, body)
         elif path.endswith("/embeddings"):

@@ -23,7 +23,7 @@ import random
 import time
 from collections.abc import AsyncGenerator
 from contextlib import suppress
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from opentelemetry import metrics, trace
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
@@ -328,6 +328,23 @@ class ProviderChain:
         ]
         return cls(links)
 
+    @property
+    def entries(self) -> tuple[ChainEntry, ...]:
+        """The manifest entries, in chain order."""
+        return tuple(link.entry for link in self._links)
+
+    def narrowed(self, indices: list[int]) -> ProviderChain:
+        """A chain of only these entries, sharing their providers, breakers and policy.
+
+        It borrows the providers: close the full chain, never this one.
+        """
+        return ProviderChain(
+            [self._links[i] for i in indices],
+            policy=self.policy,
+            breakers=self._breakers,
+            capture_content=self.capture_content,
+        )
+
     async def aclose(self) -> None:
         """Close every provider's connections."""
         for link in self._links:
@@ -417,7 +434,7 @@ class ProviderChain:
                 if _circuit_open(run, link, breaker):
                     continue
                 retries, refetched = 0, False
-                asked = CompletionRequest(request.question, request.context, link.entry.model)
+                asked = replace(request, model=link.entry.model)
                 while True:
                     budget = self._attempt_budget(run, breaker)
                     span, started = run.start_attempt(link), time.perf_counter()
@@ -471,7 +488,7 @@ class ProviderChain:
                 if _circuit_open(run, link, breaker):
                     continue
                 retries, refetched = 0, False
-                asked = CompletionRequest(request.question, request.context, link.entry.model)
+                asked = replace(request, model=link.entry.model)
                 while True:
                     budget = self._attempt_budget(run, breaker)
                     span, started = run.start_attempt(link), time.perf_counter()

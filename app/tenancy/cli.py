@@ -16,6 +16,7 @@ from pathlib import Path
 import click
 import msgspec
 
+from app.chat.crypto import ConversationCipher
 from app.config import Settings, get_settings
 from app.db.pool import Connection, connect
 from app.identity.api_keys import ApiKeyHasher, derive_pepper
@@ -207,6 +208,10 @@ def offboard_command(tenant: str, export_dir: Path, yes: bool) -> None:
             abort=True,
         )
     settings = get_settings()
+    try:
+        cipher = ConversationCipher.from_settings(settings, load_master_key(settings))
+    except MasterKeyError as exc:
+        raise click.ClickException(str(exc)) from exc
 
     async def run() -> None:
         async with _session(settings) as (connection, backend):
@@ -216,6 +221,7 @@ def offboard_command(tenant: str, export_dir: Path, yes: bool) -> None:
                 export_dir=export_dir,
                 settings=settings,
                 backend=backend,
+                cipher=cipher,
             )
         exported = ", ".join(f"{k} {v}" for k, v in report.exported.items())
         _say(f"{tenant}: exported to {export_dir} ({exported})")

@@ -18,9 +18,12 @@ from typing import Any
 
 import asyncpg
 
-from app.chat.repository import conversations_for_export
+from app.chat import repository
+from app.chat.conversations import turn_record
+from app.chat.crypto import ConversationCipher
 from app.config import Settings
-from app.db.pool import Connection, set_tenant
+from app.db.pool import Connection, connect, set_tenant
+from app.resources import app_dsn
 from app.retrieval.edge import EdgeIndex
 from app.secrets.backend import SecretsBackend
 from app.tenancy.keycheck import admin_scope
@@ -81,12 +84,34 @@ async def tenant_tables(connection: Connection) -> list[str]:
     return [row["table_name"] for row in rows]
 
 
+async def _conversations(
+    connection: Connection, *, cipher: ConversationCipher, tenant_id: str
+) -> list[dict[str, Any]]:
+    """Every conversation of the tenant with its messages, decrypted by the chat repository."""
+    sealer = await cipher.sealer(connection, tenant_id=tenant_id)
+    turns: dict[Any, list[dict[str, Any]]] = {}
+    for turn in await repository.read_turns(connection, sealer=sealer):
+        turns.setdefault(turn.conversation_id, []).append(turn_record(turn, with_context=True))
+    summaries = await repository.list_conversations(connection, user_id=None)
+    return [
+        {
+            "id": str(summary.id),
+            "user_id": summary.user_id,
+            "created_at": summary.created_at.isoformat(),
+            "updated_at": summary.updated_at.isoformat(),
+            "messages": turns.get(summary.id, []),
+        }
+        for summary in sorted(summaries, key=lambda c: (c.created_at, c.id))
+    ]
+
+
 async def export_tenant(
-    connection: Connection, *, tenant_id: str, directory: Path
+    connection: Connection, *, cipher: ConversationCipher, tenant_id: str, directory: Path
 ) -> dict[str, int]:
     """Write the tenant's data as NDJSON files (0600) into a new or empty `directory`.
 
-    Read in one repeatable-read snapshot, so the files agree with each other.
+    Read in one repeatable-read snapshot, so the files agree with each other. `connection`
+    must be one Row-Level Security applies to (the runtime role, not a superuser).
 
     Raises:
         OffboardError: `directory` exists and is not empty.
@@ -106,7 +131,7 @@ async def export_tenant(
             )
             name = _EXPORT_FILES[table]
             counts[name] = _write_ndjson(directory / f"{name}.ndjson", [dict(r) for r in rows])
-        conversations = await conversations_for_export(connection, tenant_id=tenant_id)
+        conversations = await _conversations(connection, cipher=cipher, tenant_id=tenant_id)
         counts["conversations"] = _write_ndjson(directory / "conversations.ndjson", conversations)
     return counts
 
@@ -190,6 +215,7 @@ async def offboard(
     export_dir: Path,
     settings: Settings,
     backend: SecretsBackend,
+    cipher: ConversationCipher,
 ) -> OffboardReport:
     """Export, shred, and delete one tenant (module docstring for the order).
 
@@ -201,7 +227,15 @@ async def offboard(
     if not exists:
         raise OffboardError(f"no tenant {tenant_id!r}")
     report = OffboardReport(tenant_id=tenant_id)
-    report.exported = await export_tenant(connection, tenant_id=tenant_id, directory=export_dir)
+    # Read as the runtime role, which Row-Level Security binds: the chat repository's reads
+    # rely on it, and an owner that is a superuser (as in many installs) bypasses RLS.
+    reader = await connect(app_dsn(settings))
+    try:
+        report.exported = await export_tenant(
+            reader, cipher=cipher, tenant_id=tenant_id, directory=export_dir
+        )
+    finally:
+        await reader.close()
     report.data_key_destroyed = await destroy_data_key(connection, tenant_id=tenant_id)
     report.secrets_deleted = await delete_secrets(backend, tenant_id=tenant_id)
     report.vectors = await delete_vectors(settings, tenant_id=tenant_id)

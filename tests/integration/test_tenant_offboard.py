@@ -22,6 +22,7 @@ import pytest
 from litestar import Litestar
 from litestar.testing import AsyncTestClient
 
+from app.chat.crypto import ConversationCipher
 from app.config import Settings, VaultSettings
 from app.db.pool import connect, set_tenant
 from app.identity.api_keys import ApiKeyHasher, create_key
@@ -152,7 +153,12 @@ async def test_offboard_exports_then_leaves_nothing_and_spares_the_other_tenant(
     connection = await connect(settings.db.url)
     try:
         report = await offboard(
-            connection, tenant_id=victim, export_dir=export, settings=settings, backend=backend
+            connection,
+            tenant_id=victim,
+            export_dir=export,
+            settings=settings,
+            backend=backend,
+            cipher=ConversationCipher.from_settings(settings, kek),
         )
     finally:
         await connection.close()
@@ -164,6 +170,7 @@ async def test_offboard_exports_then_leaves_nothing_and_spares_the_other_tenant(
     assert report.exported["usage"] > 0
     for file in export.iterdir():
         assert stat.S_IMODE(file.stat().st_mode) == 0o600
+        assert bystander not in file.read_text(), f"{file.name} holds the other tenant's data"
     conversation = json.loads((export / "conversations.ndjson").read_text().splitlines()[0])
     assert conversation["messages"][0]["content"] == question
     assert report.data_key_destroyed
