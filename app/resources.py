@@ -35,6 +35,7 @@ from app.secrets.local import LocalSecretsBackend, listen_for_changes
 from app.secrets.setup import build_backend
 from app.secrets.values import opted_in_platform_refs
 from app.tenancy.registry import TenantRegistry
+from app.tenancy.scope import TenantScope
 
 _log = logging.getLogger(__name__)
 
@@ -87,6 +88,7 @@ async def open_resources(settings: Settings) -> AsyncIterator[Resources]:
         stack.push_async_callback(registry.close)
         index = EdgeIndex.open(settings.vector_path, search_threads=settings.vectors.search_threads)
         stack.push_async_callback(index.close)
+        registry.on_removed(lambda tenant_id: _purge_vectors(index, tenant_id))
         http = httpx.AsyncClient(follow_redirects=False)
         stack.push_async_callback(http.aclose)
         secrets = build_backend(settings, pool=pool, kek=kek)
@@ -166,6 +168,13 @@ async def open_resources(settings: Settings) -> AsyncIterator[Resources]:
             auth_failures=identity.auth_failures,
             client_addresses=ClientAddressResolver(settings.auth.trusted_proxies),
         )
+
+
+async def _purge_vectors(index: EdgeIndex, tenant_id: str) -> None:
+    # This process holds the shard, so `bulkhead tenants offboard` cannot delete them itself.
+    scope = TenantScope(tenant_id=tenant_id, subject="system:offboard", roles=frozenset())
+    deleted = await index.delete_tenant(scope=scope)
+    _log.info("tenant %r offboarded: deleted its %d vectors", tenant_id, deleted)
 
 
 def _platform_refs(registry: TenantRegistry, tenant_id: str) -> frozenset[str]:

@@ -18,8 +18,8 @@ exact model string fail (retry-then-succeed). `--fault` sets a default for every
     context     400 context-length error;  400: another 400 (bad request)
 
 A key containing `revoked` is refused with 401 too. Connection refused is a port with nothing
-listening: `refused_url()`. `GET /_emulator/calls` counts calls per path;
-`POST /_emulator/reset` clears the counters.
+listening: `refused_url()`. `GET /_emulator/calls` counts calls per path (in process, `.keys`
+counts them per API key); `POST /_emulator/reset` clears the counters.
 
     python scripts/provider_emulator.py --port 8911 [--fault 503]
 """
@@ -61,6 +61,8 @@ class ProviderEmulator:
     def __init__(self, default_fault: str | None = None) -> None:
         self.default_fault = default_fault
         self.calls: Counter[str] = Counter()
+        self.keys: Counter[str] = Counter()
+        """Calls per API key presented (key rotation tests check which key was used)."""
         # The latest request bodies, for tests that check what a provider was sent.
         self.bodies: deque[tuple[str, bytes]] = deque(maxlen=200)
         self._seen: Counter[str] = Counter()
@@ -70,6 +72,7 @@ class ProviderEmulator:
         """Forget every call."""
         with self._lock:
             self.calls.clear()
+            self.keys.clear()
             self.bodies.clear()
             self._seen.clear()
 
@@ -90,6 +93,7 @@ class ProviderEmulator:
         body = await _body(receive)
         with self._lock:
             self.calls[path] += 1
+            self.keys[_header(scope, b"x-api-key") or _bearer(scope)] += 1
             self.bodies.append((path, body))
         if path.endswith("/chat/completions"):
             await self._openai_chat(scope, receive, send, body)

@@ -204,6 +204,24 @@ class EdgeIndex:
         count: int = self._shard.count(qe.CountRequest(filter=_scoped_filter(scope, reading=True)))
         return count
 
+    async def delete_tenant(self, *, scope: TenantScope) -> int:
+        """Remove every point of the scope's tenant (offboarding); returns how many there were.
+
+        Counted without the ACL condition of reads: offboarding removes what no user can see too.
+        """
+        condition = _scoped_filter(scope, reading=False)
+        async with self._write_lock:
+            before: int = self._shard.count(qe.CountRequest(filter=condition))
+            await asyncio.to_thread(
+                self._shard.update, qe.UpdateOperation.delete_points_by_filter(condition)
+            )
+        return before
+
+    async def tenant_points(self, *, scope: TenantScope) -> int:
+        """Every point stored for the scope's tenant, whatever its ACL."""
+        count: int = self._shard.count(qe.CountRequest(filter=_scoped_filter(scope, reading=False)))
+        return count
+
     async def health(self) -> bool:
         """The shard answers an info call."""
         try:

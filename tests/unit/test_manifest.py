@@ -234,7 +234,7 @@ def test_schema_error_in_file_names_the_file(tmp_path: Path) -> None:
     path.write_text("id: acme\nname: Acme\nextra: 1\n", encoding="utf-8")
     with pytest.raises(ManifestError) as info:
         load_manifest(path)
-    assert str(info.value).startswith(f"{path}: (top level): ")
+    assert str(info.value).startswith(f"{path}:3: (top level): ")
 
 
 # --- digest and JSON form ------------------------------------------------------------------
