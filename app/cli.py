@@ -13,6 +13,7 @@ from app.config import Settings, get_settings
 from app.db.pool import connect
 from app.identity.cli import keys
 from app.identity.dev_issuer import DevIssuer
+from app.retrieval.cli import reindex
 from app.secrets.admin import secrets as secrets_group
 from app.secrets.kek import MasterKeyError, load_master_key
 from app.secrets.scrub import install_scrubbing
@@ -216,6 +217,8 @@ def token(tenant: str, subject: str, roles: str, groups: str, ttl: int) -> None:
 main.add_command(secrets_group)
 
 main.add_command(keys)
+
+main.add_command(reindex)
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

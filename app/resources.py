@@ -25,7 +25,10 @@ from app.identity.key_store import ApiKeyStore
 from app.identity.network import ClientAddressResolver
 from app.identity.service_tokens import ServiceTokenIssuer
 from app.identity.tokens import JwtVerifier
+from app.llm.breaker import BreakerRegistry
+from app.llm.chains import chain_policy
 from app.retrieval.edge import EdgeIndex
+from app.retrieval.embedders import TenantEmbedders, VectorSpaces
 from app.retrieval.service import DocumentService
 from app.secrets.backend import SecretsBackend
 from app.secrets.cache import SecretCache
@@ -86,6 +89,10 @@ async def open_resources(settings: Settings) -> AsyncIterator[Resources]:
         stack.push_async_callback(registry.close)
         index = EdgeIndex.open(settings.vector_path, search_threads=settings.vectors.search_threads)
         stack.push_async_callback(index.close)
+        spaces = VectorSpaces(
+            index, settings.dense_vector_root, search_threads=settings.vectors.search_threads
+        )
+        stack.push_async_callback(spaces.close)
         http = httpx.AsyncClient(follow_redirects=False)
         stack.push_async_callback(http.aclose)
         secrets = build_backend(settings, pool=pool, kek=kek)
@@ -134,8 +141,14 @@ async def open_resources(settings: Settings) -> AsyncIterator[Resources]:
         )
         audit.start()
         stack.push_async_callback(audit.close)
+        embedders = tenant_embedders(settings, registry, spaces, secret_cache)
+        stack.push_async_callback(embedders.aclose)
         documents = DocumentService(
-            pool=pool, index=index, limits=settings.limits, chunking=settings.chunking
+            pool=pool,
+            index=index,
+            limits=settings.limits,
+            chunking=settings.chunking,
+            embedders=embedders,
         )
         chat = ChatService(
             pool=pool,
@@ -163,6 +176,20 @@ async def open_resources(settings: Settings) -> AsyncIterator[Resources]:
             auth_failures=identity.auth_failures,
             client_addresses=ClientAddressResolver(settings.auth.trusted_proxies),
         )
+
+
+def tenant_embedders(
+    settings: Settings, registry: TenantRegistry, spaces: VectorSpaces, resolver: SecretCache
+) -> TenantEmbedders:
+    """Each tenant's embedder, with its own breakers (one per tenant and embeddings model)."""
+    return TenantEmbedders(
+        registry=registry,
+        spaces=spaces,
+        resolver=resolver,
+        settings=settings.llm,
+        breakers=BreakerRegistry(chain_policy(settings.llm).breaker),
+        batch_size=settings.llm.embedding_batch_size,
+    )
 
 
 def _platform_refs(registry: TenantRegistry, tenant_id: str) -> frozenset[str]:
