@@ -53,6 +53,7 @@ class Resources:
     verifier: JwtVerifier
     audit: AuditWriter
     documents: DocumentService
+    embedders: TenantEmbedders
     chat: ChatService
     dev_issuer: DevIssuer | None
     api_keys: ApiKeyStore
@@ -168,6 +169,7 @@ async def open_resources(settings: Settings) -> AsyncIterator[Resources]:
             verifier=verifier,
             audit=audit,
             documents=documents,
+            embedders=embedders,
             chat=chat,
             dev_issuer=dev_issuer,
             api_keys=identity.api_keys,

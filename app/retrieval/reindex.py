@@ -6,9 +6,11 @@
 2. Switch: one transaction rewrites the tenant's manifest (`retrieval.embedder`), guarded by
    the digest read at the start, and NOTIFYs every replica. Until it commits, search and
    ingestion use the old space, which is untouched; from then on, the new one.
-3. Catch up: chunks written to the old space during the copy are copied, chunks it dropped
-   (a re-ingested document's old version) are dropped from the new space too; after a grace
-   period for replicas to hear the NOTIFY, the old space's copy of the tenant is deleted.
+   Before the switch, and again after it, a catch-up pass copies chunks written to the old
+   space during the copy and drops from the new space those the old one lost meanwhile (a
+   re-ingested document's old version).
+3. After a grace period for replicas to hear the NOTIFY, the old space's copy of the tenant
+   is deleted.
 """
 
 from __future__ import annotations
@@ -102,6 +104,8 @@ async def reindex_tenant(
     if not same_space:
         progress(f"{tenant_id}: copying chunks from {current} to {target}")
         await _copy(source, destination, scope, batch_size, report, copied_ids, progress)
+        # Writes that landed during the copy, so the new space is complete at the switch.
+        await _catch_up(source, destination, scope, batch_size, report, copied_ids)
     await _switch(connection, updated, expected_digest=row["manifest_sha256"])
     report.switched = True
     progress(f"{tenant_id}: switched to {target}")
@@ -212,10 +216,12 @@ async def _catch_up(
         if missing:
             await _write(destination, scope, missing)
             report.caught_up += len(missing)
+        copied_ids.update(c.chunk_id for c in missing)
     # Copied earlier but gone from the source since: a document deleted or re-versioned.
     gone = sorted(copied_ids - still)
     await destination.index.delete_chunks(scope=scope, chunk_ids=gone)
-    report.dropped = len(gone)
+    copied_ids.difference_update(gone)
+    report.dropped += len(gone)
 
 
 async def _remove_all(source: Route, scope: TenantScope, batch_size: int) -> int:
