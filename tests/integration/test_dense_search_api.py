@@ -79,8 +79,14 @@ async def test_dense_and_hybrid_tenants_ingest_and_search(
     kind: str,
 ) -> None:
     tenant = await embed_tenant(f"{kind}:text-embedding-3-small/256")
+    spans.clear()
     response = await client.post("/v1/documents", json={"documents": DOCS}, headers=auth(tenant))
     assert response.status_code == 201, response.text
+    ingested = {s.context.span_id: s for s in spans.get_finished_spans()}
+    batch = next(s for s in ingested.values() if s.name.startswith("embeddings "))
+    assert batch.parent is not None
+    assert ingested[batch.parent.span_id].name == "ingest documents"
+    assert dict(batch.attributes or {})["gen_ai.usage.input_tokens"] > 0
     spans.clear()
 
     assert (await _search(client, auth(tenant), "laptops replaced"))[0] == "laptops"
