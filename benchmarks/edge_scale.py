@@ -112,12 +112,14 @@ async def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     index = EdgeIndex.open(path, search_threads=1)
     try:
         rss_open = rss_mib()
+        segments = index._shard.info().segments_count
         print(f"timing {args.queries:,} filtered and unfiltered top-10 queries")
         await time_queries(index, vocabulary, tenants, min(200, args.queries), seed=1)  # warm-up
         filtered, unfiltered, mean_hits = await time_queries(
             index, vocabulary, tenants, args.queries, seed=2
         )
         rss_searched = rss_mib()
+        optimized = await _optimized(index, vocabulary, tenants, args) if args.optimize else None
     finally:
         await index.close()
     return {
@@ -141,7 +143,9 @@ async def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             "filtered_over_unfiltered_p99": filtered["p99_ms"] / unfiltered["p99_ms"],
             "mean_filtered_hits": mean_hits,
             "p99_target_ms": P99_TARGET_MS,
+            "segments": segments,
         },
+        "after_optimize": optimized,
         "rss_mib": {
             "process_start": round(rss_start),
             "after_load_and_close": round(rss_after_load),
@@ -149,6 +153,26 @@ async def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             "after_queries": round(rss_searched),
         },
         "disk_mib": round(sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) / 2**20),
+    }
+
+
+async def _optimized(
+    index: EdgeIndex, vocabulary: Vocabulary, tenants: list[str], args: argparse.Namespace
+) -> dict[str, Any]:
+    """Run the engine's optimizers (the service never does), then time the queries again."""
+    shard = index._shard
+    print("optimizing segments")
+    started = time.perf_counter()
+    shard.optimize()
+    seconds = time.perf_counter() - started
+    await time_queries(index, vocabulary, tenants, min(200, args.queries), seed=3)
+    filtered, unfiltered, _ = await time_queries(index, vocabulary, tenants, args.queries, seed=4)
+    return {
+        "optimize_seconds": round(seconds, 1),
+        "segments": shard.info().segments_count,
+        "filtered": filtered,
+        "unfiltered": unfiltered,
+        "rss_mib": round(rss_mib()),
     }
 
 
@@ -179,9 +203,23 @@ def report(record: dict[str, Any]) -> str:
             f" p99 x{search['filtered_over_unfiltered_p99']:.2f};"
             f" mean filtered hits {search['mean_filtered_hits']:.1f}",
             f"RSS MiB: start {rss['process_start']}, shard open {rss['shard_open']},"
-            f" after queries {rss['after_queries']}; on disk {record['disk_mib']} MiB",
+            f" after queries {rss['after_queries']}; on disk {record['disk_mib']} MiB;"
+            f" {search['segments']} segments",
+            *_optimized_lines(record.get("after_optimize")),
         ]
     )
+
+
+def _optimized_lines(optimized: dict[str, Any] | None) -> list[str]:
+    if not optimized:
+        return []
+    f, u = optimized["filtered"], optimized["unfiltered"]
+    return [
+        f"after optimize ({optimized['optimize_seconds']} s, {optimized['segments']} segments,"
+        f" RSS {optimized['rss_mib']} MiB):",
+        f"  filtered p50 {f['p50_ms']:.2f} ms p99 {f['p99_ms']:.2f} ms;"
+        f" unfiltered p50 {u['p50_ms']:.2f} ms p99 {u['p99_ms']:.2f} ms",
+    ]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -190,6 +228,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--chunks", type=int, default=1_000_000)
     parser.add_argument("--tenants", type=int, default=1_000)
     parser.add_argument("--queries", type=int, default=5_000)
+    parser.add_argument(
+        "--optimize",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="then run the engine's optimizers and time the queries again",
+    )
     parser.add_argument("--dir", type=Path, default=None, help="work dir (default: a temp dir)")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="bulkhead-edge-scale-", dir=args.dir) as workdir:
