@@ -223,6 +223,8 @@ class ProviderEmulator:
         model, fault, arg = self._fault(str(request.get("model", "")))
         if await self._pre_fault("openai", fault, arg, _bearer(scope), receive, send):
             return
+        if fault == "slow":
+            await asyncio.sleep(arg if arg is not None else 0.5)
         inputs = request.get("input", [])
         inputs = [inputs] if isinstance(inputs, str) else inputs
         dims = int(request.get("dimensions") or NATIVE_DIMENSIONS.get(model, 1536))

@@ -7,6 +7,7 @@ resolver is the in-memory `KeyRing` of the chain tests (the secrets backend has 
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 
@@ -57,6 +58,7 @@ async def make(emulator: EmulatorServer) -> AsyncIterator[Make]:
         batch_size: int = 16,
         breakers: BreakerRegistry | None = None,
         ring: KeyRing | None = None,
+        policy: ChainPolicy = POLICY,
     ) -> OpenAIEmbedder:
         embedder = OpenAIEmbedder(
             model=model,
@@ -65,7 +67,7 @@ async def make(emulator: EmulatorServer) -> AsyncIterator[Make]:
             secret=f"tenants/{scope.tenant_id}/openai",
             base_url=emulator.url + "/v1",
             resolver=ring or KeyRing({"openai": list(keys or [GOOD_KEY])}),
-            policy=POLICY,
+            policy=policy,
             breakers=breakers or BreakerRegistry(POLICY.breaker),
             batch_size=batch_size,
         )
@@ -213,3 +215,29 @@ async def test_server_errors_exhaust_retries_then_open_only_that_tenants_breaker
     with pytest.raises(ProvidersUnavailable):
         await make(other, model=model, breakers=breakers).embed(["x"], scope=other)
     assert emulator.calls["/v1/embeddings"] == before + 3
+
+
+@pytest.mark.parametrize(
+    ("fault", "reason"),
+    [("hang", "timeout"), ("slow:2", "timeout"), ("malformed", "malformed_response")],
+)
+async def test_hangs_and_malformed_bodies_end_in_a_bounded_503(
+    make: Make, spans: InMemorySpanExporter, fault: str, reason: str
+) -> None:
+    model = f"{MODEL}-{uuid.uuid4().hex[:6]}@{fault}"
+    scope = _scope()
+    quick = ChainPolicy(
+        connect_timeout=0.2,
+        attempt_timeout=0.2,
+        request_deadline=2.0,
+        max_retries=1,
+        backoff_base=0.005,
+        backoff_cap=0.01,
+    )
+    embedder = make(scope, model=model, policy=quick)
+    started = time.monotonic()
+    with pytest.raises(ProvidersUnavailable, match=reason):
+        await embedder.embed(["x"], scope=scope)
+    assert time.monotonic() - started < 1.5, "two attempts of 0.2 s, not the emulator's hang"
+    attempts = _attempts(spans, model)
+    assert [dict(s.attributes or {})["error.type"] for s in attempts] == [reason, reason]
