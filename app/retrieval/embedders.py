@@ -90,13 +90,18 @@ class TenantEmbedders:
         self._breakers = breakers
         self._batch_size = batch_size
         self._embedders: dict[tuple[str, str, str, str | None], OpenAIEmbedder] = {}
+        self._specs: dict[str, EmbedderSpec] = {}
 
     def route(self, scope: TenantScope) -> Route:
         """The route of the scope's tenant, as its manifest currently says."""
         record = self._registry.tenant(scope.tenant_id)
         if record is None:
             return Route(EmbedderSpec("bm25"), self.spaces.bm25, None)
-        spec = EmbedderSpec.parse(record.manifest.retrieval.embedder)
+        text = record.manifest.retrieval.embedder
+        spec = self._specs.get(text)
+        if spec is None:
+            # Parsed once per distinct string: this runs on every search.
+            spec = self._specs[text] = EmbedderSpec.parse(text)
         return self.route_for(scope.tenant_id, spec, record.manifest)
 
     def route_for(self, tenant_id: str, spec: EmbedderSpec, manifest: TenantManifest) -> Route:

@@ -226,15 +226,18 @@ class DocumentService:
                 "bulkhead.retrieval.filtered": bool(matches),
             },
         ) as span:
-            dense = (await embedder.embed([query], scope=scope)).vectors[0] if embedder else None
-            hits = await index.search(
-                scope=scope,
-                query=query,
-                top_k=k,
-                matches=matches,
-                dense=dense,
-                lexical=kind != "dense",
-            )
+            if embedder is None:
+                hits = await index.search(scope=scope, query=query, top_k=k, matches=matches)
+            else:
+                dense = (await embedder.embed([query], scope=scope)).vectors[0]
+                hits = await index.search(
+                    scope=scope,
+                    query=query,
+                    top_k=k,
+                    matches=matches,
+                    dense=dense,
+                    lexical=kind == "hybrid",
+                )
             span.set_attribute("bulkhead.retrieval.hits", len(hits))
         return hits
 
