@@ -128,8 +128,10 @@ class DocumentService:
             "ingest documents", scope=scope, attributes={"bulkhead.documents": len(documents)}
         ):
             index, embedder, _ = self._route(scope)
-            texts = [text for document in documents for text in _chunk_texts(document)]
-            vectors = (await embedder.embed(texts, scope=scope)).vectors if embedder else None
+            vectors = None
+            if embedder is not None:
+                texts = [text for document in documents for text in _chunk_texts(document)]
+                vectors = (await embedder.embed(texts, scope=scope)).vectors
             written: list[tuple[str, int]] = []
             async with tenant_transaction(self._pool, scope=scope) as connection:
                 for document in documents:
