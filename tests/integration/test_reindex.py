@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 
 import asyncpg
 import pytest
@@ -17,11 +18,13 @@ from litestar.testing import AsyncTestClient
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from app.cli import main
-from app.config import LlmSettings
+from app.config import LlmSettings, Settings, get_settings
 from app.db.pool import connect
 from app.llm.breaker import BreakerPolicy, BreakerRegistry
+from app.retrieval.edge import EdgeIndex
 from app.retrieval.embedder_spec import EmbedderSpec
 from app.retrieval.embedders import TenantEmbedders
+from app.retrieval.index import ChunkRecord
 from app.retrieval.reindex import reindex_tenant
 from app.secrets.cache import SecretCache
 from app.secrets.local import LocalSecretsBackend
@@ -244,3 +247,55 @@ def test_cli_refuses_an_unknown_embedder_form() -> None:
     result = CliRunner().invoke(main, ["reindex", "--tenant", "acme", "--embedder", "cohere:x"])
     assert result.exit_code == 2
     assert "bm25, openai:<model>" in result.output
+
+
+async def test_cli_reindexes_a_shard_directory_with_progress(
+    embed_tenant: EmbedTenant,  # noqa: F811
+    settings: Settings,
+    owner_pool: asyncpg.Pool,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`bulkhead reindex` in its own process state, on a shard directory of its own."""
+    tenant = await embed_tenant("bm25")
+    shard_dir = tmp_path / "qdrant"
+    scope = TenantScope(tenant_id=tenant, subject="loader", roles=frozenset())
+    bm25 = EdgeIndex.open(shard_dir)
+    chunks = [
+        ChunkRecord(
+            EdgeIndex.point_id(tenant, d["id"], 1, 0), d["id"], 1, 0, d["title"], "", d["text"]
+        )
+        for d in DOCS
+    ]
+    await bm25.upsert(scope=scope, chunks=chunks)
+    await bm25.close()
+    assert settings.db.url is not None
+    env = {
+        "DATABASE_URL": settings.db.url,
+        "BULKHEAD_SECRETS__MASTER_KEY_FILE": str(settings.master_key_path),
+        "BULKHEAD_DATA_DIR": str(tmp_path),
+    }
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    get_settings.cache_clear()
+    try:
+        args = ["reindex", "--tenant", tenant, "--embedder", HYBRID, "--batch-size", "3"]
+        result = await asyncio.to_thread(CliRunner().invoke, main, [*args, "--grace-seconds", "0"])
+    finally:
+        get_settings.cache_clear()
+    assert result.exit_code == 0, result.output
+    assert "7 chunks (7 embedded, 0 already there)" in result.output
+    assert f"{tenant}: switched to {HYBRID}" in result.output
+    stored = await owner_pool.fetchval(
+        "SELECT manifest->'retrieval'->>'embedder' FROM tenants WHERE id = $1", tenant
+    )
+    assert stored == HYBRID
+    spec = EmbedderSpec.parse(HYBRID)
+    dense = EdgeIndex.open(tmp_path / "qdrant-dense" / str(spec.space), dense_size=256)
+    bm25 = EdgeIndex.open(shard_dir)
+    try:
+        assert await dense.count(scope=scope) == 7
+        assert await bm25.count(scope=scope) == 0
+    finally:
+        await dense.close()
+        await bm25.close()
