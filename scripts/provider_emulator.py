@@ -2,7 +2,9 @@
 
 Speaks enough of both HTTP APIs for the official SDKs: OpenAI `POST /v1/chat/completions`
 (plain and SSE streaming) and `POST /v1/embeddings`; Anthropic `POST /v1/messages` (plain and
-streaming events). Usage fields look like the real ones.
+streaming events). Usage fields look like the real ones. Embeddings are deterministic unit
+vectors (words hashed into signed buckets, see `embedding`) of the requested `dimensions` or the
+model's native size, as floats or base64 as asked, so texts sharing words are near neighbours.
 
 Faults are chosen per request by a suffix on the model name, `<model>@<fault>[:<arg>][x<n>]`,
 so concurrent tests never step on each other; `x<n>` makes only the first n calls with that
