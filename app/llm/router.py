@@ -359,9 +359,16 @@ class ProviderChain:
 
     def _retry_delay(self, run: _Run, error: ProviderError, retries: int) -> float | None:
         """Seconds to wait before retrying this entry, or None to fail over."""
-        if error.retry_after is not None and error.retry_after > self.policy.retry_after_cap:
+        policy = self.policy
+        retryable = error.reason in RETRYABLE and retries < policy.max_retries
+        if (
+            retryable
+            and error.retry_after is not None
+            and error.retry_after > policy.retry_after_cap
+        ):
+            # Not waited for here: the caller's Retry-After says when to come back instead.
             run.retry_hint = max(run.retry_hint, error.retry_after)
-        return retry_delay(self.policy, error, retries, remaining=run.remaining())
+        return retry_delay(policy, error, retries, remaining=run.remaining())
 
     async def _after_failure(
         self, run: _Run, link: ChainLink, error: ProviderError, retries: int, refetched: bool
