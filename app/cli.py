@@ -14,6 +14,7 @@ from app.chat.cli import forget as chat_forget
 from app.config import Settings, get_settings
 from app.identity.cli import keys
 from app.identity.dev_issuer import DevIssuer
+from app.retrieval.cli import reindex
 from app.secrets.admin import secrets as secrets_group
 from app.secrets.kek import MasterKeyError, load_master_key
 from app.secrets.scrub import install_scrubbing
@@ -180,6 +181,7 @@ main.add_command(tenants)
 
 main.add_command(chat_export)
 main.add_command(chat_forget)
+main.add_command(reindex)
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

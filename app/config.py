@@ -171,6 +171,8 @@ class LlmSettings(BaseModel):
     breaker_min_calls: int = Field(default=10, ge=1)
     breaker_open_seconds: float = Field(default=30.0, gt=0)
     max_output_tokens: int = Field(default=1024, ge=1)
+    embedding_batch_size: int = Field(default=256, ge=1, le=2048)
+    """Texts per embeddings request (the OpenAI API takes up to 2048 inputs per call)."""
     prices: dict[str, tuple[float, float]] = {
         "openai/gpt-4o-mini": (0.15, 0.60),
         "openai/gpt-4o": (2.50, 10.00),
@@ -234,6 +236,12 @@ class Settings(BaseSettings):
     def vector_path(self) -> Path:
         """Directory of the Qdrant Edge shard."""
         return self.vectors.path or self.data_dir / "qdrant"
+
+    @property
+    def dense_vector_root(self) -> Path:
+        """Directory of the dense embedding spaces' shards (one per model and size)."""
+        path = self.vector_path
+        return path.with_name(f"{path.name}-dense")
 
     @property
     def master_key_path(self) -> Path:

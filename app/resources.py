@@ -26,7 +26,10 @@ from app.identity.key_store import ApiKeyStore
 from app.identity.network import ClientAddressResolver
 from app.identity.service_tokens import ServiceTokenIssuer
 from app.identity.tokens import JwtVerifier
+from app.llm.breaker import BreakerRegistry
+from app.llm.chains import chain_policy
 from app.retrieval.edge import EdgeIndex
+from app.retrieval.embedders import TenantEmbedders, VectorSpaces
 from app.retrieval.service import DocumentService
 from app.secrets.backend import SecretsBackend
 from app.secrets.cache import SecretCache
@@ -52,6 +55,7 @@ class Resources:
     verifier: JwtVerifier
     audit: AuditWriter
     documents: DocumentService
+    embedders: TenantEmbedders
     chat: ChatService
     dev_issuer: DevIssuer | None
     api_keys: ApiKeyStore
@@ -88,7 +92,11 @@ async def open_resources(settings: Settings) -> AsyncIterator[Resources]:
         stack.push_async_callback(registry.close)
         index = EdgeIndex.open(settings.vector_path, search_threads=settings.vectors.search_threads)
         stack.push_async_callback(index.close)
-        registry.on_removed(lambda tenant_id: _purge_vectors(index, tenant_id))
+        spaces = VectorSpaces(
+            index, settings.dense_vector_root, search_threads=settings.vectors.search_threads
+        )
+        stack.push_async_callback(spaces.close)
+        registry.on_removed(lambda tenant_id: _purge_vectors(spaces, tenant_id))
         http = httpx.AsyncClient(follow_redirects=False)
         stack.push_async_callback(http.aclose)
         secrets = build_backend(settings, pool=pool, kek=kek)
@@ -137,8 +145,14 @@ async def open_resources(settings: Settings) -> AsyncIterator[Resources]:
         )
         audit.start()
         stack.push_async_callback(audit.close)
+        embedders = tenant_embedders(settings, registry, spaces, secret_cache)
+        stack.push_async_callback(embedders.aclose)
         documents = DocumentService(
-            pool=pool, index=index, limits=settings.limits, chunking=settings.chunking
+            pool=pool,
+            index=index,
+            limits=settings.limits,
+            chunking=settings.chunking,
+            embedders=embedders,
         )
         chat = ChatService(
             pool=pool,
@@ -160,6 +174,7 @@ async def open_resources(settings: Settings) -> AsyncIterator[Resources]:
             verifier=verifier,
             audit=audit,
             documents=documents,
+            embedders=embedders,
             chat=chat,
             dev_issuer=dev_issuer,
             api_keys=identity.api_keys,
@@ -170,11 +185,25 @@ async def open_resources(settings: Settings) -> AsyncIterator[Resources]:
         )
 
 
-async def _purge_vectors(index: EdgeIndex, tenant_id: str) -> None:
-    # This process holds the shard, so `bulkhead tenants offboard` cannot delete them itself.
+async def _purge_vectors(spaces: VectorSpaces, tenant_id: str) -> None:
+    # This process holds the shards, so `bulkhead tenants offboard` cannot delete them itself.
     scope = TenantScope(tenant_id=tenant_id, subject="system:offboard", roles=frozenset())
-    deleted = await index.delete_tenant(scope=scope)
+    deleted = await spaces.delete_tenant(scope=scope)
     _log.info("tenant %r offboarded: deleted its %d vectors", tenant_id, deleted)
+
+
+def tenant_embedders(
+    settings: Settings, registry: TenantRegistry, spaces: VectorSpaces, resolver: SecretCache
+) -> TenantEmbedders:
+    """Each tenant's embedder, with its own breakers (one per tenant and embeddings model)."""
+    return TenantEmbedders(
+        registry=registry,
+        spaces=spaces,
+        resolver=resolver,
+        settings=settings.llm,
+        breakers=BreakerRegistry(chain_policy(settings.llm).breaker),
+        batch_size=settings.llm.embedding_batch_size,
+    )
 
 
 def _platform_refs(registry: TenantRegistry, tenant_id: str) -> frozenset[str]:

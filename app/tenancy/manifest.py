@@ -14,6 +14,7 @@ import jsonschema
 import msgspec
 import yaml
 
+from app.retrieval.embedder_spec import EmbedderSpec
 from app.tenancy.sourcemap import YamlSourceMap
 
 SCHEMA_FILE = "manifest.schema.json"
@@ -41,11 +42,29 @@ class IdentitySpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     issuers: tuple[IssuerSpec, ...] = ()
 
 
+class EmbeddingEndpoint(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Where a dense embedder's requests go, and with which of the tenant's keys."""
+
+    secret: str
+    base_url: str | None = None
+
+
 class RetrievalSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    """Vector isolation and embedder, fixed at onboarding."""
+    """Vector isolation and embedder, fixed at onboarding (`bulkhead reindex` changes it)."""
 
     isolation: Literal["shared", "dedicated"] = "shared"
     embedder: str = "bm25"
+    openai: EmbeddingEndpoint | None = None
+    """Default for a dense embedder: the first `openai` entry of the LLM chain."""
+
+    def embedding_endpoint(self, chain: tuple[ChainEntry, ...]) -> EmbeddingEndpoint | None:
+        """The endpoint dense embeddings use, or None when the manifest names none."""
+        if self.openai is not None:
+            return self.openai
+        for entry in chain:
+            if entry.provider == "openai" and entry.secret:
+                return EmbeddingEndpoint(secret=entry.secret, base_url=entry.base_url)
+        return None
 
 
 class ChainEntry(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -172,6 +191,7 @@ def parse_manifest(data: Any, *, source: str, lines: YamlSourceMap | None = None
                 " only its own"
                 f" secrets (tenants/{manifest.id}/...) or platform/... refs"
             )
+    _check_embedder(manifest, source)
     for index, cidr in enumerate(manifest.network.allowed_cidrs):
         try:
             ipaddress.ip_network(cidr, strict=False)
@@ -179,6 +199,29 @@ def parse_manifest(data: Any, *, source: str, lines: YamlSourceMap | None = None
             at = _at(source, lines, ["network", "allowed_cidrs", index])
             raise ManifestError(f"{at}: {exc}") from exc
     return manifest
+
+
+def _check_embedder(manifest: TenantManifest, source: str) -> None:
+    retrieval = manifest.retrieval
+    try:
+        spec = EmbedderSpec.parse(retrieval.embedder)
+    except ValueError as exc:
+        raise ManifestError(f"{source}: retrieval/embedder: {exc}") from exc
+    if not spec.dense:
+        return
+    endpoint = retrieval.embedding_endpoint(manifest.llm.chain)
+    if endpoint is None:
+        raise ManifestError(
+            f"{source}: retrieval/openai: {retrieval.embedder} needs a key: set"
+            " retrieval.openai.secret or list an openai entry with a secret in llm.chain"
+        )
+    if endpoint.secret.startswith("tenants/") and not endpoint.secret.startswith(
+        f"tenants/{manifest.id}/"
+    ):
+        raise ManifestError(
+            f"{source}: retrieval/openai/secret: a tenant may name only its own secrets"
+            f" (tenants/{manifest.id}/...) or platform/... refs"
+        )
 
 
 def load_manifest(path: Path) -> TenantManifest:

@@ -25,6 +25,7 @@ from app.config import Settings
 from app.db.pool import Connection, connect, set_tenant
 from app.resources import app_dsn
 from app.retrieval.edge import EdgeIndex
+from app.retrieval.embedders import VectorSpaces
 from app.secrets.backend import SecretsBackend
 from app.tenancy.keycheck import admin_scope
 from app.tenancy.registry import CHANNEL
@@ -166,9 +167,11 @@ async def delete_vectors(settings: Settings, *, tenant_id: str) -> str:
         if "WouldBlock" not in str(exc):
             raise
         return "the running service deletes the tenant's vectors when it sees the tenant removed"
+    spaces = VectorSpaces(index, settings.dense_vector_root, search_threads=1)
     try:
-        deleted = await index.delete_tenant(scope=admin_scope(tenant_id))
+        deleted = await spaces.delete_tenant(scope=admin_scope(tenant_id))
     finally:
+        await spaces.close()
         await index.close()
     return f"deleted {deleted} vectors"
 

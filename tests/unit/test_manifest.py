@@ -165,7 +165,9 @@ def test_bad_embedder_string_is_refused(embedder: str) -> None:
     assert ": retrieval/embedder: " in _error(data)
 
 
-@pytest.mark.parametrize("embedder", ["bm25", "openai:text-embedding-3-large", "hybrid:openai:m.1"])
+@pytest.mark.parametrize(
+    "embedder", ["bm25", "openai:text-embedding-3-large", "hybrid:openai:m.1/256"]
+)
 def test_good_embedder_strings_are_accepted(embedder: str) -> None:
     data = _full()
     data["retrieval"]["embedder"] = embedder
