@@ -20,6 +20,7 @@ from app.config import LlmSettings
 from app.db.pool import Connection, tenant_transaction
 from app.llm.breaker import BreakerRegistry
 from app.llm.chains import build_chain, chain_policy, estimate_cost
+from app.llm.clients import SdkClients
 from app.llm.keys import SecretResolver, scrub
 from app.llm.provider import Completion, CompletionRequest, ContextChunk, ProviderError
 from app.llm.router import ProviderChain, ProviderRejected, ProvidersUnavailable
@@ -79,6 +80,9 @@ class ChatService:
         self._resolver = resolver
         self._llm = llm or LlmSettings()
         self.breakers = BreakerRegistry(chain_policy(self._llm).breaker)
+        # One set of connection pools for every tenant's chain (SDK clients are ~15 ms each
+        # to build with their own pool).
+        self._sdk_clients = SdkClients()
         self._chains: dict[str, tuple[str, ProviderChain]] = {}
         self._retiring: set[asyncio.Task[None]] = set()
 
@@ -99,6 +103,7 @@ class ChatService:
                     settings=self._llm,
                     breakers=self.breakers,
                     capture_content=tenant.manifest.privacy.trace_content,
+                    clients=self._sdk_clients,
                 )
             )
             if cached is not None:
@@ -124,6 +129,7 @@ class ChatService:
         for _, chain in self._chains.values():
             await chain.aclose()
         self._chains.clear()
+        await self._sdk_clients.aclose()
 
     async def answer(
         self,

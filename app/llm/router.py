@@ -29,6 +29,7 @@ from opentelemetry import metrics, trace
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
 from app.llm.breaker import BreakerPolicy, BreakerRegistry, CircuitBreaker
+from app.llm.clients import SdkClients
 from app.llm.local import LocalProvider
 from app.llm.provider import (
     Completion,
@@ -307,6 +308,7 @@ class ProviderChain:
         policy: ChainPolicy | None = None,
         breakers: BreakerRegistry | None = None,
         capture_content: bool = False,
+        owned_clients: SdkClients | None = None,
     ) -> None:
         if not links:
             raise ValueError("a provider chain needs at least one entry")
@@ -315,6 +317,7 @@ class ProviderChain:
         self.capture_content = capture_content
         self.policy = policy or ChainPolicy()
         self._breakers = breakers or BreakerRegistry(self.policy.breaker)
+        self._owned_clients = owned_clients
 
     @classmethod
     def from_entries(cls, entries: tuple[ChainEntry, ...]) -> ProviderChain:
@@ -329,9 +332,11 @@ class ProviderChain:
         return cls(links)
 
     async def aclose(self) -> None:
-        """Close every provider's connections."""
+        """Close every provider's connections, and the SDK pools if the chain owns them."""
         for link in self._links:
             await link.provider.aclose()
+        if self._owned_clients is not None:
+            await self._owned_clients.aclose()
 
     def breaker_for(self, scope: TenantScope, index: int) -> CircuitBreaker | None:
         """The breaker guarding entry `index` for `scope`'s tenant (None for `local`)."""
