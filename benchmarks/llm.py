@@ -164,7 +164,7 @@ async def overhead(emulator: EmulatorProcess, n: int) -> tuple[list[float], list
 
 async def failover(
     emulator: EmulatorProcess, n: int, breaker: BreakerPolicy
-) -> tuple[list[float], list[float]]:
+) -> tuple[list[float], list[float], float]:
     base = emulator.url + "/v1"
     healthy = _chain([_entry("gpt-4o-mini", base)], breaker)
     refused = _chain([_entry("gpt-4o-mini", refused_url()), _entry("gpt-4o-mini", base)], breaker)
@@ -172,12 +172,20 @@ async def failover(
         await healthy.complete(scope=SCOPE, request=REQUEST)
         await refused.complete(scope=SCOPE, request=REQUEST)
     healthy_times, refused_times = [], []
+    cpu = {"healthy": 0.0, "refused": 0.0}
     for _ in range(n):
+        started = time.process_time()
         healthy_times.append(await _timed(lambda: healthy.complete(scope=SCOPE, request=REQUEST)))
+        cpu["healthy"] += time.process_time() - started
+        started = time.process_time()
         refused_times.append(await _timed(lambda: refused.complete(scope=SCOPE, request=REQUEST)))
+        cpu["refused"] += time.process_time() - started
     await healthy.aclose()
     await refused.aclose()
-    return healthy_times, refused_times
+    # This process's CPU per request: what the refused attempt costs us, whatever the machine's
+    # load does to the wall-clock tail.
+    added_cpu_ms = (cpu["refused"] - cpu["healthy"]) / n * 1000
+    return healthy_times, refused_times, added_cpu_ms
 
 
 async def client_build(n: int) -> tuple[list[float], list[float]]:
@@ -223,8 +231,8 @@ async def run(n: int) -> int:
     try:
         direct, routed = await overhead(emulator, n)
         unreachable = BreakerPolicy(consecutive_failures=10**9, min_calls=10**9)
-        healthy, refused = await failover(emulator, n, unreachable)
-        healthy_b, refused_b = await failover(emulator, n, BreakerPolicy())
+        healthy, refused, added_cpu = await failover(emulator, n, unreachable)
+        healthy_b, refused_b, _ = await failover(emulator, n, BreakerPolicy())
         before, after, local = await breaker_open(emulator, n)
         own_pool, shared_pool = await client_build(min(n, 200))
     finally:
@@ -243,6 +251,7 @@ async def run(n: int) -> int:
     print(f"  added       mean {mean_added:7.3f} ms  (breaker out of reach: every request refused)")
     added_b = _pct(refused_b, 0.99) - _pct(healthy_b, 0.99)
     print(f"  added        p99 {added_b:7.3f} ms  (default breaker: the dead entry is skipped)")
+    print(f"  added CPU   mean {added_cpu:7.3f} ms  (this process, breaker out of reach)")
     print(f"SDK client for a new tenant or key (n={len(own_pool)}):")
     print(f"  own pool     p50 {_pct(own_pool, 0.5):7.3f} ms  p99 {_pct(own_pool, 0.99):7.3f} ms")
     print(
