@@ -216,15 +216,22 @@ class VaultConnection:
         self._renewable = False
         self._authenticated = False
         self._executor = ThreadPoolExecutor(max_workers=8, thread_name_prefix="bulkhead-vault")
-        headers = {"X-Vault-Namespace": settings.namespace} if settings.namespace else {}
-        self._http = httpx.AsyncClient(
-            base_url=f"{self.client.adapter.base_uri.rstrip('/')}/v1/",
-            headers=headers,
-            timeout=settings.timeout_seconds,
-            verify=ssl.create_default_context(cafile=settings.ca_cert)
-            if settings.ca_cert
-            else True,
-        )
+        # Built on the first KV read (the Transit wrapper shares this class and never reads).
+        self._http: httpx.AsyncClient | None = None
+
+    def _reader(self) -> httpx.AsyncClient:
+        if self._http is None:
+            settings = self._settings
+            headers = {"X-Vault-Namespace": settings.namespace} if settings.namespace else {}
+            self._http = httpx.AsyncClient(
+                base_url=f"{self.client.adapter.base_uri.rstrip('/')}/v1/",
+                headers=headers,
+                timeout=settings.timeout_seconds,
+                verify=ssl.create_default_context(cafile=settings.ca_cert)
+                if settings.ca_cert
+                else True,
+            )
+        return self._http
 
     async def read(self, path: str, *, params: dict[str, int] | None = None) -> Any:
         """GET `/v1/<path>` on the event loop with a live token; None when Vault answers 404.
@@ -254,7 +261,7 @@ class VaultConnection:
 
     async def _get(self, path: str, params: dict[str, int] | None) -> httpx.Response:
         try:
-            return await self._http.get(
+            return await self._reader().get(
                 path, params=params, headers={"X-Vault-Token": self.client.token or ""}
             )
         except (httpx.HTTPError, OSError) as exc:
@@ -280,7 +287,8 @@ class VaultConnection:
         """Stop the worker threads and close the HTTP sessions."""
         self._executor.shutdown(wait=False, cancel_futures=True)
         self.client.adapter.close()
-        await self._http.aclose()
+        if self._http is not None:
+            await self._http.aclose()
 
     def _authenticated_call(
         self, operation: Callable[[hvac.Client], _T], client: hvac.Client
