@@ -23,18 +23,12 @@ from opentelemetry import trace
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
 from app.llm.breaker import BreakerRegistry, CircuitBreaker
+from app.llm.clients import SdkClients
 from app.llm.errors import classify
+from app.llm.policy import BREAKER_FAILURES, ChainPolicy, retry_delay
 from app.llm.provider import ProviderError
-from app.llm.remote import KeyedClients, endpoint_of
-from app.llm.router import (
-    BREAKER_FAILURES,
-    OPERATION_DURATION,
-    TOKEN_USAGE,
-    ChainPolicy,
-    ProviderRejected,
-    ProvidersUnavailable,
-    retry_delay,
-)
+from app.llm.remote import EntryKey, endpoint_of
+from app.llm.run import OPERATION_DURATION, TOKEN_USAGE, ProviderRejected, ProvidersUnavailable
 from app.tenancy.manifest import ChainEntry
 
 if TYPE_CHECKING:
@@ -71,9 +65,11 @@ class OpenAIEmbedder:
         policy: ChainPolicy,
         breakers: BreakerRegistry,
         batch_size: int,
+        clients: SdkClients,
     ) -> None:
         entry = ChainEntry(provider="openai", model=model, secret=secret, base_url=base_url)
-        self._keys: KeyedClients[openai.AsyncOpenAI] = KeyedClients(entry, resolver)
+        self._keys = EntryKey(entry, resolver)
+        self._clients = clients
         self.model = model
         self.size = size
         self.dimensions = dimensions
@@ -138,7 +134,7 @@ class OpenAIEmbedder:
         key = await self._keys.key(scope=scope)
         try:
             async with asyncio.timeout(budget):
-                response = await self._client(key).embeddings.create(
+                response = await self._client(key, scope).embeddings.create(
                     model=self.model,
                     input=texts,
                     dimensions=self.dimensions if self.dimensions else openai.omit,
@@ -205,21 +201,11 @@ class OpenAIEmbedder:
             retry_after=retry_after,
         )
 
-    def _client(self, key: SecretValue) -> openai.AsyncOpenAI:
-        client = self._keys.client(key)
-        if client is None:
-            # Retries are ours (above): the SDK must not retry behind our back.
-            client = self._keys.remember(
-                key,
-                openai.AsyncOpenAI(
-                    api_key=key.reveal(),
-                    base_url=self._keys.entry.base_url,
-                    max_retries=0,
-                    organization=None,
-                    project=None,
-                ),
-            )
-        return client
+    def _client(self, key: SecretValue, scope: TenantScope) -> openai.AsyncOpenAI:
+        # Retries are ours (above): the shared clients never retry behind our back.
+        return self._clients.openai(
+            tenant_id=scope.tenant_id, base_url=self._keys.entry.base_url, key=key
+        )
 
     def _start_span(self, scope: TenantScope, attempt: int) -> Span:
         return _tracer.start_span(
@@ -263,8 +249,3 @@ class OpenAIEmbedder:
         attributes = self._metric_attributes()
         OPERATION_DURATION.record(time.perf_counter() - started, attributes)
         TOKEN_USAGE.record(result.input_tokens, {**attributes, "gen_ai.token.type": "input"})
-
-    async def aclose(self) -> None:
-        """Close the SDK clients (their connection pools)."""
-        for client in self._keys.made():
-            await client.close()

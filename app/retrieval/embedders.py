@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 from app.config import LlmSettings
 from app.llm.breaker import BreakerRegistry
 from app.llm.chains import chain_policy
+from app.llm.clients import SdkClients
 from app.llm.embeddings import OpenAIEmbedder
 from app.retrieval.edge import EdgeIndex
 from app.retrieval.embedder_spec import EmbedderSpec, space_dimensions
@@ -85,7 +86,7 @@ class Route:
 
 
 class TenantEmbedders:
-    """Resolves a tenant's embedder from its manifest; keeps one SDK client per tenant model."""
+    """Resolves a tenant's embedder from its manifest, over one set of SDK connection pools."""
 
     def __init__(
         self,
@@ -105,6 +106,7 @@ class TenantEmbedders:
         self._batch_size = batch_size
         self._embedders: dict[tuple[str, str, str, str | None], OpenAIEmbedder] = {}
         self._specs: dict[str, EmbedderSpec] = {}
+        self._sdk_clients = SdkClients()
 
     def route(self, scope: TenantScope) -> Route:
         """The route of the scope's tenant, as its manifest currently says."""
@@ -148,11 +150,11 @@ class TenantEmbedders:
                 policy=chain_policy(self._settings),
                 breakers=self._breakers,
                 batch_size=self._batch_size,
+                clients=self._sdk_clients,
             )
         return embedder
 
     async def aclose(self) -> None:
-        """Close every SDK client."""
-        for embedder in self._embedders.values():
-            await embedder.aclose()
+        """Close the SDK clients' connection pools."""
         self._embedders.clear()
+        await self._sdk_clients.aclose()

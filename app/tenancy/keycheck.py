@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from app.config import LlmSettings
 from app.llm.chains import provider_for
+from app.llm.clients import SdkClients
 from app.llm.provider import CompletionRequest, ProviderError
 from app.secrets.backend import SecretNotFound, SecretsBackend
 from app.secrets.scrub import register_secret, scrub_exception
@@ -83,7 +84,8 @@ async def verify_key(
     """
     register_secret(value)
     minimal = settings.model_copy(update={"max_output_tokens": 1})
-    provider = provider_for(entry, _FixedKey(value), minimal)
+    clients = SdkClients()
+    provider = provider_for(entry, _FixedKey(value), minimal, clients)
     try:
         await provider.complete(
             CompletionRequest(question=VERIFY_QUESTION, context=(), model=entry.model),
@@ -94,6 +96,7 @@ async def verify_key(
         return f"{exc.reason}: {exc}"
     finally:
         await provider.aclose()
+        await clients.aclose()
     return None
 
 

@@ -16,6 +16,7 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from app.llm.breaker import BreakerPolicy, BreakerRegistry
+from app.llm.clients import SdkClients
 from app.llm.embeddings import OpenAIEmbedder
 from app.llm.router import ChainPolicy, ProvidersUnavailable
 from app.tenancy.scope import Role, TenantScope
@@ -49,7 +50,7 @@ def _scope(tenant_id: str | None = None) -> TenantScope:
 
 @pytest.fixture
 async def make(emulator: EmulatorServer) -> AsyncIterator[Make]:
-    made: list[OpenAIEmbedder] = []
+    clients = SdkClients()
 
     def build(
         scope: TenantScope,
@@ -60,7 +61,7 @@ async def make(emulator: EmulatorServer) -> AsyncIterator[Make]:
         ring: KeyRing | None = None,
         policy: ChainPolicy = POLICY,
     ) -> OpenAIEmbedder:
-        embedder = OpenAIEmbedder(
+        return OpenAIEmbedder(
             model=model,
             size=32,
             dimensions=32,
@@ -70,13 +71,11 @@ async def make(emulator: EmulatorServer) -> AsyncIterator[Make]:
             policy=policy,
             breakers=breakers or BreakerRegistry(POLICY.breaker),
             batch_size=batch_size,
+            clients=clients,
         )
-        made.append(embedder)
-        return embedder
 
     yield build
-    for embedder in made:
-        await embedder.aclose()
+    await clients.aclose()
 
 
 def _attempts(spans: InMemorySpanExporter, model: str) -> list[ReadableSpan]:
