@@ -1,30 +1,26 @@
-"""The `bulkhead` command: dev, serve, migrate, tenants, token."""
+"""The `bulkhead` command: dev, serve, migrate, token; tenants, secrets and keys groups."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import sys
-from contextlib import AsyncExitStack
 from pathlib import Path
 
 import click
-import msgspec
 
+from app.chat.cli import export as chat_export
+from app.chat.cli import forget as chat_forget
 from app.config import Settings, get_settings
-from app.db.pool import connect
 from app.identity.cli import keys
 from app.identity.dev_issuer import DevIssuer
-from app.retrieval.setup import check_isolation, open_qdrant_admin
-from app.secrets.admin import open_admin_backend
+from app.retrieval.cli import reindex
 from app.secrets.admin import secrets as secrets_group
 from app.secrets.kek import MasterKeyError, load_master_key
 from app.secrets.scrub import install_scrubbing
-from app.secrets.setup import data_key_wrapper
-from app.secrets.wrapping import KeyWrapper
-from app.tenancy.manifest import ManifestError, TenantManifest, load_manifest
+from app.tenancy.cli import apply_files, tenants
+from app.tenancy.manifest import load_manifest
 from app.tenancy.scope import Role
-from app.tenancy.service import VectorProvisioning, apply_manifest
 
 DEMO_QUESTION = "How many vacation days do I get?"
 
@@ -79,7 +75,11 @@ def dev(host: str | None, port: int | None, data_dir: Path | None) -> None:
         settings.db.url = start_embedded(settings.data_dir / "pg")
     _migrate(settings)
     manifests = sorted(settings.tenants_dir.glob("*.yaml"))
-    asyncio.run(_apply_all(settings, [load_manifest(p) for p in manifests], dry_run=False))
+    asyncio.run(
+        apply_files(
+            settings, [load_manifest(p) for p in manifests], dry_run=False, verify_keys=False
+        )
+    )
     issuer = DevIssuer.load_or_create(
         settings.dev_signing_key_path,
         issuer=settings.auth.dev_issuer,
@@ -147,109 +147,6 @@ def _migrate(settings: Settings) -> None:
     upgrade(settings.db.url, app_role=settings.db.app_role)
 
 
-@main.group()
-def tenants() -> None:
-    """Onboard and manage tenants from manifests."""
-
-
-@tenants.command("apply")
-@click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
-@click.option("--dry-run", is_flag=True, help="Validate and report; write nothing.")
-def tenants_apply(paths: tuple[Path, ...], dry_run: bool) -> None:
-    """Create or update tenants from manifest files (idempotent)."""
-    _setup_logging()
-    settings = get_settings()
-    if not settings.db.url:
-        raise click.ClickException("set DATABASE_URL (the owner role's connection)")
-    try:
-        manifests = [load_manifest(path) for path in paths]
-    except ManifestError as exc:
-        raise click.ClickException(str(exc)) from exc
-    asyncio.run(_apply_all(settings, manifests, dry_run=dry_run))
-
-
-async def _apply_all(settings: Settings, manifests: list[TenantManifest], *, dry_run: bool) -> None:
-    assert settings.db.url is not None  # noqa: S101 - callers checked
-    try:
-        for manifest in manifests:
-            check_isolation(settings, manifest)
-    except ManifestError as exc:
-        raise click.ClickException(str(exc)) from exc
-    if dry_run:
-        for manifest in manifests:
-            click.echo(f"{manifest.id}: manifest valid (dry run, nothing written)")
-        return
-    kek = data_key_wrapper(settings, load_master_key(settings))
-    async with AsyncExitStack() as stack:
-        vectors: VectorProvisioning | None = None
-        if settings.vectors.backend == "qdrant":
-            # Server mode: collections and the tenant's scoped key are made at onboarding.
-            secrets = await stack.enter_async_context(open_admin_backend(settings))
-            admin = await stack.enter_async_context(open_qdrant_admin(settings, secrets))
-            vectors = admin.minter
-        await _apply_each(settings.db.url, manifests, kek=kek, vectors=vectors)
-
-
-async def _apply_each(
-    url: str,
-    manifests: list[TenantManifest],
-    *,
-    kek: bytes | KeyWrapper,
-    vectors: VectorProvisioning | None,
-) -> None:
-    connection = await connect(url)
-    try:
-        for manifest in manifests:
-            try:
-                result = await apply_manifest(connection, manifest, kek=kek, vectors=vectors)
-            except ManifestError as exc:
-                raise click.ClickException(str(exc)) from exc
-            if result.created:
-                click.echo(f"{manifest.id}: created")
-            elif result.changed:
-                click.echo(f"{manifest.id}: updated ({', '.join(result.changed)})")
-            else:
-                click.echo(f"{manifest.id}: unchanged")
-    finally:
-        await connection.close()
-
-
-@tenants.command("rotate-vector-key")
-@click.argument("tenant_id")
-def tenants_rotate_vector_key(tenant_id: str) -> None:
-    """Revoke a tenant's Qdrant key at once and mint a fresh one (server mode)."""
-    _setup_logging()
-    settings = get_settings()
-    if settings.vectors.backend != "qdrant":
-        raise click.ClickException("per-tenant keys exist in server mode only (vectors.backend)")
-    if not settings.db.url:
-        raise click.ClickException("set DATABASE_URL (the owner role's connection)")
-    asyncio.run(_rotate_vector_key(settings, tenant_id))
-
-
-async def _rotate_vector_key(settings: Settings, tenant_id: str) -> None:
-    assert settings.db.url is not None  # noqa: S101 - callers checked
-    connection = await connect(settings.db.url)
-    try:
-        raw = await connection.fetchval("SELECT manifest FROM tenants WHERE id = $1", tenant_id)
-    finally:
-        await connection.close()
-    if raw is None:
-        raise click.ClickException(f"no tenant {tenant_id!r}")
-    isolation = msgspec.convert(raw, TenantManifest).retrieval.isolation
-    async with (
-        open_admin_backend(settings) as secrets,
-        open_qdrant_admin(settings, secrets) as admin,
-    ):
-        # Revocation first: the old key stops working now, whatever happens next.
-        await admin.minter.revoke(tenant_id)
-        outcome = await admin.minter.ensure(tenant_id, isolation)
-    if outcome.minted:
-        click.echo(f"{tenant_id}: key revoked; new key stored as version {outcome.version}")
-    else:
-        click.echo(f"{tenant_id}: key revoked; no key minted ({outcome.reason})")
-
-
 @main.command()
 @click.option("--tenant", required=True, help="Tenant id (the dev issuer's `tenant` claim).")
 @click.option("--user", "subject", required=True, help="Subject of the token.")
@@ -279,6 +176,12 @@ def token(tenant: str, subject: str, roles: str, groups: str, ttl: int) -> None:
 main.add_command(secrets_group)
 
 main.add_command(keys)
+
+main.add_command(tenants)
+
+main.add_command(chat_export)
+main.add_command(chat_forget)
+main.add_command(reindex)
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

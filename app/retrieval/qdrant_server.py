@@ -15,7 +15,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Literal, Protocol, TypeVar
+from typing import Any, Literal, Protocol, TypeVar
 
 import qdrant_edge as qe
 from qdrant_client import AsyncQdrantClient, models
@@ -24,9 +24,12 @@ from app.retrieval.filters import MetadataMatch
 from app.retrieval.index import ChunkRecord, Hit
 from app.retrieval.scoping import (
     ACL_FIELD,
+    BM25_VECTOR,
+    DENSE_VECTOR,
     DOCUMENT_FIELD,
     HIT_FIELDS,
-    METADATA_FIELD,
+    HYBRID_CANDIDATES,
+    RRF_K,
     TENANT_FIELD,
     VERSION_FIELD,
     AllOf,
@@ -34,13 +37,15 @@ from app.retrieval.scoping import (
     Clause,
     FieldEquals,
     FieldIn,
+    HasId,
     bm25_text,
+    chunk_from_payload,
     chunk_payload,
     forced_condition,
+    hit_from_payload,
 )
 from app.tenancy.scope import TenantScope
 
-BM25_VECTOR = "bm25"
 T = TypeVar("T")
 Isolation = Literal["shared", "dedicated"]
 IsolationOf = Callable[[str], Isolation]
@@ -98,16 +103,22 @@ class TenantClients(Protocol):
         ...
 
 
-async def ensure_collection(client: AsyncQdrantClient, name: str) -> bool:
+async def ensure_collection(
+    client: AsyncQdrantClient, name: str, *, dense_size: int | None = None
+) -> bool:
     """Create a chunk collection with its BM25 vector and payload indexes; True if created.
 
+    With `dense_size`, every point also carries a named cosine vector of that size.
     Needs manage access (the cluster key): tenant keys carry `prw`, which excludes indexes.
     """
     if await client.collection_exists(name):
         return False
+    dense: dict[str, models.VectorParams] = {}
+    if dense_size:
+        dense[DENSE_VECTOR] = models.VectorParams(size=dense_size, distance=models.Distance.COSINE)
     await client.create_collection(
         name,
-        vectors_config={},
+        vectors_config=dense,
         sparse_vectors_config={
             BM25_VECTOR: models.SparseVectorParams(modifier=models.Modifier.IDF)
         },
@@ -126,7 +137,11 @@ async def ensure_collection(client: AsyncQdrantClient, name: str) -> bool:
 
 
 class QdrantServerIndex:
-    """VectorIndex over a Qdrant server (or qdrant-client's local mode in tests and dev)."""
+    """VectorIndex over a Qdrant server (or qdrant-client's local mode in tests and dev).
+
+    An index made with `dense_size` expects collections created with the same size
+    (`ensure_collection(..., dense_size=)`) and a dense vector on every chunk.
+    """
 
     def __init__(
         self,
@@ -134,11 +149,13 @@ class QdrantServerIndex:
         *,
         isolation_of: IsolationOf,
         names: CollectionNames | None = None,
+        dense_size: int | None = None,
     ) -> None:
         self._clients = clients
         self._isolation_of = isolation_of
         self._names = names or CollectionNames()
         self._bm25 = qe.Bm25()
+        self.dense_size = dense_size
 
     def collection(self, scope: TenantScope) -> str:
         """The collection holding `scope`'s tenant's points."""
@@ -151,14 +168,17 @@ class QdrantServerIndex:
 
     def _point(self, scope: TenantScope, chunk: ChunkRecord) -> models.PointStruct:
         sparse = self._bm25.embed_document(bm25_text(chunk))
+        vectors: dict[str, Any] = {
+            BM25_VECTOR: models.SparseVector(
+                indices=list(sparse.indices), values=list(sparse.values)
+            )
+        }
+        if self.dense_size:
+            if chunk.dense is None or len(chunk.dense) != self.dense_size:
+                raise ValueError(f"chunk {chunk.chunk_id}: needs a {self.dense_size}-d vector")
+            vectors[DENSE_VECTOR] = list(chunk.dense)
         return models.PointStruct(
-            id=chunk.chunk_id,
-            vector={
-                BM25_VECTOR: models.SparseVector(
-                    indices=list(sparse.indices), values=list(sparse.values)
-                )
-            },
-            payload=chunk_payload(scope, chunk),
+            id=chunk.chunk_id, vector=vectors, payload=chunk_payload(scope, chunk)
         )
 
     async def upsert(self, *, scope: TenantScope, chunks: list[ChunkRecord]) -> None:
@@ -179,24 +199,54 @@ class QdrantServerIndex:
         query: str,
         top_k: int,
         matches: tuple[MetadataMatch, ...] = (),
+        dense: list[float] | None = None,
+        lexical: bool = True,
     ) -> list[Hit]:
-        """BM25 top-k within the caller's tenant and ACL groups, narrowed by `matches`."""
+        """Top-k within the caller's tenant and ACL groups, narrowed by `matches`.
+
+        BM25 alone; with `dense`, nearest neighbours (`lexical=False`) or both fused by RRF
+        through the Query API's prefetches.
+        """
         sparse = self._bm25.embed_query(query)
         collection = self.collection(scope)
-        vector = models.SparseVector(indices=list(sparse.indices), values=list(sparse.values))
+        bm25 = models.SparseVector(indices=list(sparse.indices), values=list(sparse.values))
         condition = _client_filter(forced_condition(scope, reading=True, matches=matches))
+        request: dict[str, Any]
+        if dense is None:
+            request = {"query": bm25, "using": BM25_VECTOR}
+        elif not lexical:
+            request = {"query": list(dense), "using": DENSE_VECTOR}
+        else:
+            # Each leg carries the forced filter itself: isolation must not depend on whether
+            # the server propagates the outer filter into prefetches.
+            candidates = top_k * HYBRID_CANDIDATES
+            request = {
+                "prefetch": [
+                    models.Prefetch(
+                        query=list(dense), using=DENSE_VECTOR, filter=condition, limit=candidates
+                    ),
+                    models.Prefetch(
+                        query=bm25, using=BM25_VECTOR, filter=condition, limit=candidates
+                    ),
+                ],
+                "query": models.RrfQuery(rrf=models.Rrf(k=RRF_K)),
+            }
         response = await self._clients.run(
             scope,
             lambda client: client.query_points(
                 collection,
-                query=vector,
-                using=BM25_VECTOR,
                 query_filter=condition,
                 limit=top_k,
                 with_payload=list(HIT_FIELDS),
+                **request,
             ),
         )
-        return [hit for point in response.points if (hit := _hit(point)) is not None]
+        return [
+            hit
+            for point in response.points
+            if (hit := hit_from_payload(str(point.id), float(point.score), point.payload))
+            is not None
+        ]
 
     async def delete_document(
         self,
@@ -214,20 +264,90 @@ class QdrantServerIndex:
             version=version,
             except_version=keep_version,
         )
+        await self._delete(scope, condition)
+
+    async def _delete(self, scope: TenantScope, condition: AllOf) -> None:
         collection = self.collection(scope)
         selector = models.FilterSelector(filter=_client_filter(condition))
         await self._clients.run(
             scope, lambda client: client.delete(collection, points_selector=selector)
         )
 
-    async def count(self, *, scope: TenantScope) -> int:
-        """Chunks the scope may see."""
+    async def scroll_chunks(
+        self, *, scope: TenantScope, offset: str | None, limit: int
+    ) -> tuple[list[ChunkRecord], str | None]:
+        """A page of the tenant's stored chunks (all ACL groups), and the next page's offset."""
         collection = self.collection(scope)
-        condition = _client_filter(forced_condition(scope, reading=True))
+        condition = _client_filter(forced_condition(scope, reading=False))
+        records, next_offset = await self._clients.run(
+            scope,
+            lambda client: client.scroll(
+                collection,
+                scroll_filter=condition,
+                limit=limit,
+                offset=offset,
+                with_payload=True,
+                with_vectors=False,
+            ),
+        )
+        chunks = [
+            chunk
+            for record in records
+            if (chunk := chunk_from_payload(str(record.id), record.payload)) is not None
+        ]
+        return chunks, str(next_offset) if next_offset is not None else None
+
+    async def existing_ids(self, *, scope: TenantScope, chunk_ids: list[str]) -> set[str]:
+        """Which of `chunk_ids` the tenant already has."""
+        if not chunk_ids:
+            return set()
+        collection = self.collection(scope)
+        condition = _client_filter(
+            forced_condition(scope, reading=False, chunk_ids=tuple(chunk_ids))
+        )
+        records, _ = await self._clients.run(
+            scope,
+            lambda client: client.scroll(
+                collection,
+                scroll_filter=condition,
+                limit=len(chunk_ids),
+                with_payload=False,
+                with_vectors=False,
+            ),
+        )
+        return {str(record.id) for record in records}
+
+    async def delete_chunks(self, *, scope: TenantScope, chunk_ids: list[str]) -> None:
+        """Remove the tenant's chunks with these ids (another tenant's ids match nothing)."""
+        if chunk_ids:
+            await self._delete(
+                scope, forced_condition(scope, reading=False, chunk_ids=tuple(chunk_ids))
+            )
+
+    async def delete_tenant(self, *, scope: TenantScope) -> int:
+        """Remove every point of the scope's tenant (offboarding); returns how many there were.
+
+        Counted without the ACL condition of reads: offboarding removes what no user can see too.
+        """
+        before = await self.tenant_points(scope=scope)
+        await self._delete(scope, forced_condition(scope, reading=False))
+        return before
+
+    async def tenant_points(self, *, scope: TenantScope) -> int:
+        """Every point stored for the scope's tenant, whatever its ACL."""
+        return await self._count(scope, forced_condition(scope, reading=False))
+
+    async def _count(self, scope: TenantScope, condition: AllOf) -> int:
+        collection = self.collection(scope)
+        count_filter = _client_filter(condition)
         result = await self._clients.run(
-            scope, lambda client: client.count(collection, count_filter=condition, exact=True)
+            scope, lambda client: client.count(collection, count_filter=count_filter, exact=True)
         )
         return result.count
+
+    async def count(self, *, scope: TenantScope) -> int:
+        """Chunks the scope may see."""
+        return await self._count(scope, forced_condition(scope, reading=True))
 
     async def health(self) -> bool:
         """The server answers."""
@@ -250,21 +370,8 @@ def _client_clause(clause: Clause) -> models.Condition:
         return models.FieldCondition(key=clause.key, match=models.MatchValue(value=clause.value))
     if isinstance(clause, FieldIn):
         return models.FieldCondition(key=clause.key, match=models.MatchAny(any=list(clause.values)))
+    if isinstance(clause, HasId):
+        return models.HasIdCondition(has_id=list(clause.ids))
     if isinstance(clause, AnyOf):
         return models.Filter(should=[_client_clause(c) for c in clause.should])
     return _client_filter(clause)
-
-
-def _hit(point: models.ScoredPoint) -> Hit | None:
-    payload = point.payload
-    if payload is None:
-        return None
-    return Hit(
-        chunk_id=str(point.id),
-        document_id=payload[DOCUMENT_FIELD],
-        title=payload.get("title", ""),
-        section=payload.get("section", ""),
-        text=payload.get("text", ""),
-        score=float(point.score),
-        metadata=payload.get(METADATA_FIELD) or {},
-    )

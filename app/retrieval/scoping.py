@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from app.retrieval.filters import MetadataMatch, Scalar
-from app.retrieval.index import ACL_EVERYONE, ChunkRecord
+from app.retrieval.index import ACL_EVERYONE, ChunkRecord, Hit
 from app.tenancy.scope import TenantScope
 
 TENANT_FIELD = "tenant_id"
@@ -27,6 +27,12 @@ VERSION_FIELD = "_bulkhead_version"
 DOCUMENT_FIELD = "document_id"
 METADATA_FIELD = "metadata"
 HIT_FIELDS = (DOCUMENT_FIELD, "title", "section", "text", METADATA_FIELD)
+BM25_VECTOR = "bm25"
+DENSE_VECTOR = "dense"
+RRF_K = 60
+"""The constant of Reciprocal Rank Fusion, as in the original paper (Cormack et al., 2009)."""
+HYBRID_CANDIDATES = 4
+"""Each of the dense and BM25 legs contributes `top_k * HYBRID_CANDIDATES` candidates."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +52,13 @@ class FieldIn:
 
 
 @dataclass(frozen=True, slots=True)
+class HasId:
+    """The point's id is one of `ids`."""
+
+    ids: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class AllOf:
     """Every clause of `must` holds and none of `must_not` does."""
 
@@ -60,7 +73,7 @@ class AnyOf:
     should: tuple[Clause, ...]
 
 
-Clause = FieldEquals | FieldIn | AllOf | AnyOf
+Clause = FieldEquals | FieldIn | HasId | AllOf | AnyOf
 
 
 def forced_condition(
@@ -71,6 +84,7 @@ def forced_condition(
     document_id: str | None = None,
     version: int | None = None,
     except_version: int | None = None,
+    chunk_ids: tuple[str, ...] | None = None,
 ) -> AllOf:
     """The condition of every query, count, delete and conditional upsert for `scope`.
 
@@ -81,6 +95,7 @@ def forced_condition(
         document_id: Restrict to one document.
         version: Restrict to one version of it.
         except_version: Exclude one version of it.
+        chunk_ids: Restrict to these point ids (another tenant's ids then match nothing).
 
     Returns:
         `AllOf(must=(tenant, [acl], [AllOf(narrowing..., must_not=...)]))`: the tenant clause
@@ -94,6 +109,8 @@ def forced_condition(
         narrowing.append(FieldEquals(DOCUMENT_FIELD, document_id))
     if version is not None:
         narrowing.append(FieldEquals(VERSION_FIELD, version))
+    if chunk_ids is not None:
+        narrowing.append(HasId(chunk_ids))
     must_not: tuple[Clause, ...] = ()
     if except_version is not None:
         must_not = (FieldEquals(VERSION_FIELD, except_version),)
@@ -129,6 +146,39 @@ def chunk_payload(scope: TenantScope, chunk: ChunkRecord) -> dict[str, Any]:
         "text": chunk.text,
         METADATA_FIELD: chunk.metadata,
     }
+
+
+def chunk_from_payload(chunk_id: str, payload: dict[str, Any] | None) -> ChunkRecord | None:
+    """The chunk a stored payload describes (scrolls; the dense vector is not read back)."""
+    if payload is None:
+        return None
+    acl = payload.get(ACL_FIELD) or [ACL_EVERYONE]
+    return ChunkRecord(
+        chunk_id=chunk_id,
+        document_id=payload[DOCUMENT_FIELD],
+        version=int(payload.get(VERSION_FIELD, 1)),
+        index=int(payload.get("chunk_index", 0)),
+        title=payload.get("title", ""),
+        section=payload.get("section", ""),
+        text=payload.get("text", ""),
+        metadata=payload.get(METADATA_FIELD) or {},
+        acl_groups=None if acl == [ACL_EVERYONE] else tuple(acl),
+    )
+
+
+def hit_from_payload(chunk_id: str, score: float, payload: dict[str, Any] | None) -> Hit | None:
+    """The search hit a scored point's payload describes."""
+    if payload is None:
+        return None
+    return Hit(
+        chunk_id=chunk_id,
+        document_id=payload[DOCUMENT_FIELD],
+        title=payload.get("title", ""),
+        section=payload.get("section", ""),
+        text=payload.get("text", ""),
+        score=score,
+        metadata=payload.get(METADATA_FIELD) or {},
+    )
 
 
 def bm25_text(chunk: ChunkRecord) -> str:

@@ -13,10 +13,12 @@ import asyncpg
 
 from app.config import ChunkingSettings, LimitSettings
 from app.db.pool import tenant_transaction
+from app.llm.embeddings import OpenAIEmbedder
 from app.problems import NotFound, PayloadTooLarge, ValidationFailed
 from app.retrieval import repository
 from app.retrieval.chunking import chunk_text
 from app.retrieval.edge import EdgeIndex
+from app.retrieval.embedders import TenantEmbedders, chunk_embedding_text
 from app.retrieval.filters import check_metadata_key, parse_filter
 from app.retrieval.index import ChunkRecord, Hit, VectorIndex
 from app.retrieval.schemas import DocumentIn
@@ -50,9 +52,11 @@ class DocumentService:
         index: VectorIndex,
         limits: LimitSettings,
         chunking: ChunkingSettings,
+        embedders: TenantEmbedders | None = None,
     ) -> None:
         self._pool = pool
         self._index = index
+        self._embedders = embedders
         self._limits = limits
         self._chunking = chunking
 
@@ -111,22 +115,35 @@ class DocumentService:
 
         New versions are indexed first and their rows committed in one transaction; only then
         are the superseded versions' chunks removed, so search never sees an empty document.
+        A dense embedder embeds every chunk before anything is written.
 
         Returns:
             (document id, chunk count) per document.
+
+        Raises:
+            ProvidersUnavailable: The tenant's embeddings model failed (nothing was written).
+            ProviderRejected: The embeddings model refused the input (nothing was written).
         """
         with scoped_span(
             "ingest documents", scope=scope, attributes={"bulkhead.documents": len(documents)}
         ):
+            index, embedder, _ = self._route(scope)
+            vectors = None
+            if embedder is not None:
+                texts = [text for document in documents for text in _chunk_texts(document)]
+                vectors = (await embedder.embed(texts, scope=scope)).vectors
             written: list[tuple[str, int]] = []
             async with tenant_transaction(self._pool, scope=scope) as connection:
                 for document in documents:
                     version = (await repository.current_version(connection, document.id) or 0) + 1
                     written.append((document.id, version))
                 try:
+                    offset = 0
                     for document, (_, version) in zip(documents, written, strict=True):
-                        await self._index.upsert(
-                            scope=scope, chunks=_records(scope, document, version)
+                        dense = vectors[offset : offset + len(document.chunks)] if vectors else None
+                        offset += len(document.chunks)
+                        await index.upsert(
+                            scope=scope, chunks=_records(scope, document, version, dense)
                         )
                         await repository.save(
                             connection,
@@ -142,12 +159,12 @@ class DocumentService:
                         )
                 except BaseException:
                     for document_id, version in written:
-                        await self._index.delete_document(
+                        await index.delete_document(
                             scope=scope, document_id=document_id, version=version
                         )
                     raise
             for document_id, version in written:
-                await self._index.delete_document(
+                await index.delete_document(
                     scope=scope, document_id=document_id, keep_version=version
                 )
         return [(d.id, len(d.chunks)) for d in documents]
@@ -179,7 +196,8 @@ class DocumentService:
                 raise NotFound(f"no document {document_id!r}")
             # Vectors go before the row commits: if this fails the row stays and the
             # client can retry; the reverse order could leave orphaned vectors.
-            await self._index.delete_document(scope=scope, document_id=document_id)
+            index, _, _ = self._route(scope)
+            await index.delete_document(scope=scope, document_id=document_id)
 
     async def search(
         self,
@@ -201,20 +219,50 @@ class DocumentService:
         if not 1 <= k <= limits.max_top_k:
             raise ValidationFailed(f"top_k: between 1 and {limits.max_top_k}")
         matches = parse_filter(raw_filter)
+        index, embedder, kind = self._route(scope)
         with scoped_span(
-            "retrieval bm25",
+            f"retrieval {kind}",
             scope=scope,
             attributes={
                 "bulkhead.retrieval.top_k": k,
                 "bulkhead.retrieval.filtered": bool(matches),
             },
         ) as span:
-            hits = await self._index.search(scope=scope, query=query, top_k=k, matches=matches)
+            if embedder is None:
+                hits = await index.search(scope=scope, query=query, top_k=k, matches=matches)
+            else:
+                dense = (await embedder.embed([query], scope=scope)).vectors[0]
+                hits = await index.search(
+                    scope=scope,
+                    query=query,
+                    top_k=k,
+                    matches=matches,
+                    dense=dense,
+                    lexical=kind == "hybrid",
+                )
             span.set_attribute("bulkhead.retrieval.hits", len(hits))
         return hits
 
+    def _route(self, scope: TenantScope) -> tuple[VectorIndex, OpenAIEmbedder | None, str]:
+        """The tenant's index, its dense embedder (None: BM25 only) and the embedder kind."""
+        if self._embedders is None:
+            return self._index, None, "bm25"
+        route = self._embedders.route(scope)
+        return route.index, route.embedder, route.spec.kind
 
-def _records(scope: TenantScope, document: PreparedDocument, version: int) -> list[ChunkRecord]:
+
+def _chunk_texts(document: PreparedDocument) -> list[str]:
+    return [
+        chunk_embedding_text(document.title, section, text) for _, section, text in document.chunks
+    ]
+
+
+def _records(
+    scope: TenantScope,
+    document: PreparedDocument,
+    version: int,
+    dense: list[list[float]] | None = None,
+) -> list[ChunkRecord]:
     return [
         ChunkRecord(
             chunk_id=EdgeIndex.point_id(scope.tenant_id, document.id, version, index),
@@ -226,8 +274,9 @@ def _records(scope: TenantScope, document: PreparedDocument, version: int) -> li
             text=text,
             metadata=document.metadata,
             acl_groups=document.acl_groups,
+            dense=dense[position] if dense is not None else None,
         )
-        for index, section, text in document.chunks
+        for position, (index, section, text) in enumerate(document.chunks)
     ]
 
 

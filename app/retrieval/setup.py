@@ -15,14 +15,14 @@ from app.config import Settings
 from app.retrieval.edge import EdgeIndex
 from app.retrieval.index import VectorIndex
 from app.retrieval.qdrant_clients import ScopedKeyClients, SharedClient
-from app.retrieval.qdrant_keys import TenantKeyMinter
+from app.retrieval.qdrant_keys import TenantKeyMinter, jwt_ref
 from app.retrieval.qdrant_server import CollectionNames, Isolation, IsolationOf, QdrantServerIndex
-from app.secrets.backend import SecretsBackend
+from app.secrets.backend import SecretNotFound, SecretsBackend
 from app.secrets.cache import SecretCache
 from app.secrets.scrub import register_secret
 from app.secrets.values import SecretRef, SecretValue
 from app.tenancy.manifest import ManifestError, TenantManifest
-from app.tenancy.scope import TenantScope
+from app.tenancy.scope import Role, TenantScope
 
 _log = logging.getLogger(__name__)
 
@@ -33,13 +33,40 @@ def check_isolation(settings: Settings, manifest: TenantManifest) -> None:
     """Refuse a manifest the configured backend cannot honour.
 
     Raises:
-        ManifestError: `isolation: dedicated` on Qdrant Edge, whose one shard holds everyone.
+        ManifestError: `isolation: dedicated` on Qdrant Edge, whose one shard holds everyone;
+            or a dense/hybrid embedder on the Qdrant server backend, whose adapter supports
+            dense vectors but whose per-space collections are not wired yet (searching such
+            a tenant with BM25 alone would silently ignore its embedder).
     """
     if settings.vectors.backend == "edge" and manifest.retrieval.isolation == "dedicated":
         raise ManifestError(
             f"{manifest.id}: retrieval.isolation: dedicated needs the Qdrant server backend"
             " (BULKHEAD_VECTORS__BACKEND=qdrant); Qdrant Edge keeps every tenant in one shard"
         )
+    if settings.vectors.backend == "qdrant" and manifest.retrieval.embedder != "bm25":
+        raise ManifestError(
+            f"{manifest.id}: retrieval.embedder {manifest.retrieval.embedder!r} needs the Qdrant"
+            " Edge backend; the Qdrant server backend serves bm25 only for now"
+        )
+
+
+async def provision_server_tenant(
+    settings: Settings, secrets: SecretsBackend, manifest: TenantManifest
+) -> str:
+    """Server mode: create the tenant's collections and mint its scoped key; say how it stands.
+
+    Raises:
+        SecretsBackendUnavailable: The key could not be stored.
+    """
+    async with open_qdrant_admin(settings, secrets) as admin:
+        outcome = await admin.minter.ensure(manifest.id, manifest.retrieval.isolation)
+    where = CollectionNames(settings.vectors.qdrant.collection_prefix).for_tenant(
+        manifest.id, manifest.retrieval.isolation
+    )
+    if outcome.minted:
+        return f"Qdrant collection {where} ready; scoped key minted ({outcome.reason})"
+    detail = f" ({outcome.reason})" if outcome.reason else " (current key kept)"
+    return f"Qdrant collection {where} ready; no key minted{detail}"
 
 
 async def cluster_key(settings: Settings, secrets: SecretsBackend) -> SecretValue | None:
@@ -157,6 +184,60 @@ async def open_vector_index(
                 await task
             if isinstance(clients, ScopedKeyClients):
                 await clients.close()
+
+
+async def purge_server_tenant(settings: Settings, secrets: SecretsBackend, tenant_id: str) -> str:
+    """Offboarding in server mode: revoke the tenant's keys, delete its points and collection.
+
+    Revocation first (its JWT stops working at once), then its points in the shared
+    collection, then its dedicated collection if there is one (both are swept, whatever the
+    manifest says now), then its stored JWT if still there. Points go through the adapter, so
+    the delete is the forced tenant condition like every other vector operation.
+
+    Returns:
+        What was deleted, or why the running service is left to do it (local mode: its
+        directory is locked by the one process that may open it).
+    """
+    try:
+        async with open_qdrant_admin(settings, secrets) as admin:
+            return await _purge(
+                admin, secrets, settings.vectors.qdrant.collection_prefix, tenant_id
+            )
+    except RuntimeError as exc:
+        if "already accessed" not in str(exc):
+            raise
+        return "the running service deletes the tenant's vectors when it sees the tenant removed"
+
+
+async def _purge(admin: QdrantAdmin, secrets: SecretsBackend, prefix: str, tenant_id: str) -> str:
+    names = CollectionNames(prefix)
+    scope = TenantScope(tenant_id=tenant_id, subject="bulkhead:offboard", roles=frozenset())
+    await admin.minter.revoke(tenant_id)
+    deleted = 0
+    if await admin.client.collection_exists(names.shared):
+        shared = QdrantServerIndex(
+            SharedClient(admin.client), isolation_of=lambda _: "shared", names=names
+        )
+        deleted += await shared.delete_tenant(scope=scope)
+    dedicated = names.dedicated(tenant_id)
+    dropped = ""
+    if await admin.client.collection_exists(dedicated):
+        own = QdrantServerIndex(
+            SharedClient(admin.client), isolation_of=lambda _: "dedicated", names=names
+        )
+        deleted += await own.tenant_points(scope=scope)
+        await admin.client.delete_collection(dedicated)
+        dropped = f"; dropped collection {dedicated}"
+    # Usually gone already (offboarding deletes every secret of the tenant first).
+    with contextlib.suppress(SecretNotFound):
+        await secrets.delete(jwt_ref(tenant_id), scope=_admin_scope(tenant_id))
+    return f"deleted {deleted} vectors{dropped}; Qdrant key revoked, its record and JWT deleted"
+
+
+def _admin_scope(tenant_id: str) -> TenantScope:
+    return TenantScope(
+        tenant_id=tenant_id, subject="bulkhead:offboard", roles=frozenset({Role.ADMIN})
+    )
 
 
 async def refresh_tenants(

@@ -86,7 +86,10 @@ async def test_apply_provisions_and_rotation_revokes_then_remints(
     again = await _cli(["tenants", "apply", str(path)])
 
     assert created.exit_code == 0, created.output
-    assert again.output.strip() == f"{tenant_id}: unchanged"
+    assert f"Qdrant collection bulkhead_t_{tenant_id} ready; scoped key minted" in created.output
+    assert again.exit_code == 0, again.output
+    assert f"{tenant_id}: manifest unchanged" in again.output
+    assert "no key minted (current key kept)" in again.output
     first = await secrets.get(jwt_ref(tenant_id), scope=_scope(tenant_id))
     claims = read_claims(first, CLUSTER_KEY)
     assert claims is not None
