@@ -39,6 +39,7 @@ class Harness:
     client: AsyncQdrantClient | None = None
     names: CollectionNames = field(default_factory=CollectionNames)
     isolation: dict[str, Isolation] = field(default_factory=dict)
+    dense_size: int | None = None
 
     async def onboard(self, tenant_id: str) -> None:
         """Make the tenant's collection exist (what the key minter does at onboarding)."""
@@ -46,16 +47,20 @@ class Harness:
             return
         mode: Isolation = "dedicated" if self.kind == "qdrant-dedicated" else "shared"
         self.isolation[tenant_id] = mode
-        await ensure_collection(self.client, self.names.for_tenant(tenant_id, mode))
+        await ensure_collection(
+            self.client, self.names.for_tenant(tenant_id, mode), dense_size=self.dense_size
+        )
 
 
 @asynccontextmanager
-async def open_harness(kind: str, tmp: Path) -> AsyncIterator[Harness]:
-    """A fresh, empty index of `kind` (one of ADAPTERS)."""
+async def open_harness(
+    kind: str, tmp: Path, *, dense_size: int | None = None
+) -> AsyncIterator[Harness]:
+    """A fresh, empty index of `kind` (one of ADAPTERS); with `dense_size`, a dense space."""
     if kind == "edge":
-        edge = EdgeIndex.open(tmp / "edge")
+        edge = EdgeIndex.open(tmp / "edge", dense_size=dense_size)
         try:
-            yield Harness(index=edge, kind=kind)
+            yield Harness(index=edge, kind=kind, dense_size=dense_size)
         finally:
             await edge.close()
         return
@@ -66,9 +71,17 @@ async def open_harness(kind: str, tmp: Path) -> AsyncIterator[Harness]:
         SharedClient(client),
         isolation_of=lambda tenant_id: isolation.get(tenant_id, "shared"),
         names=names,
+        dense_size=dense_size,
     )
-    harness = Harness(index=index, kind=kind, client=client, names=names, isolation=isolation)
-    await ensure_collection(client, names.shared)
+    harness = Harness(
+        index=index,
+        kind=kind,
+        client=client,
+        names=names,
+        isolation=isolation,
+        dense_size=dense_size,
+    )
+    await ensure_collection(client, names.shared, dense_size=dense_size)
     try:
         yield harness
     finally:
@@ -95,6 +108,7 @@ def chunk(
     metadata: dict[str, Any] | None = None,
     acl: tuple[str, ...] | None = None,
     chunk_id: str | None = None,
+    dense: list[float] | None = None,
 ) -> ChunkRecord:
     """A chunk with the deterministic id ingestion would give it."""
     return ChunkRecord(
@@ -107,4 +121,5 @@ def chunk(
         text=text,
         metadata=metadata or {},
         acl_groups=acl,
+        dense=dense,
     )

@@ -5,7 +5,8 @@ Hypothesis draws tenants, documents (with ACL groups and metadata that imitates 
 condition: keys naming `tenant_id` or `_bulkhead*`, dotted/nested keys, lists, nested objects,
 `should`/`$or`-style keys and operators. Every filter either is refused with a 422 or narrows
 the caller's view; the model of what a caller may see is computed independently of the code
-under test. Qdrant server runs as qdrant-client's local mode (no server binary here).
+under test. BM25, dense and hybrid (RRF) searches are checked, and so are the tenant-wide reads
+(scrolls and id lookups). Qdrant server runs as qdrant-client's local mode (no server binary).
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ from app.problems import ValidationFailed
 from app.retrieval.filters import parse_filter
 from app.retrieval.index import ACL_EVERYONE
 from app.retrieval.scoping import TENANT_FIELD, AllOf, FieldEquals, FieldIn, forced_condition
-from tests.integration.index_harness import ADAPTERS, chunk, open_harness, scope
+from app.tenancy.scope import TenantScope
+from tests.integration.index_harness import ADAPTERS, Harness, chunk, open_harness, scope
 
 TENANTS = ("acme", "globex", "initech")
 GROUPS = ("hr", "eng", "board", ACL_EVERYONE, "acme", "tenant_id")
@@ -89,6 +91,12 @@ CALLERS = st.lists(
     min_size=1,
     max_size=4,
 )
+SEARCH_MODES: tuple[dict[str, Any], ...] = (
+    {},
+    {"dense": [1.0, 0.5], "lexical": False},
+    {"dense": [1.0, 0.5]},
+)
+"""BM25, dense nearest neighbours, and hybrid (both fused with RRF)."""
 PROPERTY_SETTINGS = settings(
     max_examples=30,
     deadline=None,
@@ -110,10 +118,11 @@ async def _check(
     callers: list[tuple[str, list[str], Any]],
 ) -> None:
     with tempfile.TemporaryDirectory() as tmp:
-        async with open_harness(kind, Path(tmp)) as harness:
+        async with open_harness(kind, Path(tmp), dense_size=2) as harness:
             for tenant in (*TENANTS, "umbrella"):
                 await harness.onboard(tenant)
             owners: dict[str, tuple[str, list[str] | None]] = {}
+            ids: dict[str, str] = {}
             for number, (tenant, acl, metadata) in enumerate(documents):
                 doc_id = f"doc{number}"
                 owners[doc_id] = (tenant, acl)
@@ -123,8 +132,10 @@ async def _check(
                     f"alpha report {number}",
                     metadata=metadata,
                     acl=tuple(acl) if acl is not None else None,
+                    dense=[1.0, float(number % 3)],
                 )
                 await harness.index.upsert(scope=scope(tenant), chunks=[record])
+                ids[record.chunk_id] = doc_id
             for tenant, groups, raw_filter in callers:
                 matches = None
                 refusal: ValidationFailed | None = None
@@ -135,17 +146,33 @@ async def _check(
                 assert refusal is None or refusal.status == 422
                 caller = scope(tenant, *groups)
                 allowed = {d for d, (t, acl) in owners.items() if _visible(t, acl, tenant, groups)}
-                if matches is not None:
-                    hits = await harness.index.search(
-                        scope=caller, query="alpha report", top_k=50, matches=matches
+                for mode in SEARCH_MODES:
+                    if matches is not None:
+                        hits = await harness.index.search(
+                            scope=caller, query="alpha report", top_k=50, matches=matches, **mode
+                        )
+                        leaked = {h.document_id for h in hits} - allowed
+                        assert not leaked, f"{kind} {mode}: {tenant}{groups} {raw_filter} {leaked}"
+                    unfiltered = await harness.index.search(
+                        scope=caller, query="alpha report", top_k=50, **mode
                     )
-                    leaked = {h.document_id for h in hits} - allowed
-                    assert not leaked, f"{kind}: {tenant}{groups} with {raw_filter} saw {leaked}"
-                unfiltered = await harness.index.search(
-                    scope=caller, query="alpha report", top_k=50
-                )
-                assert {h.document_id for h in unfiltered} == allowed
+                    assert {h.document_id for h in unfiltered} == allowed, mode
                 assert await harness.index.count(scope=caller) == len(allowed)
+                await _check_tenant_reads(harness, caller, owners, ids)
+
+
+async def _check_tenant_reads(
+    harness: Harness,
+    caller: TenantScope,
+    owners: dict[str, tuple[str, list[str] | None]],
+    ids: dict[str, str],
+) -> None:
+    """Scrolls and id lookups see the caller's tenant's chunks, all ACLs, and nothing else."""
+    own = {d for d, (t, _) in owners.items() if t == caller.tenant_id}
+    page, _ = await harness.index.scroll_chunks(scope=caller, offset=None, limit=50)
+    assert {c.document_id for c in page} == own
+    found = await harness.index.existing_ids(scope=caller, chunk_ids=list(ids))
+    assert {ids[i] for i in found} == own
 
 
 @pytest.mark.parametrize("kind", ADAPTERS)
