@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+from typing import cast
+
 import pytest
+from click.testing import CliRunner
 from pydantic import ValidationError
 
-from app.config import Settings
+from app.config import Settings, get_settings
+from app.retrieval.cli import reindex
+from app.retrieval.embedder_spec import EmbedderSpec
+from app.retrieval.embedders import DenseSpacesUnavailable, VectorSpaces
+from app.retrieval.index import VectorIndex
 from app.retrieval.setup import check_isolation
 from app.tenancy.manifest import ManifestError, RetrievalSpec, TenantManifest
 
@@ -75,3 +82,34 @@ def test_edge_refuses_a_dedicated_manifest_and_server_mode_accepts_it() -> None:
         manifest,
     )
     check_isolation(Settings(), TenantManifest(id="acme", name="Acme"))
+
+
+@pytest.mark.parametrize("embedder", ["openai:text-embedding-3-small", "hybrid:openai:m/256"])
+def test_server_mode_refuses_a_dense_embedder_rather_than_serving_bm25(embedder: str) -> None:
+    manifest = TenantManifest(id="acme", name="Acme", retrieval=RetrievalSpec(embedder=embedder))
+    server = Settings(dev=True, vectors={"backend": "qdrant"})  # type: ignore[arg-type]
+
+    with pytest.raises(ManifestError, match="needs the Qdrant Edge backend"):
+        check_isolation(server, manifest)
+    check_isolation(Settings(), manifest)
+
+
+def test_vector_spaces_without_a_dense_root_refuse_a_dense_space() -> None:
+    spaces = VectorSpaces(cast(VectorIndex, object()), None, search_threads=1)
+
+    with pytest.raises(DenseSpacesUnavailable, match="need the Qdrant Edge backend"):
+        spaces.index_for(EmbedderSpec.parse("hybrid:openai:m/256"))
+    assert spaces.index_for(EmbedderSpec.parse("bm25")) is spaces.bm25
+
+
+def test_reindex_refuses_the_server_backend(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BULKHEAD_DEV", "1")
+    monkeypatch.setenv("BULKHEAD_VECTORS__BACKEND", "qdrant")
+    get_settings.cache_clear()
+    try:
+        result = CliRunner().invoke(reindex, ["--tenant", "acme", "--embedder", "bm25"])
+    finally:
+        get_settings.cache_clear()
+
+    assert result.exit_code == 1
+    assert "reindex needs the Qdrant Edge backend" in result.output
