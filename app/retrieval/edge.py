@@ -3,6 +3,10 @@
 Isolation lives in `_scoped_filter`, the one function that builds the filter of every query,
 count and delete; upserts stamp `tenant_id` from the scope in `_payload` and are conditional on
 the same filter, so a point of another tenant can never be overwritten.
+
+Re-ingestion writes a new version *pending*: its chunks carry an empty ACL list, which matches
+no reader's ACL condition, so searches keep seeing the old version while the new one is
+embedded and written. `publish` then reveals the new version and removes the older ones.
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ def _scoped_filter(
     document_id: str | None = None,
     version: int | None = None,
     except_version: int | None = None,
+    before_version: int | None = None,
 ) -> qe.Filter:
     """The filter of every vector operation: the tenant (and, for reads, ACL) first.
 
@@ -53,6 +58,10 @@ def _scoped_filter(
         narrowing.append(qe.FieldCondition(DOCUMENT_FIELD, match=qe.MatchValue(document_id)))
     if version is not None:
         narrowing.append(qe.FieldCondition(VERSION_FIELD, match=qe.MatchValue(version)))
+    if before_version is not None:
+        narrowing.append(
+            qe.FieldCondition(VERSION_FIELD, range=qe.RangeFloat(lt=float(before_version)))
+        )
     must_not: list[Any] = []
     if except_version is not None:
         must_not.append(qe.FieldCondition(VERSION_FIELD, match=qe.MatchValue(except_version)))
@@ -74,12 +83,17 @@ def _metadata_condition(match: MetadataMatch) -> Any:
     return qe.Filter(should=[qe.FieldCondition(key, match=qe.MatchValue(v)) for v in match.values])
 
 
-def _payload(scope: TenantScope, chunk: ChunkRecord) -> dict[str, Any]:
+def _acl(groups: tuple[str, ...] | None) -> list[str]:
+    return list(groups) if groups is not None else [ACL_EVERYONE]
+
+
+def _payload(scope: TenantScope, chunk: ChunkRecord, *, pending: bool) -> dict[str, Any]:
     return {
         TENANT_FIELD: scope.tenant_id,
         DOCUMENT_FIELD: chunk.document_id,
         VERSION_FIELD: chunk.version,
-        ACL_FIELD: list(chunk.acl_groups) if chunk.acl_groups is not None else [ACL_EVERYONE],
+        # No group at all while pending: no reader's ACL condition can match it.
+        ACL_FIELD: [] if pending else _acl(chunk.acl_groups),
         "chunk_index": chunk.index,
         "title": chunk.title,
         "section": chunk.section,
@@ -135,8 +149,13 @@ class EdgeIndex:
     def _embed_document(self, chunk: ChunkRecord) -> qe.SparseVector:
         return self._bm25.embed_document(f"{chunk.title}\n{chunk.section}\n{chunk.text}")
 
-    async def upsert(self, *, scope: TenantScope, chunks: list[ChunkRecord]) -> None:
-        """Index `chunks` as the scope's tenant's (BM25 embedding runs off the event loop)."""
+    async def upsert(
+        self, *, scope: TenantScope, chunks: list[ChunkRecord], pending: bool = False
+    ) -> None:
+        """Index `chunks` as the scope's tenant's (BM25 embedding runs off the event loop).
+
+        With `pending`, the chunks stay invisible to every search until `publish`.
+        """
         if not chunks:
             return
 
@@ -145,7 +164,7 @@ class EdgeIndex:
                 qe.Point(
                     chunk.chunk_id,
                     {BM25_VECTOR: self._embed_document(chunk)},
-                    _payload(scope, chunk),
+                    _payload(scope, chunk, pending=pending),
                 )
                 for chunk in chunks
             ]
@@ -198,6 +217,32 @@ class EdgeIndex:
             await asyncio.to_thread(
                 self._shard.update, qe.UpdateOperation.delete_points_by_filter(condition)
             )
+
+    async def publish(
+        self,
+        *,
+        scope: TenantScope,
+        document_id: str,
+        version: int,
+        acl_groups: tuple[str, ...] | None,
+    ) -> None:
+        """Reveal a pending `version` of a document and remove its older versions.
+
+        Both updates run back to back on the event loop's thread, where every search of this
+        process runs, so no search sees the document twice (both versions) or not at all.
+        Removing only *older* versions keeps a slower, superseded publish from deleting a newer
+        version that was published first.
+        """
+        reveal = qe.UpdateOperation.set_payload_by_filter(
+            _scoped_filter(scope, reading=False, document_id=document_id, version=version),
+            {ACL_FIELD: _acl(acl_groups)},
+        )
+        retire = qe.UpdateOperation.delete_points_by_filter(
+            _scoped_filter(scope, reading=False, document_id=document_id, before_version=version)
+        )
+        async with self._write_lock:
+            self._shard.update(reveal)
+            self._shard.update(retire)
 
     async def count(self, *, scope: TenantScope) -> int:
         """Chunks the scope may see."""

@@ -47,8 +47,24 @@ class Hit:
 class VectorIndex(Protocol):
     """A tenant-isolating vector store."""
 
-    async def upsert(self, *, scope: TenantScope, chunks: list[ChunkRecord]) -> None:
-        """Index `chunks` as the scope's tenant's."""
+    async def upsert(
+        self, *, scope: TenantScope, chunks: list[ChunkRecord], pending: bool = False
+    ) -> None:
+        """Index `chunks` as the scope's tenant's; `pending` ones stay hidden until `publish`."""
+        ...
+
+    async def publish(
+        self,
+        *,
+        scope: TenantScope,
+        document_id: str,
+        version: int,
+        acl_groups: tuple[str, ...] | None,
+    ) -> None:
+        """Reveal a pending version of a document and remove its older versions.
+
+        Readers must never see both versions, nor neither: the switch is atomic to searches.
+        """
         ...
 
     async def search(

@@ -5,6 +5,8 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import re
+import unicodedata
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -12,7 +14,7 @@ from typing import Any
 import asyncpg
 
 from app.config import ChunkingSettings, LimitSettings
-from app.db.pool import tenant_transaction
+from app.db.pool import Connection, tenant_transaction
 from app.problems import NotFound, PayloadTooLarge, ValidationFailed
 from app.retrieval import repository
 from app.retrieval.chunking import chunk_text
@@ -25,6 +27,18 @@ from app.tenancy.scope import TenantScope
 
 MAX_METADATA_LIST = 100
 MAX_METADATA_STRING = 1_000
+# C0/C1 control characters other than tab and newline: never text, and NUL breaks Postgres.
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def normalise_text(text: str) -> str:
+    """The form of a document's text that is hashed, chunked and indexed.
+
+    Every ingestion path (JSON, uploads, the sample corpus) goes through here exactly once,
+    so a transformation of document text belongs in this function.
+    """
+    text = text.replace("\r\n", "\n").replace("\r", "\n")
+    return _CONTROL.sub("", unicodedata.normalize("NFC", text))
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +70,11 @@ class DocumentService:
         self._limits = limits
         self._chunking = chunking
 
+    @property
+    def limits(self) -> LimitSettings:
+        """The input bounds this service enforces."""
+        return self._limits
+
     def prepare(self, documents: list[DocumentIn]) -> list[PreparedDocument]:
         """Validate and chunk a batch before anything is written.
 
@@ -72,7 +91,8 @@ class DocumentService:
         seen: set[str] = set()
         for position, document in enumerate(documents):
             where = f"documents[{position}]"
-            if len(document.text) > limits.max_document_chars:
+            text = normalise_text(document.text)
+            if len(text) > limits.max_document_chars:
                 raise PayloadTooLarge(
                     f"{where}.text: at most {limits.max_document_chars} characters"
                 )
@@ -86,7 +106,7 @@ class DocumentService:
                 raise ValidationFailed(f"{where}.id: {document_id!r} appears twice in this request")
             seen.add(document_id)
             chunks = chunk_text(
-                document.text,
+                text,
                 target_chars=self._chunking.target_chars,
                 overlap_chars=self._chunking.overlap_chars,
             )
@@ -98,7 +118,7 @@ class DocumentService:
                     title=document.title,
                     metadata=document.metadata,
                     acl_groups=tuple(sorted(set(document.acl.groups))) if document.acl else None,
-                    content_sha256=hashlib.sha256(document.text.encode()).hexdigest(),
+                    content_sha256=hashlib.sha256(text.encode()).hexdigest(),
                     chunks=[(c.index, c.section, c.text) for c in chunks],
                 )
             )
@@ -109,8 +129,10 @@ class DocumentService:
     ) -> list[tuple[str, int]]:
         """Write a prepared batch: all of it or, on failure, none of it.
 
-        New versions are indexed first and their rows committed in one transaction; only then
-        are the superseded versions' chunks removed, so search never sees an empty document.
+        Each document's new version is indexed *pending* (invisible to search) and its row
+        saved in one transaction that holds the row locks; after the commit, each version is
+        published: revealed and its predecessors removed in one step for searches, so a
+        re-ingested document is never seen twice nor missing.
 
         Returns:
             (document id, chunk count) per document.
@@ -118,39 +140,50 @@ class DocumentService:
         with scoped_span(
             "ingest documents", scope=scope, attributes={"bulkhead.documents": len(documents)}
         ):
-            written: list[tuple[str, int]] = []
+            written: list[tuple[PreparedDocument, int]] = []
             async with tenant_transaction(self._pool, scope=scope) as connection:
                 for document in documents:
                     version = (await repository.current_version(connection, document.id) or 0) + 1
-                    written.append((document.id, version))
+                    written.append((document, version))
                 try:
-                    for document, (_, version) in zip(documents, written, strict=True):
-                        await self._index.upsert(
-                            scope=scope, chunks=_records(scope, document, version)
-                        )
-                        await repository.save(
-                            connection,
-                            tenant_id=scope.tenant_id,
-                            document_id=document.id,
-                            title=document.title,
-                            metadata=document.metadata,
-                            acl_groups=list(document.acl_groups) if document.acl_groups else None,
-                            chunk_count=len(document.chunks),
-                            content_sha256=document.content_sha256,
-                            version=version,
-                            created_by=scope.subject,
-                        )
+                    for document, version in written:
+                        await self._write_pending(connection, scope, document, version)
                 except BaseException:
-                    for document_id, version in written:
+                    for document, version in written:
                         await self._index.delete_document(
-                            scope=scope, document_id=document_id, version=version
+                            scope=scope, document_id=document.id, version=version
                         )
                     raise
-            for document_id, version in written:
-                await self._index.delete_document(
-                    scope=scope, document_id=document_id, keep_version=version
+            for document, version in written:
+                await self._index.publish(
+                    scope=scope,
+                    document_id=document.id,
+                    version=version,
+                    acl_groups=document.acl_groups,
                 )
         return [(d.id, len(d.chunks)) for d in documents]
+
+    async def _write_pending(
+        self, connection: Connection, scope: TenantScope, document: PreparedDocument, version: int
+    ) -> None:
+        # Leftovers of an attempt at this version whose commit failed would otherwise be
+        # revealed with it; the row lock keeps every other writer off this version.
+        await self._index.delete_document(scope=scope, document_id=document.id, version=version)
+        await self._index.upsert(
+            scope=scope, chunks=_records(scope, document, version), pending=True
+        )
+        await repository.save(
+            connection,
+            tenant_id=scope.tenant_id,
+            document_id=document.id,
+            title=document.title,
+            metadata=document.metadata,
+            acl_groups=list(document.acl_groups) if document.acl_groups else None,
+            chunk_count=len(document.chunks),
+            content_sha256=document.content_sha256,
+            version=version,
+            created_by=scope.subject,
+        )
 
     async def list_page(
         self, *, scope: TenantScope, cursor: str | None, limit: int
