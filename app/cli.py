@@ -1,4 +1,4 @@
-"""The `bulkhead` command: dev, serve, migrate, tenants, token."""
+"""The `bulkhead` command: dev, serve, migrate, tenants, token, keys, secrets, ingest."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from app.config import Settings, get_settings
 from app.db.pool import connect
 from app.identity.cli import keys
 from app.identity.dev_issuer import DevIssuer
+from app.retrieval.cli import ingest
 from app.secrets.admin import secrets as secrets_group
 from app.secrets.kek import MasterKeyError, load_master_key
 from app.secrets.scrub import install_scrubbing
@@ -216,6 +217,8 @@ def token(tenant: str, subject: str, roles: str, groups: str, ttl: int) -> None:
 main.add_command(secrets_group)
 
 main.add_command(keys)
+
+main.add_command(ingest)
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())
