@@ -11,6 +11,7 @@ from typing import Any
 
 import click
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -159,7 +160,7 @@ def run_ingest(options: IngestOptions, paths: list[Path], *, console: Console) -
         with progress:
             asyncio.run(ingester.run(files))
     except FatalIngestError as exc:
-        console.print(f"[red]error:[/red] {exc}")
+        console.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
         status = EXIT_FATAL
     except KeyboardInterrupt:
         console.print("[yellow]interrupted:[/yellow] rerun the same command to resume")
@@ -171,7 +172,11 @@ def run_ingest(options: IngestOptions, paths: list[Path], *, console: Console) -
 
 
 def _print_failure(console: Console, failure: FileFailure) -> None:
-    console.print(f"[red]failed[/red] {failure.path}: {failure.reason}", highlight=False)
+    console.print(
+        f"[red]failed[/red] {escape(str(failure.path))}: {escape(failure.reason)}",
+        highlight=False,
+        soft_wrap=True,
+    )
 
 
 def _print_summary(console: Console, report: IngestReport) -> None:
@@ -179,6 +184,11 @@ def _print_summary(console: Console, report: IngestReport) -> None:
         f"{report.ingested} ingested ({report.chunks} chunks), {report.unchanged} unchanged"
         f" (skipped), {len(report.failures)} failed, of {report.total} files",
         highlight=False,
+        soft_wrap=True,
     )
     for failure in report.failures:
-        console.print(f"  {failure.path}: {failure.reason}", highlight=False)
+        console.print(
+            f"  {escape(str(failure.path))}: {escape(failure.reason)}",
+            highlight=False,
+            soft_wrap=True,
+        )
