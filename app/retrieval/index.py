@@ -32,6 +32,16 @@ class ChunkRecord:
 
 
 @dataclass(frozen=True, slots=True)
+class DocumentVersion:
+    """A version of a document to publish, with the ACL its chunks get once visible."""
+
+    document_id: str
+    version: int
+    acl_groups: tuple[str, ...] | None
+    """None: visible to the whole tenant."""
+
+
+@dataclass(frozen=True, slots=True)
 class Hit:
     """A search result."""
 
@@ -50,20 +60,18 @@ class VectorIndex(Protocol):
     async def upsert(
         self, *, scope: TenantScope, chunks: list[ChunkRecord], pending: bool = False
     ) -> None:
-        """Index `chunks` as the scope's tenant's; `pending` ones stay hidden until `publish`."""
+        """Index `chunks` as the scope's tenant's.
+
+        `pending` chunks stay hidden until `publish` and replace whatever an unpublished
+        earlier attempt left at the same (document, version).
+        """
         ...
 
-    async def publish(
-        self,
-        *,
-        scope: TenantScope,
-        document_id: str,
-        version: int,
-        acl_groups: tuple[str, ...] | None,
-    ) -> None:
-        """Reveal a pending version of a document and remove its older versions.
+    async def publish(self, *, scope: TenantScope, versions: list[DocumentVersion]) -> None:
+        """Reveal pending document versions and remove their documents' older versions.
 
-        Readers must never see both versions, nor neither: the switch is atomic to searches.
+        Readers must never see a document twice, nor not at all: the switch of the whole batch
+        is atomic to searches.
         """
         ...
 

@@ -20,7 +20,7 @@ from app.retrieval import repository
 from app.retrieval.chunking import chunk_text
 from app.retrieval.edge import EdgeIndex
 from app.retrieval.filters import check_metadata_key, parse_filter
-from app.retrieval.index import ChunkRecord, Hit, VectorIndex
+from app.retrieval.index import ChunkRecord, DocumentVersion, Hit, VectorIndex
 from app.retrieval.schemas import DocumentIn
 from app.telemetry.spans import scoped_span
 from app.tenancy.scope import TenantScope
@@ -100,6 +100,8 @@ class DocumentService:
                 raise ValidationFailed(
                     f"{where}.title: at most {limits.max_title_chars} characters"
                 )
+            if "\x00" in document.title:
+                raise ValidationFailed(f"{where}.title: NUL characters are not allowed")
             _check_metadata(document.metadata, where=f"{where}.metadata", limits=limits)
             document_id = document.id or uuid.uuid4().hex
             if document_id in seen:
@@ -130,9 +132,9 @@ class DocumentService:
         """Write a prepared batch: all of it or, on failure, none of it.
 
         Each document's new version is indexed *pending* (invisible to search) and its row
-        saved in one transaction that holds the row locks; after the commit, each version is
-        published: revealed and its predecessors removed in one step for searches, so a
-        re-ingested document is never seen twice nor missing.
+        saved in one transaction that holds the row locks; after the commit the batch is
+        published: its versions revealed and their predecessors removed in one step for
+        searches, so a re-ingested document is never seen twice nor missing.
 
         Returns:
             (document id, chunk count) per document.
@@ -146,32 +148,28 @@ class DocumentService:
                     version = (await repository.current_version(connection, document.id) or 0) + 1
                     written.append((document, version))
                 try:
+                    await self._index.upsert(
+                        scope=scope,
+                        chunks=[r for d, v in written for r in _records(scope, d, v)],
+                        pending=True,
+                    )
                     for document, version in written:
-                        await self._write_pending(connection, scope, document, version)
+                        await self._save_row(connection, scope, document, version)
                 except BaseException:
                     for document, version in written:
                         await self._index.delete_document(
                             scope=scope, document_id=document.id, version=version
                         )
                     raise
-            for document, version in written:
-                await self._index.publish(
-                    scope=scope,
-                    document_id=document.id,
-                    version=version,
-                    acl_groups=document.acl_groups,
-                )
+            await self._index.publish(
+                scope=scope,
+                versions=[DocumentVersion(d.id, v, d.acl_groups) for d, v in written],
+            )
         return [(d.id, len(d.chunks)) for d in documents]
 
-    async def _write_pending(
+    async def _save_row(
         self, connection: Connection, scope: TenantScope, document: PreparedDocument, version: int
     ) -> None:
-        # Leftovers of an attempt at this version whose commit failed would otherwise be
-        # revealed with it; the row lock keeps every other writer off this version.
-        await self._index.delete_document(scope=scope, document_id=document.id, version=version)
-        await self._index.upsert(
-            scope=scope, chunks=_records(scope, document, version), pending=True
-        )
         await repository.save(
             connection,
             tenant_id=scope.tenant_id,
@@ -272,7 +270,7 @@ def _check_metadata(metadata: dict[str, Any], *, where: str, limits: LimitSettin
         values = value if isinstance(value, list) else [value]
         if len(values) > MAX_METADATA_LIST or not all(_is_metadata_scalar(v) for v in values):
             raise ValidationFailed(
-                f"{where}.{key}: a string (≤ {MAX_METADATA_STRING} chars), number, boolean,"
+                f"{where}.{key}: a string (≤ {MAX_METADATA_STRING} chars, no NUL), number, boolean,"
                 f" or a list of up to {MAX_METADATA_LIST} of them",
                 errors=[{"key": f"{where}.{key}", "message": "invalid value"}],
             )
@@ -280,7 +278,8 @@ def _check_metadata(metadata: dict[str, Any], *, where: str, limits: LimitSettin
 
 def _is_metadata_scalar(value: Any) -> bool:
     if isinstance(value, str):
-        return len(value) <= MAX_METADATA_STRING
+        # Postgres text and jsonb cannot hold NUL.
+        return len(value) <= MAX_METADATA_STRING and "\x00" not in value
     return isinstance(value, bool | int | float)
 
 

@@ -8,12 +8,14 @@ from typing import Any
 
 import asyncpg
 import httpx
+import pytest
 import qdrant_edge as qe
 from litestar import Litestar
 from litestar.testing import AsyncTestClient
 
+from app.retrieval import repository
 from app.retrieval.edge import EdgeIndex, _scoped_filter
-from app.retrieval.index import ChunkRecord
+from app.retrieval.index import ChunkRecord, DocumentVersion
 from app.tenancy.scope import Role, TenantScope
 from tests.conftest import AuthHeaders
 from tests.live_server import live_server, wait_until_known
@@ -120,7 +122,7 @@ async def test_pending_chunks_are_invisible_until_published(
     hits = await index.search(scope=reader, query="capybara", top_k=10)
     assert [h.text for h in hits] == ["capybara memo version 1"]
     assert (await index.count(scope=reader), all_points(index, tenant)) == (1, 2)
-    await index.publish(scope=reader, document_id="memo", version=2, acl_groups=("hr",))
+    await index.publish(scope=reader, versions=[DocumentVersion("memo", 2, ("hr",))])
     hits = await index.search(scope=reader, query="capybara", top_k=10)
     assert [h.text for h in hits] == ["capybara memo version 2"]
     assert all_points(index, tenant) == 1
@@ -148,8 +150,8 @@ async def test_a_late_publish_of_an_older_version_keeps_the_newer_one(
 
     await index.upsert(scope=scope, chunks=[chunk(2)], pending=True)
     await index.upsert(scope=scope, chunks=[chunk(3)], pending=True)
-    await index.publish(scope=scope, document_id="race", version=3, acl_groups=None)
-    await index.publish(scope=scope, document_id="race", version=2, acl_groups=None)
+    await index.publish(scope=scope, versions=[DocumentVersion("race", 3, None)])
+    await index.publish(scope=scope, versions=[DocumentVersion("race", 2, None)])
     hits = await index.search(scope=scope, query="ocelot", top_k=10)
     assert [h.text for h in hits] == ["ocelot version 3"]
 
@@ -171,3 +173,62 @@ async def test_delete_removes_the_row_and_every_vector(
     response = await client.delete("/v1/documents/rules", headers=headers)
     assert response.status_code == 204
     assert (await owner_pool.fetchval(rows, tenant), all_points(index, tenant)) == (0, 0)
+
+
+async def test_a_pending_write_replaces_an_unpublished_attempt_at_the_same_version(
+    app: Litestar, tenant_pair: tuple[str, str]
+) -> None:
+    tenant, _ = tenant_pair
+    index: EdgeIndex = app.state.resources.index
+    scope = scope_of(tenant)
+
+    def attempt(count: int, word: str) -> list[ChunkRecord]:
+        return [
+            ChunkRecord(
+                chunk_id=EdgeIndex.point_id(tenant, "retry", 1, i),
+                document_id="retry",
+                version=1,
+                index=i,
+                title="Retry",
+                section="",
+                text=f"{word} chunk {i}",
+            )
+            for i in range(count)
+        ]
+
+    await index.upsert(scope=scope, chunks=attempt(3, "abandoned"), pending=True)
+    await index.upsert(scope=scope, chunks=attempt(1, "kept"), pending=True)
+    await index.publish(scope=scope, versions=[DocumentVersion("retry", 1, None)])
+    hits = await index.search(scope=scope, query="chunk", top_k=10)
+    assert [h.text for h in hits] == ["kept chunk 0"]
+    assert all_points(index, tenant) == 1
+
+
+async def test_a_failure_after_the_vectors_are_written_leaves_nothing(
+    client: Client,
+    tenant_pair: tuple[str, str],
+    auth: AuthHeaders,
+    app: Litestar,
+    owner_pool: asyncpg.Pool,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Fault injection: the second row write raises (a stand-in for a lost connection)."""
+    tenant, _ = tenant_pair
+    saved = repository.save
+    calls = 0
+
+    async def failing_save(*args: Any, **kwargs: Any) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 2:
+            raise ConnectionError("connection lost")
+        await saved(*args, **kwargs)
+
+    monkeypatch.setattr(repository, "save", failing_save)
+    documents = [{"id": f"d{i}", "title": "T", "text": f"Marmot fact {i}."} for i in range(3)]
+    response = await client.post(
+        "/v1/documents", json={"documents": documents}, headers=auth(tenant)
+    )
+    assert response.status_code == 500
+    rows = await owner_pool.fetchval("SELECT count(*) FROM documents WHERE tenant_id = $1", tenant)
+    assert (rows, all_points(app.state.resources.index, tenant)) == (0, 0)

@@ -263,3 +263,32 @@ async def test_upload_must_match_the_callers_tenant(
     assert response.status_code == 201
     reader = auth(tenant, roles=(Role.SEARCH,))
     assert_problem(await post_files(client, reader, files), 403, "forbidden")
+
+
+async def test_nul_characters_in_title_or_metadata_are_422_not_500(
+    client: Client, tenant_pair: tuple[str, str], auth: AuthHeaders
+) -> None:
+    """Postgres text and jsonb cannot hold NUL: refused up front, on both encodings."""
+    tenant, _ = tenant_pair
+    for document in (
+        {"title": "a\u0000b", "text": "words"},
+        {"title": "t", "text": "words", "metadata": {"k": "a\u0000b"}},
+        {"title": "t", "text": "words", "metadata": {"k": ["ok", "a\u0000b"]}},
+    ):
+        response = await client.post(
+            "/v1/documents", json={"documents": [document]}, headers=auth(tenant)
+        )
+        assert_problem(response, 422, "validation_error")
+    form = await post_files(
+        client, auth(tenant), [upload("a.txt", b"words")], metadata='{"k": "a\\u0000b"}'
+    )
+    assert_problem(form, 422, "validation_error")
+    # And NUL bytes inside the text itself are dropped by normalisation, not refused.
+    response = await client.post(
+        "/v1/documents",
+        json={"documents": [{"id": "nul", "title": "t", "text": "vole\u0000 burrow"}]},
+        headers=auth(tenant),
+    )
+    assert response.status_code == 201, response.text
+    (hit,) = await search(client, auth(tenant), "burrow")
+    assert hit["text"] == "vole burrow"
