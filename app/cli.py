@@ -215,10 +215,9 @@ def token(tenant: str, subject: str, roles: str, groups: str, ttl: int) -> None:
 
 
 main.add_command(secrets_group)
+main.add_command(ingest)
 
 main.add_command(keys)
-
-main.add_command(ingest)
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())
