@@ -14,10 +14,8 @@ import pytest
 
 from app.tenancy.scope import Role
 from tests.conftest import AuthHeaders, TenantFactory
-from tests.live_server import REPO, live_server, wait_until_known
+from tests.live_server import REPO, wait_until_known
 from tests.samples import CORRUPT_PDF, make_pdf
-
-__all__ = ["live_server"]  # a fixture, imported for pytest
 
 
 class Run:

@@ -18,9 +18,7 @@ from app.retrieval.edge import EdgeIndex, _scoped_filter
 from app.retrieval.index import ChunkRecord, DocumentVersion
 from app.tenancy.scope import Role, TenantScope
 from tests.conftest import AuthHeaders
-from tests.live_server import live_server, wait_until_known
-
-__all__ = ["live_server"]  # a fixture, imported for pytest
+from tests.live_server import wait_until_known
 
 Client = AsyncTestClient[Litestar]
 CHUNKS = 12
