@@ -14,7 +14,7 @@ from typing import Any
 import asyncpg
 
 from app.config import ChunkingSettings, LimitSettings
-from app.db.pool import Connection, tenant_transaction
+from app.db.pool import tenant_transaction
 from app.problems import NotFound, PayloadTooLarge, ValidationFailed
 from app.retrieval import repository
 from app.retrieval.chunking import chunk_text
@@ -132,7 +132,7 @@ class DocumentService:
         """Write a prepared batch: all of it or, on failure, none of it.
 
         Each document's new version is indexed *pending* (invisible to search) and its row
-        saved in one transaction that holds the row locks; after the commit the batch is
+        saved in one transaction that holds the documents' locks; after the commit the batch is
         published: its versions revealed and their predecessors removed in one step for
         searches, so a re-ingested document is never seen twice nor missing.
 
@@ -142,19 +142,21 @@ class DocumentService:
         with scoped_span(
             "ingest documents", scope=scope, attributes={"bulkhead.documents": len(documents)}
         ):
-            written: list[tuple[PreparedDocument, int]] = []
             async with tenant_transaction(self._pool, scope=scope) as connection:
-                for document in documents:
-                    version = (await repository.current_version(connection, document.id) or 0) + 1
-                    written.append((document, version))
+                stored = await repository.lock_versions(connection, [d.id for d in documents])
+                written = [(d, stored.get(d.id, 0) + 1) for d in documents]
                 try:
                     await self._index.upsert(
                         scope=scope,
                         chunks=[r for d, v in written for r in _records(scope, d, v)],
                         pending=True,
                     )
-                    for document, version in written:
-                        await self._save_row(connection, scope, document, version)
+                    await repository.save_all(
+                        connection,
+                        tenant_id=scope.tenant_id,
+                        created_by=scope.subject,
+                        rows=[_row(d, v) for d, v in written],
+                    )
                 except BaseException:
                     for document, version in written:
                         await self._index.delete_document(
@@ -166,22 +168,6 @@ class DocumentService:
                 versions=[DocumentVersion(d.id, v, d.acl_groups) for d, v in written],
             )
         return [(d.id, len(d.chunks)) for d in documents]
-
-    async def _save_row(
-        self, connection: Connection, scope: TenantScope, document: PreparedDocument, version: int
-    ) -> None:
-        await repository.save(
-            connection,
-            tenant_id=scope.tenant_id,
-            document_id=document.id,
-            title=document.title,
-            metadata=document.metadata,
-            acl_groups=list(document.acl_groups) if document.acl_groups else None,
-            chunk_count=len(document.chunks),
-            content_sha256=document.content_sha256,
-            version=version,
-            created_by=scope.subject,
-        )
 
     async def list_page(
         self, *, scope: TenantScope, cursor: str | None, limit: int
@@ -260,6 +246,18 @@ def _records(scope: TenantScope, document: PreparedDocument, version: int) -> li
         )
         for index, section, text in document.chunks
     ]
+
+
+def _row(document: PreparedDocument, version: int) -> repository.DocumentVersionRow:
+    return repository.DocumentVersionRow(
+        document_id=document.id,
+        title=document.title,
+        metadata=document.metadata,
+        acl_groups=list(document.acl_groups) if document.acl_groups else None,
+        chunk_count=len(document.chunks),
+        content_sha256=document.content_sha256,
+        version=version,
+    )
 
 
 def _check_metadata(metadata: dict[str, Any], *, where: str, limits: LimitSettings) -> None:

@@ -210,19 +210,13 @@ async def test_a_failure_after_the_vectors_are_written_leaves_nothing(
     owner_pool: asyncpg.Pool,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """Fault injection: the second row write raises (a stand-in for a lost connection)."""
+    """Fault injection: the row write raises (a stand-in for a lost connection)."""
     tenant, _ = tenant_pair
-    saved = repository.save
-    calls = 0
 
     async def failing_save(*args: Any, **kwargs: Any) -> None:
-        nonlocal calls
-        calls += 1
-        if calls == 2:
-            raise ConnectionError("connection lost")
-        await saved(*args, **kwargs)
+        raise ConnectionError("connection lost")
 
-    monkeypatch.setattr(repository, "save", failing_save)
+    monkeypatch.setattr(repository, "save_all", failing_save)
     documents = [{"id": f"d{i}", "title": "T", "text": f"Marmot fact {i}."} for i in range(3)]
     response = await client.post(
         "/v1/documents", json={"documents": documents}, headers=auth(tenant)
@@ -230,3 +224,37 @@ async def test_a_failure_after_the_vectors_are_written_leaves_nothing(
     assert response.status_code == 500
     rows = await owner_pool.fetchval("SELECT count(*) FROM documents WHERE tenant_id = $1", tenant)
     assert (rows, all_points(app.state.resources.index, tenant)) == (0, 0)
+
+
+async def test_concurrent_batches_sharing_documents_serialise_without_deadlock(
+    live_server: str, tenant_pair: tuple[str, str], auth: AuthHeaders
+) -> None:
+    """[a, b] and [b, a] at once, first ingests included: every version counted, none lost."""
+    tenant, _ = tenant_pair
+    headers = auth(tenant)
+    rounds = 5
+
+    def body(order: tuple[str, str], n: int) -> dict[str, Any]:
+        return {
+            "documents": [
+                {"id": i, "title": i, "text": f"Jackal {i} note, writer round {n}."} for i in order
+            ]
+        }
+
+    async with httpx.AsyncClient(base_url=live_server, timeout=30) as http:
+        await wait_until_known(http, headers)
+
+        async def writer(order: tuple[str, str]) -> list[int]:
+            statuses = []
+            for n in range(rounds):
+                response = await http.post("/v1/documents", json=body(order, n), headers=headers)
+                statuses.append(response.status_code)
+            return statuses
+
+        results = await asyncio.gather(writer(("a", "b")), writer(("b", "a")))
+        assert results == [[201] * rounds] * 2
+        listing = (await http.get("/v1/documents", headers=headers)).json()["documents"]
+        assert {(d["id"], d["version"]) for d in listing} == {("a", 2 * rounds), ("b", 2 * rounds)}
+        search = {"query": "jackal note", "top_k": 50}
+        hits = (await http.post("/v1/search", json=search, headers=headers)).json()["results"]
+        assert sorted(h["document_id"] for h in hits) == ["a", "b"]
