@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import qdrant_edge as qe
 
@@ -23,6 +24,8 @@ from app.retrieval.filters import MetadataMatch
 from app.retrieval.gate import VersionGate
 from app.retrieval.index import ACL_EVERYONE, ChunkRecord, DocumentVersion, Hit
 from app.tenancy.scope import TenantScope
+
+K = TypeVar("K")
 
 BM25_VECTOR = "bm25"
 TENANT_FIELD = "tenant_id"
@@ -44,6 +47,7 @@ def _scoped_filter(
     reading: bool,
     matches: tuple[MetadataMatch, ...] = (),
     document_id: str | None = None,
+    document_ids: Sequence[str] | None = None,
     version: int | None = None,
     except_version: int | None = None,
     before_version: int | None = None,
@@ -58,6 +62,8 @@ def _scoped_filter(
     narrowing: list[Any] = [_metadata_condition(m) for m in matches]
     if document_id is not None:
         narrowing.append(qe.FieldCondition(DOCUMENT_FIELD, match=qe.MatchValue(document_id)))
+    if document_ids is not None:
+        narrowing.append(qe.FieldCondition(DOCUMENT_FIELD, match=qe.MatchAny(list(document_ids))))
     if version is not None:
         narrowing.append(qe.FieldCondition(VERSION_FIELD, match=qe.MatchValue(version)))
     if before_version is not None:
@@ -87,6 +93,14 @@ def _metadata_condition(match: MetadataMatch) -> Any:
 
 def _acl(groups: tuple[str, ...] | None) -> list[str]:
     return list(groups) if groups is not None else [ACL_EVERYONE]
+
+
+def _group(pairs: Iterable[tuple[K, str]]) -> dict[K, list[str]]:
+    """Document ids by key, each id once: one store operation per key instead of per document."""
+    groups: dict[K, dict[str, None]] = {}
+    for key, document_id in pairs:
+        groups.setdefault(key, {})[document_id] = None
+    return {key: list(ids) for key, ids in groups.items()}
 
 
 def _payload(scope: TenantScope, chunk: ChunkRecord, *, pending: bool) -> dict[str, Any]:
@@ -165,11 +179,9 @@ class EdgeIndex:
         stale = (
             [
                 qe.UpdateOperation.delete_points_by_filter(
-                    _scoped_filter(scope, reading=False, document_id=document_id, version=version)
+                    _scoped_filter(scope, reading=False, document_ids=ids, version=version)
                 )
-                for document_id, version in dict.fromkeys(
-                    (c.document_id, c.version) for c in chunks
-                )
+                for version, ids in _group((c.version, c.document_id) for c in chunks).items()
             ]
             if pending
             else []
@@ -246,26 +258,20 @@ class EdgeIndex:
         see `benchmarks/ingest.py`). Removing only *older* versions keeps a slower, superseded
         publish from deleting a newer version that was published first.
         """
-        operations = []
-        for item in versions:
-            operations.append(
-                qe.UpdateOperation.set_payload_by_filter(
-                    _scoped_filter(
-                        scope, reading=False, document_id=item.document_id, version=item.version
-                    ),
-                    {ACL_FIELD: _acl(item.acl_groups)},
-                )
+        reveal = _group(((v.version, v.acl_groups), v.document_id) for v in versions)
+        retire = _group((v.version, v.document_id) for v in versions)
+        operations = [
+            qe.UpdateOperation.set_payload_by_filter(
+                _scoped_filter(scope, reading=False, document_ids=ids, version=version),
+                {ACL_FIELD: _acl(groups)},
             )
-            operations.append(
-                qe.UpdateOperation.delete_points_by_filter(
-                    _scoped_filter(
-                        scope,
-                        reading=False,
-                        document_id=item.document_id,
-                        before_version=item.version,
-                    )
-                )
+            for (version, groups), ids in reveal.items()
+        ] + [
+            qe.UpdateOperation.delete_points_by_filter(
+                _scoped_filter(scope, reading=False, document_ids=ids, before_version=version)
             )
+            for version, ids in retire.items()
+        ]
 
         def switch() -> None:
             for operation in operations:

@@ -258,3 +258,46 @@ async def test_concurrent_batches_sharing_documents_serialise_without_deadlock(
         search = {"query": "jackal note", "top_k": 50}
         hits = (await http.post("/v1/search", json=search, headers=headers)).json()["results"]
         assert sorted(h["document_id"] for h in hits) == ["a", "b"]
+
+
+async def test_one_publish_switches_documents_of_different_versions_and_acls(
+    app: Litestar, tenant_pair: tuple[str, str]
+) -> None:
+    tenant, _ = tenant_pair
+    index: EdgeIndex = app.state.resources.index
+    writer = scope_of(tenant)
+
+    def chunk(document_id: str, version: int, groups: tuple[str, ...] | None) -> ChunkRecord:
+        return ChunkRecord(
+            chunk_id=EdgeIndex.point_id(tenant, document_id, version, 0),
+            document_id=document_id,
+            version=version,
+            index=0,
+            title=document_id,
+            section="",
+            text=f"heron {document_id} v{version}",
+            acl_groups=groups,
+        )
+
+    await index.upsert(scope=writer, chunks=[chunk("x", 1, None), chunk("z", 1, None)])
+    await index.upsert(
+        scope=writer,
+        chunks=[chunk("x", 2, None), chunk("y", 1, ("hr",)), chunk("z", 2, ("hr",))],
+        pending=True,
+    )
+    await index.publish(
+        scope=writer,
+        versions=[
+            DocumentVersion("x", 2, None),
+            DocumentVersion("y", 1, ("hr",)),
+            DocumentVersion("z", 2, ("hr",)),
+        ],
+    )
+
+    async def seen(*groups: str) -> list[str]:
+        hits = await index.search(scope=scope_of(tenant, *groups), query="heron", top_k=10)
+        return sorted(h.text for h in hits)
+
+    assert await seen() == ["heron x v2"]
+    assert await seen("hr") == ["heron x v2", "heron y v1", "heron z v2"]
+    assert all_points(index, tenant) == 3
