@@ -254,7 +254,7 @@ class EdgeIndex:
 
         All the updates run in a worker thread behind the version gate, so no search sees a
         document twice (both versions), not at all, or a batch half switched; requests other
-        than searches go on meanwhile (a 1,000-chunk document takes ~10-40 ms on 2 busy cores,
+        than searches go on meanwhile (a 1,000-chunk document takes ~20-70 ms on 2 busy cores,
         see `benchmarks/ingest.py`). Removing only *older* versions keeps a slower, superseded
         publish from deleting a newer version that was published first.
         """
