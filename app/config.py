@@ -178,6 +178,8 @@ class LlmSettings(BaseModel):
     breaker_min_calls: int = Field(default=10, ge=1)
     breaker_open_seconds: float = Field(default=30.0, gt=0)
     max_output_tokens: int = Field(default=1024, ge=1)
+    embedding_batch_size: int = Field(default=256, ge=1, le=2048)
+    """Texts per embeddings request (the OpenAI API takes up to 2048 inputs per call)."""
     prices: dict[str, tuple[float, float]] = {
         "openai/gpt-4o-mini": (0.15, 0.60),
         "openai/gpt-4o": (2.50, 10.00),
@@ -186,6 +188,22 @@ class LlmSettings(BaseModel):
         "anthropic/claude-sonnet-4-5": (3.00, 15.00),
     }
     """USD per million (input, output) tokens by `provider/model`; unlisted models cost 0."""
+
+
+class ChatSettings(BaseModel):
+    """Conversation history sent with each question (estimated tokens: ~4 characters each)."""
+
+    history_tokens: int = Field(default=2_000, ge=0)
+    """Budget for earlier turns when a model has no entry in `history_tokens_by_model`."""
+    history_tokens_by_model: dict[str, int] = {}
+    """Budgets by `provider/model`, e.g. `{"openai/gpt-4.1-mini": 16000}`. A request uses the
+    smallest budget among the chain entries that may answer it, so the history fits whichever
+    one does."""
+    history_max_messages: int = Field(default=20, ge=0)
+    """At most this many stored messages are read back for a follow-up question."""
+    key_cache_size: int = Field(default=1_024, ge=1)
+    """Unwrapped tenant data keys kept in memory (keyed by the wrapped key, so a destroyed
+    or rewrapped key is never served from the cache)."""
 
 
 class Settings(BaseSettings):
@@ -211,6 +229,7 @@ class Settings(BaseSettings):
     chunking: ChunkingSettings = ChunkingSettings()
     telemetry: TelemetrySettings = TelemetrySettings()
     llm: LlmSettings = LlmSettings()
+    chat: ChatSettings = ChatSettings()
 
     @model_validator(mode="after")
     def _conventional_env_names(self) -> Settings:
@@ -224,6 +243,12 @@ class Settings(BaseSettings):
     def vector_path(self) -> Path:
         """Directory of the Qdrant Edge shard."""
         return self.vectors.path or self.data_dir / "qdrant"
+
+    @property
+    def dense_vector_root(self) -> Path:
+        """Directory of the dense embedding spaces' shards (one per model and size)."""
+        path = self.vector_path
+        return path.with_name(f"{path.name}-dense")
 
     @property
     def master_key_path(self) -> Path:

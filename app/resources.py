@@ -13,6 +13,7 @@ from litestar.datastructures import State
 
 from app.audit.failures import AuthFailureLog
 from app.audit.writer import AuditWriter
+from app.chat.crypto import ConversationCipher
 from app.chat.service import ChatService
 from app.config import Settings
 from app.db.pool import create_pool
@@ -25,7 +26,10 @@ from app.identity.key_store import ApiKeyStore
 from app.identity.network import ClientAddressResolver
 from app.identity.service_tokens import ServiceTokenIssuer
 from app.identity.tokens import JwtVerifier
+from app.llm.breaker import BreakerRegistry
+from app.llm.chains import chain_policy
 from app.retrieval.edge import EdgeIndex
+from app.retrieval.embedders import TenantEmbedders, VectorSpaces
 from app.retrieval.service import DocumentService
 from app.secrets.backend import SecretsBackend
 from app.secrets.cache import SecretCache
@@ -34,6 +38,7 @@ from app.secrets.local import LocalSecretsBackend, listen_for_changes
 from app.secrets.setup import build_backend
 from app.secrets.values import opted_in_platform_refs
 from app.tenancy.registry import TenantRegistry
+from app.tenancy.scope import TenantScope
 
 _log = logging.getLogger(__name__)
 
@@ -50,6 +55,7 @@ class Resources:
     verifier: JwtVerifier
     audit: AuditWriter
     documents: DocumentService
+    embedders: TenantEmbedders
     chat: ChatService
     dev_issuer: DevIssuer | None
     api_keys: ApiKeyStore
@@ -86,6 +92,11 @@ async def open_resources(settings: Settings) -> AsyncIterator[Resources]:
         stack.push_async_callback(registry.close)
         index = EdgeIndex.open(settings.vector_path, search_threads=settings.vectors.search_threads)
         stack.push_async_callback(index.close)
+        spaces = VectorSpaces(
+            index, settings.dense_vector_root, search_threads=settings.vectors.search_threads
+        )
+        stack.push_async_callback(spaces.close)
+        registry.on_removed(lambda tenant_id: _purge_vectors(spaces, tenant_id))
         http = httpx.AsyncClient(follow_redirects=False)
         stack.push_async_callback(http.aclose)
         secrets = build_backend(settings, pool=pool, kek=kek)
@@ -134,16 +145,24 @@ async def open_resources(settings: Settings) -> AsyncIterator[Resources]:
         )
         audit.start()
         stack.push_async_callback(audit.close)
+        embedders = tenant_embedders(settings, registry, spaces, secret_cache)
+        stack.push_async_callback(embedders.aclose)
         documents = DocumentService(
-            pool=pool, index=index, limits=settings.limits, chunking=settings.chunking
+            pool=pool,
+            index=index,
+            limits=settings.limits,
+            chunking=settings.chunking,
+            embedders=embedders,
         )
         chat = ChatService(
             pool=pool,
             documents=documents,
             registry=registry,
+            cipher=ConversationCipher.from_settings(settings, kek),
             max_message_chars=settings.limits.max_query_chars,
             resolver=secret_cache,
             llm=settings.llm,
+            chat=settings.chat,
         )
         stack.push_async_callback(chat.aclose)
         yield Resources(
@@ -155,6 +174,7 @@ async def open_resources(settings: Settings) -> AsyncIterator[Resources]:
             verifier=verifier,
             audit=audit,
             documents=documents,
+            embedders=embedders,
             chat=chat,
             dev_issuer=dev_issuer,
             api_keys=identity.api_keys,
@@ -163,6 +183,27 @@ async def open_resources(settings: Settings) -> AsyncIterator[Resources]:
             auth_failures=identity.auth_failures,
             client_addresses=ClientAddressResolver(settings.auth.trusted_proxies),
         )
+
+
+async def _purge_vectors(spaces: VectorSpaces, tenant_id: str) -> None:
+    # This process holds the shards, so `bulkhead tenants offboard` cannot delete them itself.
+    scope = TenantScope(tenant_id=tenant_id, subject="system:offboard", roles=frozenset())
+    deleted = await spaces.delete_tenant(scope=scope)
+    _log.info("tenant %r offboarded: deleted its %d vectors", tenant_id, deleted)
+
+
+def tenant_embedders(
+    settings: Settings, registry: TenantRegistry, spaces: VectorSpaces, resolver: SecretCache
+) -> TenantEmbedders:
+    """Each tenant's embedder, with its own breakers (one per tenant and embeddings model)."""
+    return TenantEmbedders(
+        registry=registry,
+        spaces=spaces,
+        resolver=resolver,
+        settings=settings.llm,
+        breakers=BreakerRegistry(chain_policy(settings.llm).breaker),
+        batch_size=settings.llm.embedding_batch_size,
+    )
 
 
 def _platform_refs(registry: TenantRegistry, tenant_id: str) -> frozenset[str]:

@@ -35,7 +35,8 @@ def chain_policy(settings: LlmSettings) -> ChainPolicy:
     )
 
 
-def _provider(entry: ChainEntry, resolver: SecretResolver, settings: LlmSettings) -> Provider:
+def provider_for(entry: ChainEntry, resolver: SecretResolver, settings: LlmSettings) -> Provider:
+    """The provider serving one chain entry (`UnavailableProvider` when it cannot be built)."""
     if entry.provider == "local":
         return LocalProvider()
     if entry.secret is None:
@@ -64,7 +65,7 @@ def build_chain(
     capture_content: bool = False,
 ) -> ProviderChain:
     """The tenant's chain: SDK-backed providers with its keys, `local` as the last resort."""
-    links = [ChainLink(entry, _provider(entry, resolver, settings)) for entry in entries]
+    links = [ChainLink(entry, provider_for(entry, resolver, settings)) for entry in entries]
     return ProviderChain(
         links,
         policy=chain_policy(settings),

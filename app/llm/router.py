@@ -23,7 +23,7 @@ import random
 import time
 from collections.abc import AsyncGenerator
 from contextlib import suppress
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from opentelemetry import metrics, trace
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
@@ -328,6 +328,23 @@ class ProviderChain:
         ]
         return cls(links)
 
+    @property
+    def entries(self) -> tuple[ChainEntry, ...]:
+        """The manifest entries, in chain order."""
+        return tuple(link.entry for link in self._links)
+
+    def narrowed(self, indices: list[int]) -> ProviderChain:
+        """A chain of only these entries, sharing their providers, breakers and policy.
+
+        It borrows the providers: close the full chain, never this one.
+        """
+        return ProviderChain(
+            [self._links[i] for i in indices],
+            policy=self.policy,
+            breakers=self._breakers,
+            capture_content=self.capture_content,
+        )
+
     async def aclose(self) -> None:
         """Close every provider's connections."""
         for link in self._links:
@@ -360,16 +377,15 @@ class ProviderChain:
     def _retry_delay(self, run: _Run, error: ProviderError, retries: int) -> float | None:
         """Seconds to wait before retrying this entry, or None to fail over."""
         policy = self.policy
-        if error.reason not in RETRYABLE or retries >= policy.max_retries:
-            return None
-        if error.retry_after is not None:
-            if error.retry_after > policy.retry_after_cap:
-                run.retry_hint = max(run.retry_hint, error.retry_after)
-                return None
-            delay = error.retry_after
-        else:
-            delay = random.uniform(0, min(policy.backoff_cap, policy.backoff_base * 2**retries))  # noqa: S311 - jitter, not crypto
-        return delay if delay < run.remaining() else None
+        retryable = error.reason in RETRYABLE and retries < policy.max_retries
+        if (
+            retryable
+            and error.retry_after is not None
+            and error.retry_after > policy.retry_after_cap
+        ):
+            # Not waited for here: the caller's Retry-After says when to come back instead.
+            run.retry_hint = max(run.retry_hint, error.retry_after)
+        return retry_delay(policy, error, retries, remaining=run.remaining())
 
     async def _after_failure(
         self, run: _Run, link: ChainLink, error: ProviderError, retries: int, refetched: bool
@@ -417,7 +433,7 @@ class ProviderChain:
                 if _circuit_open(run, link, breaker):
                     continue
                 retries, refetched = 0, False
-                asked = CompletionRequest(request.question, request.context, link.entry.model)
+                asked = replace(request, model=link.entry.model)
                 while True:
                     budget = self._attempt_budget(run, breaker)
                     span, started = run.start_attempt(link), time.perf_counter()
@@ -471,7 +487,7 @@ class ProviderChain:
                 if _circuit_open(run, link, breaker):
                     continue
                 retries, refetched = 0, False
-                asked = CompletionRequest(request.question, request.context, link.entry.model)
+                asked = replace(request, model=link.entry.model)
                 while True:
                     budget = self._attempt_budget(run, breaker)
                     span, started = run.start_attempt(link), time.perf_counter()
@@ -542,6 +558,25 @@ class ProviderChain:
             run.abandon(type(exc).__name__)
             raise
         raise run.exhausted()
+
+
+def retry_delay(
+    policy: ChainPolicy, error: ProviderError, retries: int, *, remaining: float
+) -> float | None:
+    """Seconds to wait before retrying after `error`, or None when it must not be retried.
+
+    Full jitter on 429/5xx/timeouts/broken connections; a Retry-After is honoured up to the
+    policy's cap (a longer one is not waited for); nothing that would outlive `remaining`.
+    """
+    if error.reason not in RETRYABLE or retries >= policy.max_retries:
+        return None
+    if error.retry_after is not None:
+        if error.retry_after > policy.retry_after_cap:
+            return None
+        delay = error.retry_after
+    else:
+        delay = random.uniform(0, min(policy.backoff_cap, policy.backoff_base * 2**retries))  # noqa: S311 - jitter, not crypto
+    return delay if delay < remaining else None
 
 
 def _circuit_open(run: _Run, link: ChainLink, breaker: CircuitBreaker | None) -> bool:

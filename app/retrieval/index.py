@@ -29,6 +29,8 @@ class ChunkRecord:
     metadata: dict[str, Any] = field(default_factory=dict)
     acl_groups: tuple[str, ...] | None = None
     """None: visible to the whole tenant."""
+    dense: list[float] | None = None
+    """The chunk's dense vector, for a tenant whose embedder has one (None: BM25 only)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,8 +84,28 @@ class VectorIndex(Protocol):
         query: str,
         top_k: int,
         matches: tuple[MetadataMatch, ...] = (),
+        dense: list[float] | None = None,
+        lexical: bool = True,
     ) -> list[Hit]:
-        """Best `top_k` chunks of the scope's tenant (and ACL groups) for `query`."""
+        """Best `top_k` chunks of the scope's tenant (and ACL groups) for `query`.
+
+        With `dense`, the query's dense vector: nearest neighbours only when `lexical` is
+        False, else dense and BM25 candidates fused with Reciprocal Rank Fusion (hybrid).
+        """
+        ...
+
+    async def scroll_chunks(
+        self, *, scope: TenantScope, offset: str | None, limit: int
+    ) -> tuple[list[ChunkRecord], str | None]:
+        """A page of the tenant's stored chunks (all ACL groups), and the next page's offset."""
+        ...
+
+    async def existing_ids(self, *, scope: TenantScope, chunk_ids: list[str]) -> set[str]:
+        """Which of `chunk_ids` the tenant already has."""
+        ...
+
+    async def delete_chunks(self, *, scope: TenantScope, chunk_ids: list[str]) -> None:
+        """Remove the tenant's chunks with these ids."""
         ...
 
     async def delete_document(

@@ -15,10 +15,12 @@ import asyncpg
 
 from app.config import ChunkingSettings, LimitSettings
 from app.db.pool import tenant_transaction
+from app.llm.embeddings import OpenAIEmbedder
 from app.problems import NotFound, PayloadTooLarge, ValidationFailed
 from app.retrieval import repository
 from app.retrieval.chunking import chunk_text
 from app.retrieval.edge import EdgeIndex
+from app.retrieval.embedders import TenantEmbedders, chunk_embedding_text
 from app.retrieval.filters import check_metadata_key, parse_filter
 from app.retrieval.index import ChunkRecord, DocumentVersion, Hit, VectorIndex
 from app.retrieval.schemas import DocumentIn
@@ -64,9 +66,11 @@ class DocumentService:
         index: VectorIndex,
         limits: LimitSettings,
         chunking: ChunkingSettings,
+        embedders: TenantEmbedders | None = None,
     ) -> None:
         self._pool = pool
         self._index = index
+        self._embedders = embedders
         self._limits = limits
         self._chunking = chunking
 
@@ -134,21 +138,31 @@ class DocumentService:
         Each document's new version is indexed *pending* (invisible to search) and its row
         saved in one transaction that holds the documents' locks; after the commit the batch is
         published: its versions revealed and their predecessors removed in one step for
-        searches, so a re-ingested document is never seen twice nor missing.
+        searches, so a re-ingested document is never seen twice nor missing. A dense embedder
+        embeds every chunk before anything is written.
 
         Returns:
             (document id, chunk count) per document.
+
+        Raises:
+            ProvidersUnavailable: The tenant's embeddings model failed (nothing was written).
+            ProviderRejected: The embeddings model refused the input (nothing was written).
         """
         with scoped_span(
             "ingest documents", scope=scope, attributes={"bulkhead.documents": len(documents)}
         ):
+            index, embedder, _ = self._route(scope)
+            vectors = None
+            if embedder is not None:
+                texts = [text for document in documents for text in _chunk_texts(document)]
+                vectors = (await embedder.embed(texts, scope=scope)).vectors
             async with tenant_transaction(self._pool, scope=scope) as connection:
                 stored = await repository.lock_versions(connection, [d.id for d in documents])
                 written = [(d, stored.get(d.id, 0) + 1) for d in documents]
                 try:
-                    await self._index.upsert(
+                    await index.upsert(
                         scope=scope,
-                        chunks=[r for d, v in written for r in _records(scope, d, v)],
+                        chunks=_batch_records(scope, written, vectors),
                         pending=True,
                     )
                     await repository.save_all(
@@ -159,11 +173,11 @@ class DocumentService:
                     )
                 except BaseException:
                     for document, version in written:
-                        await self._index.delete_document(
+                        await index.delete_document(
                             scope=scope, document_id=document.id, version=version
                         )
                     raise
-            await self._index.publish(
+            await index.publish(
                 scope=scope,
                 versions=[DocumentVersion(d.id, v, d.acl_groups) for d, v in written],
             )
@@ -196,7 +210,8 @@ class DocumentService:
                 raise NotFound(f"no document {document_id!r}")
             # Vectors go before the row commits: if this fails the row stays and the
             # client can retry; the reverse order could leave orphaned vectors.
-            await self._index.delete_document(scope=scope, document_id=document_id)
+            index, _, _ = self._route(scope)
+            await index.delete_document(scope=scope, document_id=document_id)
 
     async def search(
         self,
@@ -218,20 +233,50 @@ class DocumentService:
         if not 1 <= k <= limits.max_top_k:
             raise ValidationFailed(f"top_k: between 1 and {limits.max_top_k}")
         matches = parse_filter(raw_filter)
+        index, embedder, kind = self._route(scope)
         with scoped_span(
-            "retrieval bm25",
+            f"retrieval {kind}",
             scope=scope,
             attributes={
                 "bulkhead.retrieval.top_k": k,
                 "bulkhead.retrieval.filtered": bool(matches),
             },
         ) as span:
-            hits = await self._index.search(scope=scope, query=query, top_k=k, matches=matches)
+            if embedder is None:
+                hits = await index.search(scope=scope, query=query, top_k=k, matches=matches)
+            else:
+                dense = (await embedder.embed([query], scope=scope)).vectors[0]
+                hits = await index.search(
+                    scope=scope,
+                    query=query,
+                    top_k=k,
+                    matches=matches,
+                    dense=dense,
+                    lexical=kind == "hybrid",
+                )
             span.set_attribute("bulkhead.retrieval.hits", len(hits))
         return hits
 
+    def _route(self, scope: TenantScope) -> tuple[VectorIndex, OpenAIEmbedder | None, str]:
+        """The tenant's index, its dense embedder (None: BM25 only) and the embedder kind."""
+        if self._embedders is None:
+            return self._index, None, "bm25"
+        route = self._embedders.route(scope)
+        return route.index, route.embedder, route.spec.kind
 
-def _records(scope: TenantScope, document: PreparedDocument, version: int) -> list[ChunkRecord]:
+
+def _chunk_texts(document: PreparedDocument) -> list[str]:
+    return [
+        chunk_embedding_text(document.title, section, text) for _, section, text in document.chunks
+    ]
+
+
+def _records(
+    scope: TenantScope,
+    document: PreparedDocument,
+    version: int,
+    dense: list[list[float]] | None = None,
+) -> list[ChunkRecord]:
     return [
         ChunkRecord(
             chunk_id=EdgeIndex.point_id(scope.tenant_id, document.id, version, index),
@@ -243,9 +288,22 @@ def _records(scope: TenantScope, document: PreparedDocument, version: int) -> li
             text=text,
             metadata=document.metadata,
             acl_groups=document.acl_groups,
+            dense=dense[position] if dense is not None else None,
         )
-        for index, section, text in document.chunks
+        for position, (index, section, text) in enumerate(document.chunks)
     ]
+
+
+def _batch_records(
+    scope: TenantScope,
+    written: list[tuple[PreparedDocument, int]],
+    vectors: list[list[float]] | None,
+) -> list[ChunkRecord]:
+    records: list[ChunkRecord] = []
+    for document, version in written:
+        dense = vectors[len(records) : len(records) + len(document.chunks)] if vectors else None
+        records += _records(scope, document, version, dense)
+    return records
 
 
 def _row(document: PreparedDocument, version: int) -> repository.DocumentVersionRow:

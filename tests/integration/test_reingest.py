@@ -301,3 +301,28 @@ async def test_one_publish_switches_documents_of_different_versions_and_acls(
     assert await seen() == ["heron x v2"]
     assert await seen("hr") == ["heron x v2", "heron y v1", "heron z v2"]
     assert all_points(index, tenant) == 3
+
+
+async def test_pending_chunks_are_not_copied_by_a_reindex_scroll(
+    app: Litestar, tenant_pair: tuple[str, str]
+) -> None:
+    """A pending chunk read back as a plain chunk would come back visible to everyone."""
+    tenant, _ = tenant_pair
+    index: EdgeIndex = app.state.resources.index
+    scope = scope_of(tenant)
+    secret = ChunkRecord(
+        chunk_id=EdgeIndex.point_id(tenant, "payroll", 1, 0),
+        document_id="payroll",
+        version=1,
+        index=0,
+        title="Payroll",
+        section="",
+        text="pending payroll chunk",
+        acl_groups=("hr",),
+    )
+    await index.upsert(scope=scope, chunks=[secret], pending=True)
+    chunks, _ = await index.scroll_chunks(scope=scope, offset=None, limit=100)
+    assert chunks == []
+    await index.publish(scope=scope, versions=[DocumentVersion("payroll", 1, ("hr",))])
+    chunks, _ = await index.scroll_chunks(scope=scope, offset=None, limit=100)
+    assert [(c.document_id, c.acl_groups) for c in chunks] == [("payroll", ("hr",))]
