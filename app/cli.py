@@ -1,4 +1,4 @@
-"""The `bulkhead` command: dev, serve, migrate, token; tenants, secrets and keys groups."""
+"""The `bulkhead` command: dev, serve, migrate, token, ingest; tenants, secrets, keys groups."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from app.config import Settings, get_settings
 from app.identity.cli import keys
 from app.identity.dev_issuer import DevIssuer
 from app.retrieval.cli import reindex
+from app.retrieval.ingest_cli import ingest
 from app.secrets.admin import secrets as secrets_group
 from app.secrets.kek import MasterKeyError, load_master_key
 from app.secrets.scrub import install_scrubbing
@@ -174,6 +175,7 @@ def token(tenant: str, subject: str, roles: str, groups: str, ttl: int) -> None:
 
 
 main.add_command(secrets_group)
+main.add_command(ingest)
 
 main.add_command(keys)
 

@@ -153,6 +153,13 @@ class LimitSettings(BaseModel):
     """Input bounds enforced on every endpoint."""
 
     max_request_bytes: int = Field(default=10 * 1024 * 1024, ge=1024)
+    """Any request body but a multipart upload (JSON ingestion included)."""
+    max_upload_bytes: int = Field(default=50 * 1024 * 1024, ge=1024)
+    """A whole multipart upload to `POST /v1/documents`, all parts included."""
+    max_file_bytes: int = Field(default=20 * 1024 * 1024, ge=1024)
+    """One uploaded file."""
+    max_files_per_request: int = Field(default=20, ge=1)
+    max_pdf_pages: int = Field(default=2_000, ge=1)
     max_documents_per_request: int = Field(default=100, ge=1)
     max_document_chars: int = Field(default=1_000_000, ge=1)
     max_title_chars: int = Field(default=500, ge=1)

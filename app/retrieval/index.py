@@ -34,6 +34,16 @@ class ChunkRecord:
 
 
 @dataclass(frozen=True, slots=True)
+class DocumentVersion:
+    """A version of a document to publish, with the ACL its chunks get once visible."""
+
+    document_id: str
+    version: int
+    acl_groups: tuple[str, ...] | None
+    """None: visible to the whole tenant."""
+
+
+@dataclass(frozen=True, slots=True)
 class Hit:
     """A search result."""
 
@@ -49,8 +59,22 @@ class Hit:
 class VectorIndex(Protocol):
     """A tenant-isolating vector store."""
 
-    async def upsert(self, *, scope: TenantScope, chunks: list[ChunkRecord]) -> None:
-        """Index `chunks` as the scope's tenant's."""
+    async def upsert(
+        self, *, scope: TenantScope, chunks: list[ChunkRecord], pending: bool = False
+    ) -> None:
+        """Index `chunks` as the scope's tenant's.
+
+        `pending` chunks stay hidden until `publish` and replace whatever an unpublished
+        earlier attempt left at the same (document, version).
+        """
+        ...
+
+    async def publish(self, *, scope: TenantScope, versions: list[DocumentVersion]) -> None:
+        """Reveal pending document versions and remove their documents' older versions.
+
+        Readers must never see a document twice, nor not at all: the switch of the whole batch
+        is atomic to searches.
+        """
         ...
 
     async def search(

@@ -8,33 +8,44 @@ tenants in their own, where the forced filter still applies (defence in depth).
 
 Each tenant's requests go through the client `TenantClients.for_scope` hands out: in server mode,
 one built with the tenant's scoped JWT (see `qdrant_keys`), never the cluster key.
+
+Re-ingestion works as on Edge: a new version is upserted *pending* (`scoping.PENDING_ACL`, which
+no reader's ACL clause matches) and `publish` reveals it and retires older versions in one
+batched request, behind a `VersionGate` so that no search of this process sees a half-done
+switch. The gate is per process: with several replicas against one server, a search in another
+replica can still land between the reveal and the retire (a document briefly seen in two
+versions); that needs another mechanism (e.g. version-aware search or a shared lock).
 """
 
 from __future__ import annotations
 
-import warnings
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from typing import Any, Literal, Protocol, TypeVar
+import asyncio
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, Protocol, TypeVar
 
 import qdrant_edge as qe
 from qdrant_client import AsyncQdrantClient, models
 
 from app.retrieval.filters import MetadataMatch
-from app.retrieval.index import ChunkRecord, Hit
+from app.retrieval.gate import VersionGate
+from app.retrieval.index import ChunkRecord, DocumentVersion, Hit
+from app.retrieval.qdrant_collections import (
+    CollectionNames,
+    Isolation,
+    IsolationOf,
+    ensure_collection,
+)
 from app.retrieval.scoping import (
     ACL_FIELD,
     BM25_VECTOR,
     DENSE_VECTOR,
-    DOCUMENT_FIELD,
     HIT_FIELDS,
     HYBRID_CANDIDATES,
     RRF_K,
-    TENANT_FIELD,
-    VERSION_FIELD,
     AllOf,
     AnyOf,
     Clause,
+    FieldBelow,
     FieldEquals,
     FieldIn,
     HasId,
@@ -43,44 +54,21 @@ from app.retrieval.scoping import (
     chunk_payload,
     forced_condition,
     hit_from_payload,
+    publish_plan,
+    stale_pending,
 )
 from app.tenancy.scope import TenantScope
 
+__all__ = [
+    "CollectionNames",
+    "Isolation",
+    "IsolationOf",
+    "QdrantServerIndex",
+    "TenantClients",
+    "ensure_collection",
+]
+
 T = TypeVar("T")
-Isolation = Literal["shared", "dedicated"]
-IsolationOf = Callable[[str], Isolation]
-"""Tenant id -> the isolation its manifest asks for."""
-
-_FIELD_INDEXES: dict[str, models.PayloadSchemaType] = {
-    DOCUMENT_FIELD: models.PayloadSchemaType.KEYWORD,
-    ACL_FIELD: models.PayloadSchemaType.KEYWORD,
-    VERSION_FIELD: models.PayloadSchemaType.INTEGER,
-}
-
-
-@dataclass(frozen=True, slots=True)
-class CollectionNames:
-    """Where a tenant's points live; `keys` holds the JWT revocation records."""
-
-    prefix: str = "bulkhead"
-
-    @property
-    def shared(self) -> str:
-        """The collection of every `isolation: shared` tenant."""
-        return f"{self.prefix}_shared"
-
-    @property
-    def keys(self) -> str:
-        """Bulkhead-owned revocation records; no tenant key can reach it."""
-        return f"{self.prefix}_keys"
-
-    def dedicated(self, tenant_id: str) -> str:
-        """The collection of an `isolation: dedicated` tenant."""
-        return f"{self.prefix}_t_{tenant_id}"
-
-    def for_tenant(self, tenant_id: str, isolation: Isolation) -> str:
-        """The collection a tenant's points live in."""
-        return self.dedicated(tenant_id) if isolation == "dedicated" else self.shared
 
 
 class TenantClients(Protocol):
@@ -103,39 +91,6 @@ class TenantClients(Protocol):
         ...
 
 
-async def ensure_collection(
-    client: AsyncQdrantClient, name: str, *, dense_size: int | None = None
-) -> bool:
-    """Create a chunk collection with its BM25 vector and payload indexes; True if created.
-
-    With `dense_size`, every point also carries a named cosine vector of that size.
-    Needs manage access (the cluster key): tenant keys carry `prw`, which excludes indexes.
-    """
-    if await client.collection_exists(name):
-        return False
-    dense: dict[str, models.VectorParams] = {}
-    if dense_size:
-        dense[DENSE_VECTOR] = models.VectorParams(size=dense_size, distance=models.Distance.COSINE)
-    await client.create_collection(
-        name,
-        vectors_config=dense,
-        sparse_vectors_config={
-            BM25_VECTOR: models.SparseVectorParams(modifier=models.Modifier.IDF)
-        },
-    )
-    with warnings.catch_warnings():
-        # Local mode (tests, dev) keeps no payload indexes and says so; a server does.
-        warnings.filterwarnings("ignore", message="Payload indexes have no effect")
-        await client.create_payload_index(
-            name,
-            TENANT_FIELD,
-            models.KeywordIndexParams(type=models.KeywordIndexType.KEYWORD, is_tenant=True),
-        )
-        for field, schema in _FIELD_INDEXES.items():
-            await client.create_payload_index(name, field, schema)
-    return True
-
-
 class QdrantServerIndex:
     """VectorIndex over a Qdrant server (or qdrant-client's local mode in tests and dev).
 
@@ -156,6 +111,7 @@ class QdrantServerIndex:
         self._names = names or CollectionNames()
         self._bm25 = qe.Bm25()
         self.dense_size = dense_size
+        self._gate = VersionGate()
 
     def collection(self, scope: TenantScope) -> str:
         """The collection holding `scope`'s tenant's points."""
@@ -166,7 +122,9 @@ class QdrantServerIndex:
         collection = self.collection(scope)
         return await self._clients.run(scope, lambda client: client.collection_exists(collection))
 
-    def _point(self, scope: TenantScope, chunk: ChunkRecord) -> models.PointStruct:
+    def _point(
+        self, scope: TenantScope, chunk: ChunkRecord, *, pending: bool
+    ) -> models.PointStruct:
         sparse = self._bm25.embed_document(bm25_text(chunk))
         vectors: dict[str, Any] = {
             BM25_VECTOR: models.SparseVector(
@@ -178,19 +136,71 @@ class QdrantServerIndex:
                 raise ValueError(f"chunk {chunk.chunk_id}: needs a {self.dense_size}-d vector")
             vectors[DENSE_VECTOR] = list(chunk.dense)
         return models.PointStruct(
-            id=chunk.chunk_id, vector=vectors, payload=chunk_payload(scope, chunk)
+            id=chunk.chunk_id, vector=vectors, payload=chunk_payload(scope, chunk, pending=pending)
         )
 
-    async def upsert(self, *, scope: TenantScope, chunks: list[ChunkRecord]) -> None:
-        """Index `chunks` as the scope's tenant's; an existing point of another tenant is kept."""
+    async def upsert(
+        self, *, scope: TenantScope, chunks: list[ChunkRecord], pending: bool = False
+    ) -> None:
+        """Index `chunks` as the scope's tenant's; an existing point of another tenant is kept.
+
+        With `pending`, the chunks stay invisible to every search until `publish`, and replace
+        whatever an earlier, never published attempt left at the same document version (deleted
+        first, in the same batched request).
+        """
         if not chunks:
             return
         collection = self.collection(scope)
-        points = [self._point(scope, chunk) for chunk in chunks]
-        condition = _client_filter(forced_condition(scope, reading=False))
-        await self._clients.run(
-            scope, lambda client: client.upsert(collection, points, update_filter=condition)
+        points = [self._point(scope, chunk, pending=pending) for chunk in chunks]
+        operations: list[models.UpdateOperation] = [
+            models.DeleteOperation(delete=models.FilterSelector(filter=_client_filter(condition)))
+            for condition in (stale_pending(scope, chunks) if pending else [])
+        ]
+        operations.append(
+            models.UpsertOperation(
+                upsert=models.PointsList(
+                    points=points,
+                    update_filter=_client_filter(forced_condition(scope, reading=False)),
+                )
+            )
         )
+        await self._clients.run(
+            scope, lambda client: client.batch_update_points(collection, operations)
+        )
+
+    async def publish(self, *, scope: TenantScope, versions: list[DocumentVersion]) -> None:
+        """Reveal pending document versions and remove their documents' older versions.
+
+        One batched request (`scoping.publish_plan`'s operations, applied in order) behind the
+        version gate, so no search of this process sees a document twice, not at all, or a batch
+        half switched. The gate is per process (see the module docstring).
+        """
+        if not versions:
+            return
+        collection = self.collection(scope)
+        plan = publish_plan(scope, versions)
+        operations: Sequence[models.UpdateOperation] = [
+            models.SetPayloadOperation(
+                set_payload=models.SetPayload(payload={ACL_FIELD: acl}, filter=_client_filter(c))
+            )
+            for c, acl in plan.reveal
+        ] + [
+            models.DeleteOperation(delete=models.FilterSelector(filter=_client_filter(c)))
+            for c in plan.retire
+        ]
+        async with self._gate.switching():
+            switching = asyncio.ensure_future(
+                self._clients.run(
+                    scope, lambda client: client.batch_update_points(collection, operations)
+                )
+            )
+            try:
+                await asyncio.shield(switching)
+            except asyncio.CancelledError:
+                # The server applies a sent request regardless: keep the gate closed until the
+                # answer is in.
+                await asyncio.gather(switching, return_exceptions=True)
+                raise
 
     async def search(
         self,
@@ -231,16 +241,17 @@ class QdrantServerIndex:
                 ],
                 "query": models.RrfQuery(rrf=models.Rrf(k=RRF_K)),
             }
-        response = await self._clients.run(
-            scope,
-            lambda client: client.query_points(
-                collection,
-                query_filter=condition,
-                limit=top_k,
-                with_payload=list(HIT_FIELDS),
-                **request,
-            ),
-        )
+        async with self._gate.reading():
+            response = await self._clients.run(
+                scope,
+                lambda client: client.query_points(
+                    collection,
+                    query_filter=condition,
+                    limit=top_k,
+                    with_payload=list(HIT_FIELDS),
+                    **request,
+                ),
+            )
         return [
             hit
             for point in response.points
@@ -347,7 +358,8 @@ class QdrantServerIndex:
 
     async def count(self, *, scope: TenantScope) -> int:
         """Chunks the scope may see."""
-        return await self._count(scope, forced_condition(scope, reading=True))
+        async with self._gate.reading():
+            return await self._count(scope, forced_condition(scope, reading=True))
 
     async def health(self) -> bool:
         """The server answers."""
@@ -370,6 +382,8 @@ def _client_clause(clause: Clause) -> models.Condition:
         return models.FieldCondition(key=clause.key, match=models.MatchValue(value=clause.value))
     if isinstance(clause, FieldIn):
         return models.FieldCondition(key=clause.key, match=models.MatchAny(any=list(clause.values)))
+    if isinstance(clause, FieldBelow):
+        return models.FieldCondition(key=clause.key, range=models.Range(lt=clause.limit))
     if isinstance(clause, HasId):
         return models.HasIdCondition(has_id=list(clause.ids))
     if isinstance(clause, AnyOf):

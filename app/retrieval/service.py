@@ -5,6 +5,8 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import re
+import unicodedata
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -20,13 +22,25 @@ from app.retrieval.chunking import chunk_text
 from app.retrieval.edge import EdgeIndex
 from app.retrieval.embedders import TenantEmbedders, chunk_embedding_text
 from app.retrieval.filters import check_metadata_key, parse_filter
-from app.retrieval.index import ChunkRecord, Hit, VectorIndex
+from app.retrieval.index import ChunkRecord, DocumentVersion, Hit, VectorIndex
 from app.retrieval.schemas import DocumentIn
 from app.telemetry.spans import scoped_span
 from app.tenancy.scope import TenantScope
 
 MAX_METADATA_LIST = 100
 MAX_METADATA_STRING = 1_000
+# C0/C1 control characters other than tab and newline: never text, and NUL breaks Postgres.
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def normalise_text(text: str) -> str:
+    """The form of a document's text that is hashed, chunked and indexed.
+
+    Every ingestion path (JSON, uploads, the sample corpus) goes through here exactly once,
+    so a transformation of document text belongs in this function.
+    """
+    text = text.replace("\r\n", "\n").replace("\r", "\n")
+    return _CONTROL.sub("", unicodedata.normalize("NFC", text))
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +74,11 @@ class DocumentService:
         self._limits = limits
         self._chunking = chunking
 
+    @property
+    def limits(self) -> LimitSettings:
+        """The input bounds this service enforces."""
+        return self._limits
+
     def prepare(self, documents: list[DocumentIn]) -> list[PreparedDocument]:
         """Validate and chunk a batch before anything is written.
 
@@ -76,7 +95,8 @@ class DocumentService:
         seen: set[str] = set()
         for position, document in enumerate(documents):
             where = f"documents[{position}]"
-            if len(document.text) > limits.max_document_chars:
+            text = normalise_text(document.text)
+            if len(text) > limits.max_document_chars:
                 raise PayloadTooLarge(
                     f"{where}.text: at most {limits.max_document_chars} characters"
                 )
@@ -84,13 +104,15 @@ class DocumentService:
                 raise ValidationFailed(
                     f"{where}.title: at most {limits.max_title_chars} characters"
                 )
+            if "\x00" in document.title:
+                raise ValidationFailed(f"{where}.title: NUL characters are not allowed")
             _check_metadata(document.metadata, where=f"{where}.metadata", limits=limits)
             document_id = document.id or uuid.uuid4().hex
             if document_id in seen:
                 raise ValidationFailed(f"{where}.id: {document_id!r} appears twice in this request")
             seen.add(document_id)
             chunks = chunk_text(
-                document.text,
+                text,
                 target_chars=self._chunking.target_chars,
                 overlap_chars=self._chunking.overlap_chars,
             )
@@ -102,7 +124,7 @@ class DocumentService:
                     title=document.title,
                     metadata=document.metadata,
                     acl_groups=tuple(sorted(set(document.acl.groups))) if document.acl else None,
-                    content_sha256=hashlib.sha256(document.text.encode()).hexdigest(),
+                    content_sha256=hashlib.sha256(text.encode()).hexdigest(),
                     chunks=[(c.index, c.section, c.text) for c in chunks],
                 )
             )
@@ -113,9 +135,11 @@ class DocumentService:
     ) -> list[tuple[str, int]]:
         """Write a prepared batch: all of it or, on failure, none of it.
 
-        New versions are indexed first and their rows committed in one transaction; only then
-        are the superseded versions' chunks removed, so search never sees an empty document.
-        A dense embedder embeds every chunk before anything is written.
+        Each document's new version is indexed *pending* (invisible to search) and its row
+        saved in one transaction that holds the documents' locks; after the commit the batch is
+        published: its versions revealed and their predecessors removed in one step for
+        searches, so a re-ingested document is never seen twice nor missing. A dense embedder
+        embeds every chunk before anything is written.
 
         Returns:
             (document id, chunk count) per document.
@@ -132,41 +156,31 @@ class DocumentService:
             if embedder is not None:
                 texts = [text for document in documents for text in _chunk_texts(document)]
                 vectors = (await embedder.embed(texts, scope=scope)).vectors
-            written: list[tuple[str, int]] = []
             async with tenant_transaction(self._pool, scope=scope) as connection:
-                for document in documents:
-                    version = (await repository.current_version(connection, document.id) or 0) + 1
-                    written.append((document.id, version))
+                stored = await repository.lock_versions(connection, [d.id for d in documents])
+                written = [(d, stored.get(d.id, 0) + 1) for d in documents]
                 try:
-                    offset = 0
-                    for document, (_, version) in zip(documents, written, strict=True):
-                        dense = vectors[offset : offset + len(document.chunks)] if vectors else None
-                        offset += len(document.chunks)
-                        await index.upsert(
-                            scope=scope, chunks=_records(scope, document, version, dense)
-                        )
-                        await repository.save(
-                            connection,
-                            tenant_id=scope.tenant_id,
-                            document_id=document.id,
-                            title=document.title,
-                            metadata=document.metadata,
-                            acl_groups=list(document.acl_groups) if document.acl_groups else None,
-                            chunk_count=len(document.chunks),
-                            content_sha256=document.content_sha256,
-                            version=version,
-                            created_by=scope.subject,
-                        )
+                    await index.upsert(
+                        scope=scope,
+                        chunks=_batch_records(scope, written, vectors),
+                        pending=True,
+                    )
+                    await repository.save_all(
+                        connection,
+                        tenant_id=scope.tenant_id,
+                        created_by=scope.subject,
+                        rows=[_row(d, v) for d, v in written],
+                    )
                 except BaseException:
-                    for document_id, version in written:
+                    for document, version in written:
                         await index.delete_document(
-                            scope=scope, document_id=document_id, version=version
+                            scope=scope, document_id=document.id, version=version
                         )
                     raise
-            for document_id, version in written:
-                await index.delete_document(
-                    scope=scope, document_id=document_id, keep_version=version
-                )
+            await index.publish(
+                scope=scope,
+                versions=[DocumentVersion(d.id, v, d.acl_groups) for d, v in written],
+            )
         return [(d.id, len(d.chunks)) for d in documents]
 
     async def list_page(
@@ -280,6 +294,30 @@ def _records(
     ]
 
 
+def _batch_records(
+    scope: TenantScope,
+    written: list[tuple[PreparedDocument, int]],
+    vectors: list[list[float]] | None,
+) -> list[ChunkRecord]:
+    records: list[ChunkRecord] = []
+    for document, version in written:
+        dense = vectors[len(records) : len(records) + len(document.chunks)] if vectors else None
+        records += _records(scope, document, version, dense)
+    return records
+
+
+def _row(document: PreparedDocument, version: int) -> repository.DocumentVersionRow:
+    return repository.DocumentVersionRow(
+        document_id=document.id,
+        title=document.title,
+        metadata=document.metadata,
+        acl_groups=list(document.acl_groups) if document.acl_groups else None,
+        chunk_count=len(document.chunks),
+        content_sha256=document.content_sha256,
+        version=version,
+    )
+
+
 def _check_metadata(metadata: dict[str, Any], *, where: str, limits: LimitSettings) -> None:
     if len(metadata) > limits.max_metadata_keys:
         raise ValidationFailed(f"{where}: at most {limits.max_metadata_keys} keys")
@@ -288,7 +326,7 @@ def _check_metadata(metadata: dict[str, Any], *, where: str, limits: LimitSettin
         values = value if isinstance(value, list) else [value]
         if len(values) > MAX_METADATA_LIST or not all(_is_metadata_scalar(v) for v in values):
             raise ValidationFailed(
-                f"{where}.{key}: a string (≤ {MAX_METADATA_STRING} chars), number, boolean,"
+                f"{where}.{key}: a string (≤ {MAX_METADATA_STRING} chars, no NUL), number, boolean,"
                 f" or a list of up to {MAX_METADATA_LIST} of them",
                 errors=[{"key": f"{where}.{key}", "message": "invalid value"}],
             )
@@ -296,7 +334,8 @@ def _check_metadata(metadata: dict[str, Any], *, where: str, limits: LimitSettin
 
 def _is_metadata_scalar(value: Any) -> bool:
     if isinstance(value, str):
-        return len(value) <= MAX_METADATA_STRING
+        # Postgres text and jsonb cannot hold NUL.
+        return len(value) <= MAX_METADATA_STRING and "\x00" not in value
     return isinstance(value, bool | int | float)
 
 

@@ -137,6 +137,18 @@ async def test_offboard_exports_then_leaves_nothing_and_spares_the_other_tenant(
         return True
 
     await _until(audited)
+    # The audit writer batches in the app's own loop: wait until its last batch has landed
+    # (two snapshots a few flush intervals apart agree) before taking the snapshots below.
+    previous: list[dict[str, int]] = []
+
+    async def settled() -> bool:
+        nonlocal previous
+        current = [await _rows_mentioning(owner_pool, t) for t in (victim, bystander)]
+        stable, previous = current == previous, current
+        await asyncio.sleep(0.25)
+        return stable
+
+    await _until(settled)
     before = await _rows_mentioning(owner_pool, victim)
     assert all(
         before[t] > 0
