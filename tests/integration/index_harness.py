@@ -7,13 +7,14 @@ neither key enforcement nor index use is observable through it.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from qdrant_client import AsyncQdrantClient
+from qdrant_client import AsyncQdrantClient, models
 
 from app.retrieval.edge import EdgeIndex
 from app.retrieval.index import ChunkRecord, VectorIndex
@@ -28,6 +29,33 @@ from app.retrieval.scoping import point_id
 from app.tenancy.scope import Role, TenantScope
 
 ADAPTERS = ("edge", "qdrant-shared", "qdrant-dedicated")
+
+
+class InterleavingClient(AsyncQdrantClient):
+    """Local mode that lets other coroutines run where a server would (a test double).
+
+    Local mode answers every call without yielding to the event loop, so no two requests ever
+    interleave; a server applies a batch's operations one by one while it serves other
+    requests. This subclass yields before each query and between a batch's operations, so a
+    search can land inside a half-applied batch as it could against a server; everything else is
+    the real local mode.
+    """
+
+    async def query_points(self, *args: Any, **kwargs: Any) -> models.QueryResponse:
+        await asyncio.sleep(0)
+        return await super().query_points(*args, **kwargs)
+
+    async def batch_update_points(
+        self,
+        collection_name: str,
+        update_operations: Sequence[models.UpdateOperation],
+        **kwargs: Any,
+    ) -> list[models.UpdateResult]:
+        results: list[models.UpdateResult] = []
+        for operation in update_operations:
+            await asyncio.sleep(0)
+            results += await super().batch_update_points(collection_name, [operation], **kwargs)
+        return results
 
 
 @dataclass
@@ -64,7 +92,7 @@ async def open_harness(
         finally:
             await edge.close()
         return
-    client = AsyncQdrantClient(location=":memory:")
+    client = InterleavingClient(location=":memory:")
     isolation: dict[str, Isolation] = {}
     names = CollectionNames("contract")
     index = QdrantServerIndex(
