@@ -100,3 +100,37 @@ async def test_documents_search_and_delete_with_shared_and_dedicated_tenants(
     assert response.status_code == 204
     assert await _search(client, auth(dedicated), "opens at nine") == []
     assert await _search(client, auth(shared), "opens at nine") == ["open"]
+
+
+async def test_reingest_replaces_the_document_and_its_acl_in_server_mode(
+    server_mode: tuple[Litestar, Client], make_tenant: TenantFactory, auth: AuthHeaders
+) -> None:
+    app, client = server_mode
+    tenant_id = await make_tenant("qr")
+    await wait_for_tenant(app, tenant_id)
+    index = app.state.resources.index
+    assert isinstance(index, QdrantServerIndex)
+    scope = TenantScope(tenant_id=tenant_id, subject="test", roles=frozenset())
+
+    async def ingest(text: str, acl: dict[str, list[str]] | None) -> None:
+        document: dict[str, object] = {"id": "memo", "title": "Memo", "text": text}
+        if acl is not None:
+            document["acl"] = acl
+        response = await client.post(
+            "/v1/documents", json={"documents": [document]}, headers=auth(tenant_id)
+        )
+        assert response.status_code == 201, response.text
+
+    await ingest("the wombat memo, first draft", None)
+    await ingest("the wombat memo, final text", {"groups": ["board"]})
+
+    response = await client.post(
+        "/v1/search",
+        json={"query": "wombat memo", "top_k": 10},
+        headers=auth(tenant_id, roles=(Role.SEARCH,), groups=("board",)),
+    )
+    assert response.status_code == 200, response.text
+    assert [hit["text"] for hit in response.json()["results"]] == ["the wombat memo, final text"]
+    # The first version is gone, and the new one now needs the board group.
+    assert await _search(client, auth(tenant_id), "wombat memo") == []
+    assert await index.tenant_points(scope=scope) == 1
