@@ -28,9 +28,35 @@ class DatabaseSettings(BaseModel):
     pool_max: int = Field(default=10, ge=1)
 
 
-class VectorSettings(BaseModel):
-    """Vector store. Only the embedded Qdrant Edge shard exists so far."""
+class QdrantServerSettings(BaseModel):
+    """Qdrant server / cluster through qdrant-client (`vectors.backend: qdrant`)."""
 
+    url: str | None = None
+    """Server URL (`https://qdrant.internal:6333`). Empty: qdrant-client's local mode in
+    `path` (single process, pure Python, no auth: dev and tests only)."""
+    path: Path | None = None
+    """Local-mode directory when `url` is empty. Empty: `<data_dir>/qdrant-local`."""
+    api_key_secret: str | None = None
+    """Secret ref of the cluster API key, e.g. `platform/qdrant-api-key` (it signs the
+    per-tenant JWTs and manages collections, never serves a request). Never read from plain
+    config. Required outside dev mode; a platform ref needs a backend that stores platform
+    secrets (vault, aws). Empty in dev: no per-tenant keys (local mode ignores keys anyway)."""
+    prefer_grpc: bool = False
+    timeout_seconds: int = Field(default=10, ge=1)
+    collection_prefix: str = Field(default="bulkhead", pattern=r"^[a-z][a-z0-9_]{0,30}$")
+    """Collections: `<prefix>_shared`, `<prefix>_t_<tenant>` (dedicated), `<prefix>_keys`."""
+    jwt_ttl_seconds: int = Field(default=30 * 24 * 3600, ge=3600)
+    jwt_refresh_before_seconds: int = Field(default=7 * 24 * 3600, ge=60)
+    """A tenant's JWT is re-minted once it expires within this window."""
+    jwt_check_interval_seconds: float = Field(default=3600.0, gt=0)
+    """How often the service looks for JWTs due for re-minting."""
+
+
+class VectorSettings(BaseModel):
+    """Vector store: the embedded Qdrant Edge shard (default) or a Qdrant server."""
+
+    backend: Literal["edge", "qdrant"] = "edge"
+    qdrant: QdrantServerSettings = QdrantServerSettings()
     path: Path | None = None
     """Edge shard directory. Empty: `<data_dir>/qdrant`."""
     search_threads: int | None = Field(default=1, ge=1)
@@ -237,12 +263,33 @@ class Settings(BaseSettings):
             self.db.url = os.environ["DATABASE_URL"]
         if self.telemetry.otlp_endpoint is None and os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT"):
             self.telemetry.otlp_endpoint = os.environ["OTEL_EXPORTER_OTLP_ENDPOINT"]
+        qdrant = self.vectors.qdrant
+        if self.vectors.backend == "qdrant" and not self.dev:
+            # Local mode has no auth and one process; a server without a key is open to all.
+            if not qdrant.url:
+                raise ValueError("vectors.qdrant.url is required outside dev mode")
+            if not qdrant.api_key_secret:
+                raise ValueError("vectors.qdrant.api_key_secret is required outside dev mode")
+        if (
+            self.vectors.backend == "qdrant"
+            and (qdrant.api_key_secret or "").startswith("platform/")
+            and self.secrets.backend == "local"
+        ):
+            raise ValueError(
+                "vectors.qdrant.api_key_secret: the local secrets backend stores tenant secrets"
+                " only; keep the cluster key in the vault or aws backend"
+            )
         return self
 
     @property
     def vector_path(self) -> Path:
         """Directory of the Qdrant Edge shard."""
         return self.vectors.path or self.data_dir / "qdrant"
+
+    @property
+    def qdrant_local_path(self) -> Path:
+        """Directory of qdrant-client's local mode (when no server URL is set)."""
+        return self.vectors.qdrant.path or self.data_dir / "qdrant-local"
 
     @property
     def dense_vector_root(self) -> Path:

@@ -28,9 +28,11 @@ from app.identity.service_tokens import ServiceTokenIssuer
 from app.identity.tokens import JwtVerifier
 from app.llm.breaker import BreakerRegistry
 from app.llm.chains import chain_policy
-from app.retrieval.edge import EdgeIndex
 from app.retrieval.embedders import TenantEmbedders, VectorSpaces
+from app.retrieval.index import VectorIndex
+from app.retrieval.qdrant_server import Isolation
 from app.retrieval.service import DocumentService
+from app.retrieval.setup import open_vector_index
 from app.secrets.backend import SecretsBackend
 from app.secrets.cache import SecretCache
 from app.secrets.kek import load_master_key
@@ -49,7 +51,7 @@ class Resources:
 
     pool: asyncpg.Pool
     registry: TenantRegistry
-    index: EdgeIndex
+    index: VectorIndex
     secrets: SecretsBackend
     secret_cache: SecretCache
     verifier: JwtVerifier
@@ -90,13 +92,6 @@ async def open_resources(settings: Settings) -> AsyncIterator[Resources]:
         await registry.load()
         await registry.listen(dsn)
         stack.push_async_callback(registry.close)
-        index = EdgeIndex.open(settings.vector_path, search_threads=settings.vectors.search_threads)
-        stack.push_async_callback(index.close)
-        spaces = VectorSpaces(
-            index, settings.dense_vector_root, search_threads=settings.vectors.search_threads
-        )
-        stack.push_async_callback(spaces.close)
-        registry.on_removed(lambda tenant_id: _purge_vectors(spaces, tenant_id))
         http = httpx.AsyncClient(follow_redirects=False)
         stack.push_async_callback(http.aclose)
         secrets = build_backend(settings, pool=pool, kek=kek)
@@ -111,6 +106,23 @@ async def open_resources(settings: Settings) -> AsyncIterator[Resources]:
             # Other replicas' `bulkhead secrets put` reaches this cache at once, not after a TTL.
             listener = await listen_for_changes(dsn, secret_cache.forget)
             stack.push_async_callback(listener.close)
+        index = await stack.enter_async_context(
+            open_vector_index(
+                settings,
+                secrets=secrets,
+                secret_cache=secret_cache,
+                tenant_ids=registry.tenant_ids,
+                isolation_of=lambda tenant_id: _isolation(registry, tenant_id),
+            )
+        )
+        spaces = VectorSpaces(
+            index,
+            # Dense spaces are Edge shards; server mode refuses dense embedders at apply time.
+            settings.dense_vector_root if settings.vectors.backend == "edge" else None,
+            search_threads=settings.vectors.search_threads,
+        )
+        stack.push_async_callback(spaces.close)
+        registry.on_removed(lambda tenant_id: _purge_vectors(spaces, tenant_id))
         dev_issuer = (
             DevIssuer.load_or_create(
                 settings.dev_signing_key_path,
@@ -183,6 +195,11 @@ async def open_resources(settings: Settings) -> AsyncIterator[Resources]:
             auth_failures=identity.auth_failures,
             client_addresses=ClientAddressResolver(settings.auth.trusted_proxies),
         )
+
+
+def _isolation(registry: TenantRegistry, tenant_id: str) -> Isolation:
+    record = registry.tenant(tenant_id)
+    return record.manifest.retrieval.isolation if record else "shared"
 
 
 async def _purge_vectors(spaces: VectorSpaces, tenant_id: str) -> None:

@@ -48,6 +48,11 @@ def reindex(tenant_id: str, embedder: str, batch_size: int, grace_seconds: float
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--embedder") from exc
     settings = get_settings()
+    if settings.vectors.backend != "edge":
+        # Server mode has BM25 only (dense spaces are Edge shards), so there is nothing to move.
+        raise click.ClickException(
+            "reindex needs the Qdrant Edge backend: the Qdrant server backend serves bm25 only"
+        )
     if not settings.db.url:
         raise click.ClickException("set DATABASE_URL (the owner role's connection)")
     try:

@@ -1,8 +1,9 @@
 """Qdrant Edge adapter: an in-process shard holding every tenant's chunks (isolation: shared).
 
-Isolation lives in `_scoped_filter`, the one function that builds the filter of every query,
-count and delete; upserts stamp `tenant_id` from the scope in `_payload` and are conditional on
-the same filter, so a point of another tenant can never be overwritten.
+Isolation lives in `_scoped_filter`, which translates `scoping.forced_condition` (shared by every
+adapter) into the filter of every query, scroll, count and delete; upserts stamp `tenant_id` from
+the scope (`chunk_payload`) and are conditional on the same filter, so a point of another tenant
+can never be overwritten. Edge has one shard, so `isolation: dedicated` is not available on it.
 
 Re-ingestion writes a new version *pending*: its chunks carry an empty ACL list, which matches
 no reader's ACL condition, so searches keep seeing the old version while the new one is
@@ -13,32 +14,45 @@ behind a `VersionGate` that no search crosses while the switch is half done.
 from __future__ import annotations
 
 import asyncio
-import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import qdrant_edge as qe
 
 from app.retrieval.filters import MetadataMatch
 from app.retrieval.gate import VersionGate
-from app.retrieval.index import ACL_EVERYONE, ChunkRecord, DocumentVersion, Hit
+from app.retrieval.index import ChunkRecord, DocumentVersion, Hit
+from app.retrieval.scoping import (
+    ACL_FIELD,
+    BM25_VECTOR,
+    DENSE_VECTOR,
+    DOCUMENT_FIELD,
+    HIT_FIELDS,
+    HYBRID_CANDIDATES,
+    RRF_K,
+    TENANT_FIELD,
+    VERSION_FIELD,
+    AllOf,
+    AnyOf,
+    Clause,
+    FieldBelow,
+    FieldEquals,
+    FieldIn,
+    HasId,
+    bm25_text,
+    chunk_from_payload,
+    chunk_payload,
+    forced_condition,
+    hit_from_payload,
+    point_id,
+    publish_plan,
+    stale_pending,
+)
 from app.tenancy.scope import TenantScope
 
-K = TypeVar("K")
+__all__ = ["BM25_VECTOR", "DENSE_VECTOR", "EdgeIndex"]
 
-BM25_VECTOR = "bm25"
-DENSE_VECTOR = "dense"
-RRF_K = 60
-"""The constant of Reciprocal Rank Fusion, as in the original paper (Cormack et al., 2009)."""
-HYBRID_CANDIDATES = 4
-"""Each of the dense and BM25 legs contributes `top_k * HYBRID_CANDIDATES` candidates."""
-TENANT_FIELD = "tenant_id"
-ACL_FIELD = "_bulkhead_acl"
-VERSION_FIELD = "_bulkhead_version"
-DOCUMENT_FIELD = "document_id"
-
-_HIT_FIELDS = (DOCUMENT_FIELD, "title", "section", "text", "metadata")
 _FIELD_INDEXES: dict[str, Any] = {
     DOCUMENT_FIELD: qe.PayloadSchemaType.Keyword,
     ACL_FIELD: qe.PayloadSchemaType.Keyword,
@@ -56,71 +70,43 @@ def _scoped_filter(
     version: int | None = None,
     except_version: int | None = None,
     before_version: int | None = None,
+    chunk_ids: list[str] | None = None,
 ) -> qe.Filter:
-    """The filter of every vector operation: the tenant (and, for reads, ACL) first.
-
-    Caller conditions are nested inside `must`, so they can only narrow the result.
-    """
-    must: list[Any] = [qe.FieldCondition(TENANT_FIELD, match=qe.MatchValue(scope.tenant_id))]
-    if reading:
-        must.append(qe.FieldCondition(ACL_FIELD, match=qe.MatchAny([ACL_EVERYONE, *scope.groups])))
-    narrowing: list[Any] = [_metadata_condition(m) for m in matches]
-    if document_id is not None:
-        narrowing.append(qe.FieldCondition(DOCUMENT_FIELD, match=qe.MatchValue(document_id)))
-    if document_ids is not None:
-        narrowing.append(qe.FieldCondition(DOCUMENT_FIELD, match=qe.MatchAny(list(document_ids))))
-    if version is not None:
-        narrowing.append(qe.FieldCondition(VERSION_FIELD, match=qe.MatchValue(version)))
-    if before_version is not None:
-        narrowing.append(
-            qe.FieldCondition(VERSION_FIELD, range=qe.RangeFloat(lt=float(before_version)))
-        )
-    must_not: list[Any] = []
-    if except_version is not None:
-        must_not.append(qe.FieldCondition(VERSION_FIELD, match=qe.MatchValue(except_version)))
-    if narrowing or must_not:
-        must.append(qe.Filter(must=narrowing or None, must_not=must_not or None))
-    return qe.Filter(must=must)
+    """The filter of every vector operation: `forced_condition` in Qdrant Edge's types."""
+    condition = forced_condition(
+        scope,
+        reading=reading,
+        matches=matches,
+        document_id=document_id,
+        document_ids=document_ids,
+        version=version,
+        before_version=before_version,
+        except_version=except_version,
+        chunk_ids=tuple(chunk_ids) if chunk_ids is not None else None,
+    )
+    return _edge_filter(condition)
 
 
-def _metadata_condition(match: MetadataMatch) -> Any:
-    key = f"metadata.{match.key}"
-    if len(match.values) == 1:
-        return qe.FieldCondition(key, match=qe.MatchValue(match.values[0]))
-    strings = [v for v in match.values if isinstance(v, str)]
-    if len(strings) == len(match.values):
-        return qe.FieldCondition(key, match=qe.MatchAny(strings))
-    integers = [v for v in match.values if isinstance(v, int) and not isinstance(v, bool)]
-    if len(integers) == len(match.values):
-        return qe.FieldCondition(key, match=qe.MatchAny(integers))
-    return qe.Filter(should=[qe.FieldCondition(key, match=qe.MatchValue(v)) for v in match.values])
+def _edge_filter(clause: AllOf) -> qe.Filter:
+    return qe.Filter(
+        must=[_edge_clause(c) for c in clause.must] or None,
+        must_not=[_edge_clause(c) for c in clause.must_not] or None,
+    )
 
 
-def _acl(groups: tuple[str, ...] | None) -> list[str]:
-    return list(groups) if groups is not None else [ACL_EVERYONE]
-
-
-def _group(pairs: Iterable[tuple[K, str]]) -> dict[K, list[str]]:
-    """Document ids by key, each id once: one store operation per key instead of per document."""
-    groups: dict[K, dict[str, None]] = {}
-    for key, document_id in pairs:
-        groups.setdefault(key, {})[document_id] = None
-    return {key: list(ids) for key, ids in groups.items()}
-
-
-def _payload(scope: TenantScope, chunk: ChunkRecord, *, pending: bool) -> dict[str, Any]:
-    return {
-        TENANT_FIELD: scope.tenant_id,
-        DOCUMENT_FIELD: chunk.document_id,
-        VERSION_FIELD: chunk.version,
-        # No group at all while pending: no reader's ACL condition can match it.
-        ACL_FIELD: [] if pending else _acl(chunk.acl_groups),
-        "chunk_index": chunk.index,
-        "title": chunk.title,
-        "section": chunk.section,
-        "text": chunk.text,
-        "metadata": chunk.metadata,
-    }
+def _edge_clause(clause: Clause) -> Any:
+    if isinstance(clause, FieldEquals):
+        return qe.FieldCondition(clause.key, match=qe.MatchValue(clause.value))
+    if isinstance(clause, FieldIn):
+        values: list[str] | list[int] = list(clause.values)  # type: ignore[assignment]
+        return qe.FieldCondition(clause.key, match=qe.MatchAny(values))
+    if isinstance(clause, FieldBelow):
+        return qe.FieldCondition(clause.key, range=qe.RangeFloat(lt=float(clause.limit)))
+    if isinstance(clause, HasId):
+        return qe.HasIdCondition(set(clause.ids))
+    if isinstance(clause, AnyOf):
+        return qe.Filter(should=[_edge_clause(c) for c in clause.should])
+    return _edge_filter(clause)
 
 
 class EdgeIndex:
@@ -177,15 +163,10 @@ class EdgeIndex:
     @staticmethod
     def point_id(tenant_id: str, document_id: str, version: int, index: int) -> str:
         """Deterministic point id; the tenant is part of it, so ids never collide across tenants."""
-        return str(
-            uuid.uuid5(uuid.NAMESPACE_URL, f"bulkhead:{tenant_id}/{document_id}/{version}/{index}")
-        )
-
-    def _embed_document(self, chunk: ChunkRecord) -> qe.SparseVector:
-        return self._bm25.embed_document(f"{chunk.title}\n{chunk.section}\n{chunk.text}")
+        return point_id(tenant_id, document_id, version, index)
 
     def _vectors(self, chunk: ChunkRecord) -> dict[str, Any]:
-        vectors: dict[str, Any] = {BM25_VECTOR: self._embed_document(chunk)}
+        vectors: dict[str, Any] = {BM25_VECTOR: self._bm25.embed_document(bm25_text(chunk))}
         if self.dense_size:
             if chunk.dense is None or len(chunk.dense) != self.dense_size:
                 raise ValueError(f"chunk {chunk.chunk_id}: needs a {self.dense_size}-d vector")
@@ -204,10 +185,8 @@ class EdgeIndex:
             return
         stale = (
             [
-                qe.UpdateOperation.delete_points_by_filter(
-                    _scoped_filter(scope, reading=False, document_ids=ids, version=version)
-                )
-                for version, ids in _group((c.version, c.document_id) for c in chunks).items()
+                qe.UpdateOperation.delete_points_by_filter(_edge_filter(condition))
+                for condition in stale_pending(scope, chunks)
             ]
             if pending
             else []
@@ -218,7 +197,9 @@ class EdgeIndex:
                 self._shard.update(operation)
             points = [
                 qe.Point(
-                    chunk.chunk_id, self._vectors(chunk), _payload(scope, chunk, pending=pending)
+                    chunk.chunk_id,
+                    self._vectors(chunk),
+                    chunk_payload(scope, chunk, pending=pending),
                 )
                 for chunk in chunks
             ]
@@ -269,12 +250,18 @@ class EdgeIndex:
             prefetches=prefetches,
             filter=condition,
             # Only what a hit shows: each payload field is converted from the engine per access.
-            with_payload=list(_HIT_FIELDS),
+            with_payload=list(HIT_FIELDS),
         )
         async with self._gate.reading():
             # Sub-millisecond at 100k chunks (see benchmarks); cheaper inline than a thread hop.
             points = self._shard.query(request)
-        return [hit for point in points if (hit := _hit(point)) is not None]
+        return [
+            hit
+            for point in points
+            # `payload` is a property that converts on every read: read it once.
+            if (hit := hit_from_payload(str(point.id), float(point.score), point.payload))
+            is not None
+        ]
 
     async def delete_document(
         self,
@@ -292,6 +279,9 @@ class EdgeIndex:
             version=version,
             except_version=keep_version,
         )
+        await self._delete(condition)
+
+    async def _delete(self, condition: qe.Filter) -> None:
         async with self._write_lock:
             await asyncio.to_thread(
                 self._shard.update, qe.UpdateOperation.delete_points_by_filter(condition)
@@ -303,22 +293,15 @@ class EdgeIndex:
         All the updates run in a worker thread behind the version gate, so no search sees a
         document twice (both versions), not at all, or a batch half switched; requests other
         than searches go on meanwhile (a 1,000-chunk document takes ~20-70 ms on 2 busy cores,
-        see `benchmarks/ingest.py`). Removing only *older* versions keeps a slower, superseded
-        publish from deleting a newer version that was published first.
+        see `benchmarks/ingest.py`). The operations are `scoping.publish_plan`'s.
         """
-        reveal = _group(((v.version, v.acl_groups), v.document_id) for v in versions)
-        retire = _group((v.version, v.document_id) for v in versions)
+        plan = publish_plan(scope, versions)
         operations = [
-            qe.UpdateOperation.set_payload_by_filter(
-                _scoped_filter(scope, reading=False, document_ids=ids, version=version),
-                {ACL_FIELD: _acl(groups)},
-            )
-            for (version, groups), ids in reveal.items()
+            qe.UpdateOperation.set_payload_by_filter(_edge_filter(condition), {ACL_FIELD: acl})
+            for condition, acl in plan.reveal
         ] + [
-            qe.UpdateOperation.delete_points_by_filter(
-                _scoped_filter(scope, reading=False, document_ids=ids, before_version=version)
-            )
-            for version, ids in retire.items()
+            qe.UpdateOperation.delete_points_by_filter(_edge_filter(condition))
+            for condition in plan.retire
         ]
 
         def switch() -> None:
@@ -347,7 +330,11 @@ class EdgeIndex:
                 with_vector=False,
             )
         )
-        chunks = [chunk for record in records if (chunk := _chunk(record)) is not None]
+        chunks = [
+            chunk
+            for record in records
+            if (chunk := chunk_from_payload(str(record.id), record.payload)) is not None
+        ]
         return chunks, str(next_offset) if next_offset is not None else None
 
     async def existing_ids(self, *, scope: TenantScope, chunk_ids: list[str]) -> set[str]:
@@ -357,7 +344,7 @@ class EdgeIndex:
         records, _ = self._shard.scroll(
             qe.ScrollRequest(
                 limit=len(chunk_ids),
-                filter=_ids_filter(scope, chunk_ids),
+                filter=_scoped_filter(scope, reading=False, chunk_ids=chunk_ids),
                 with_payload=False,
                 with_vector=False,
             )
@@ -366,13 +353,8 @@ class EdgeIndex:
 
     async def delete_chunks(self, *, scope: TenantScope, chunk_ids: list[str]) -> None:
         """Remove the tenant's chunks with these ids (another tenant's ids match nothing)."""
-        if not chunk_ids:
-            return
-        async with self._write_lock:
-            await asyncio.to_thread(
-                self._shard.update,
-                qe.UpdateOperation.delete_points_by_filter(_ids_filter(scope, chunk_ids)),
-            )
+        if chunk_ids:
+            await self._delete(_scoped_filter(scope, reading=False, chunk_ids=chunk_ids))
 
     async def count(self, *, scope: TenantScope) -> int:
         """Chunks the scope may see."""
@@ -413,46 +395,3 @@ class EdgeIndex:
         async with self._write_lock:
             await asyncio.to_thread(self._shard.flush)
             self._shard.close()
-
-
-def _ids_filter(scope: TenantScope, chunk_ids: list[str]) -> qe.Filter:
-    # The scoped filter stays a `must` clause of its own, so the ids can only narrow it.
-    return qe.Filter(must=[_scoped_filter(scope, reading=False), qe.HasIdCondition(set(chunk_ids))])
-
-
-def _chunk(record: qe.Record) -> ChunkRecord | None:
-    payload: dict[str, Any] | None = record.payload
-    if payload is None:
-        return None
-    acl = payload.get(ACL_FIELD)
-    if acl == []:
-        # A pending version (see `publish`): not a chunk yet. Read as "everyone" it would be
-        # copied visible to the whole tenant, whatever its document's ACL.
-        return None
-    acl = acl or [ACL_EVERYONE]
-    return ChunkRecord(
-        chunk_id=str(record.id),
-        document_id=payload[DOCUMENT_FIELD],
-        version=int(payload.get(VERSION_FIELD, 1)),
-        index=int(payload.get("chunk_index", 0)),
-        title=payload.get("title", ""),
-        section=payload.get("section", ""),
-        text=payload.get("text", ""),
-        metadata=payload.get("metadata") or {},
-        acl_groups=None if acl == [ACL_EVERYONE] else tuple(acl),
-    )
-
-
-def _hit(point: qe.ScoredPoint) -> Hit | None:
-    payload: dict[str, Any] | None = point.payload  # a property that converts on every read
-    if payload is None:
-        return None
-    return Hit(
-        chunk_id=str(point.id),
-        document_id=payload[DOCUMENT_FIELD],
-        title=payload.get("title", ""),
-        section=payload.get("section", ""),
-        text=payload.get("text", ""),
-        score=float(point.score),
-        metadata=payload.get("metadata") or {},
-    )

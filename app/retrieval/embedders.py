@@ -18,6 +18,7 @@ from app.llm.clients import SdkClients
 from app.llm.embeddings import OpenAIEmbedder
 from app.retrieval.edge import EdgeIndex
 from app.retrieval.embedder_spec import EmbedderSpec, space_dimensions
+from app.retrieval.index import VectorIndex
 from app.tenancy.manifest import EmbeddingEndpoint, TenantManifest
 
 if TYPE_CHECKING:
@@ -31,21 +32,40 @@ def chunk_embedding_text(title: str, section: str, text: str) -> str:
     return f"{title}\n{section}\n{text}"
 
 
-class VectorSpaces:
-    """The shards: the shared BM25 one, and one per dense embedding space, opened on first use."""
+class DenseSpacesUnavailable(ValueError):
+    """A dense embedder on a backend without dense spaces (the Qdrant server backend, for now)."""
 
-    def __init__(self, bm25: EdgeIndex, dense_root: Path, *, search_threads: int | None) -> None:
+
+class VectorSpaces:
+    """The shards: the shared BM25 one, and one per dense embedding space, opened on first use.
+
+    `bm25` is the configured index (Qdrant Edge or server). Dense spaces are Qdrant Edge shards
+    under `dense_root`; with `dense_root` None (server mode) there are none, and a dense
+    embedder is refused (`tenants apply` refuses it before any tenant can have one).
+    """
+
+    def __init__(
+        self, bm25: VectorIndex, dense_root: Path | None, *, search_threads: int | None
+    ) -> None:
         self.bm25 = bm25
         self._dense_root = dense_root
         self._search_threads = search_threads
         self._dense: dict[str, EdgeIndex] = {}
 
-    def index_for(self, spec: EmbedderSpec) -> EdgeIndex:
-        """The shard holding the chunks of tenants embedded by `spec`."""
+    def index_for(self, spec: EmbedderSpec) -> VectorIndex:
+        """The shard holding the chunks of tenants embedded by `spec`.
+
+        Raises:
+            DenseSpacesUnavailable: A dense `spec` and no dense spaces (server mode).
+        """
         space = spec.space
         return self.bm25 if space is None else self._space(space)
 
     def _space(self, space: str) -> EdgeIndex:
+        if self._dense_root is None:
+            raise DenseSpacesUnavailable(
+                f"embedder space {space!r}: dense embedders need the Qdrant Edge backend"
+            )
         index = self._dense.get(space)
         if index is None:
             index = self._dense[space] = EdgeIndex.open(
@@ -62,7 +82,7 @@ class VectorSpaces:
         space's copy behind for a grace period.
         """
         deleted = await self.bm25.delete_tenant(scope=scope)
-        if self._dense_root.is_dir():
+        if self._dense_root is not None and self._dense_root.is_dir():
             for directory in sorted(self._dense_root.iterdir()):
                 if (directory / "edge_config.json").exists():
                     deleted += await self._space(directory.name).delete_tenant(scope=scope)
@@ -80,7 +100,7 @@ class Route:
     """Where a tenant's chunks go and how its texts become vectors."""
 
     spec: EmbedderSpec
-    index: EdgeIndex
+    index: VectorIndex
     embedder: OpenAIEmbedder | None
     """None for BM25 (the shard embeds sparse vectors itself)."""
 

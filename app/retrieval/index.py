@@ -123,6 +123,14 @@ class VectorIndex(Protocol):
         """Chunks the scope may see."""
         ...
 
+    async def delete_tenant(self, *, scope: TenantScope) -> int:
+        """Remove every point of the scope's tenant, whatever its ACL; returns how many."""
+        ...
+
+    async def tenant_points(self, *, scope: TenantScope) -> int:
+        """Every point stored for the scope's tenant, whatever its ACL."""
+        ...
+
     async def health(self) -> bool:
         """Whether the store answers."""
         ...

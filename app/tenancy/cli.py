@@ -1,4 +1,4 @@
-"""`bulkhead tenants`: apply manifests, rotate a provider key, offboard a tenant.
+"""`bulkhead tenants`: apply manifests, rotate a provider or vector key, offboard a tenant.
 
 Operator commands: they connect as the owner role (`DATABASE_URL`). Reports go to stderr; the
 only thing on stdout is a new tenant's bootstrap admin API key, printed once, so
@@ -20,6 +20,7 @@ from app.chat.crypto import ConversationCipher
 from app.config import Settings, get_settings
 from app.db.pool import Connection, connect
 from app.identity.api_keys import ApiKeyHasher, derive_pepper
+from app.retrieval.setup import open_qdrant_admin
 from app.secrets.admin import open_backend, read_secret_value, refuse_argv_values
 from app.secrets.backend import SecretsBackend
 from app.secrets.kek import MasterKeyError, load_master_key
@@ -186,6 +187,29 @@ def rotate_key(
         asyncio.run(run())
     except RotationError as exc:
         raise click.ClickException(str(exc)) from exc
+
+
+@tenants.command("rotate-vector-key")
+@click.argument("tenant")
+def rotate_vector_key(tenant: str) -> None:
+    """Revoke TENANT's Qdrant key at once and mint a fresh one (server mode)."""
+    settings = get_settings()
+    if settings.vectors.backend != "qdrant":
+        raise click.ClickException("per-tenant keys exist in server mode only (vectors.backend)")
+
+    async def run() -> None:
+        async with _session(settings) as (connection, backend):
+            isolation = (await _manifest_of(connection, tenant)).retrieval.isolation
+            async with open_qdrant_admin(settings, backend) as admin:
+                # Revocation first: the old key stops working now, whatever happens next.
+                await admin.minter.revoke(tenant)
+                outcome = await admin.minter.ensure(tenant, isolation)
+        if outcome.minted:
+            _say(f"{tenant}: key revoked; new key stored as version {outcome.version}")
+        else:
+            _say(f"{tenant}: key revoked; no key minted ({outcome.reason})")
+
+    asyncio.run(run())
 
 
 @tenants.command("offboard")

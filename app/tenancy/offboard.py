@@ -3,9 +3,11 @@
 Order: 1) export (documents metadata, conversations in plaintext, audit, usage, manifest) and
 stop if that fails; 2) destroy the tenant's data key, committed on its own, so whatever a
 later step might miss is unreadable (crypto-shredding); 3) delete its secrets through the
-secrets backend (Postgres, Vault or AWS); 4) delete its vectors; 5) delete its rows from every
-table of the schema that has a `tenant_id` column, found in the catalog (tables added later
-are covered without touching this module), then the tenant itself, announced by NOTIFY.
+secrets backend (Postgres, Vault or AWS); 4) delete its vectors (Qdrant server mode: revoke its
+scoped key, delete its points in the shared collection, drop its dedicated one); 5) delete its
+rows from every table of the schema that has a `tenant_id` column, found in the catalog (tables
+added later are covered without touching this module), then the tenant itself, announced by
+NOTIFY.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from app.db.pool import Connection, connect, set_tenant
 from app.resources import app_dsn
 from app.retrieval.edge import EdgeIndex
 from app.retrieval.embedders import VectorSpaces
+from app.retrieval.setup import purge_server_tenant
 from app.secrets.backend import SecretsBackend
 from app.tenancy.keycheck import admin_scope
 from app.tenancy.registry import CHANNEL
@@ -155,12 +158,22 @@ async def delete_secrets(backend: SecretsBackend, *, tenant_id: str) -> list[str
     return deleted
 
 
-async def delete_vectors(settings: Settings, *, tenant_id: str) -> str:
+async def delete_vectors(
+    settings: Settings, *, tenant_id: str, backend: SecretsBackend | None = None
+) -> str:
     """Delete the tenant's points from the embedded shard, or leave it to the running service.
 
     A running service holds the shard; it deletes a tenant's points itself when the registry
-    sees the tenant removed (see `app/resources.py`).
+    sees the tenant removed (see `app/resources.py`). In Qdrant server mode the server is
+    reached with the cluster key (resolved through `backend`), which also drops collections.
+
+    Raises:
+        ValueError: Server mode without a secrets backend.
     """
+    if settings.vectors.backend == "qdrant":
+        if backend is None:
+            raise ValueError("server mode reaches Qdrant with the cluster key: pass the backend")
+        return await purge_server_tenant(settings, backend, tenant_id)
     try:
         index = EdgeIndex.open(settings.vector_path, search_threads=1)
     except Exception as exc:  # the engine raises a bare Exception for a held WAL lock
@@ -241,6 +254,6 @@ async def offboard(
         await reader.close()
     report.data_key_destroyed = await destroy_data_key(connection, tenant_id=tenant_id)
     report.secrets_deleted = await delete_secrets(backend, tenant_id=tenant_id)
-    report.vectors = await delete_vectors(settings, tenant_id=tenant_id)
+    report.vectors = await delete_vectors(settings, tenant_id=tenant_id, backend=backend)
     report.rows_deleted = await delete_rows(connection, tenant_id=tenant_id)
     return report

@@ -17,6 +17,7 @@ from app.config import Settings
 from app.db.pool import Connection, set_tenant
 from app.identity import api_keys
 from app.retrieval.edge import EdgeIndex
+from app.retrieval.setup import check_isolation, provision_server_tenant
 from app.secrets.backend import SecretsBackend
 from app.secrets.wrapping import KeyWrapper
 from app.tenancy.diff import Change, manifest_diff
@@ -71,14 +72,20 @@ async def stored_manifest(connection: Connection, tenant_id: str) -> dict[str, A
     return value
 
 
-async def prepare_vectors(settings: Settings) -> str:
+async def prepare_vectors(
+    settings: Settings, backend: SecretsBackend, manifest: TenantManifest
+) -> str:
     """Make sure the vector store is ready for a tenant, and say how it stands.
 
-    The embedded default is one Qdrant Edge shard whose `tenant_id` payload index
+    Qdrant server mode: the tenant's collections and its scoped key (stored in `backend`,
+    after the tenant's transaction committed: the local backend seals it with the tenant's
+    data key). The embedded default is one Qdrant Edge shard whose `tenant_id` payload index
     (`is_tenant`) is created when the shard is opened; every tenant's points live there,
     scoped by the forced tenant filter. A running service holds the shard's lock, and has then
     already created it.
     """
+    if settings.vectors.backend == "qdrant":
+        return await provision_server_tenant(settings, backend, manifest)
     try:
         index = EdgeIndex.open(settings.vector_path, search_threads=1)
     except Exception as exc:  # the engine raises a bare Exception for a held WAL lock
@@ -105,8 +112,10 @@ async def onboard(
     Raises:
         OnboardRefused: An existing tenant's update names a secret that is missing or fails
             verification; nothing was written.
-        ManifestError: The issuer mapping collides with another tenant's.
+        ManifestError: The issuer mapping collides with another tenant's, or the manifest asks
+            for what the vector backend cannot do (checked in dry runs too).
     """
+    check_isolation(settings, manifest)
     old = await stored_manifest(connection, manifest.id)
     report = OnboardReport(tenant_id=manifest.id, exists=old is not None)
     report.changes = manifest_diff(old or {}, manifest.to_json())
@@ -141,5 +150,5 @@ async def onboard(
             await set_tenant(connection, "")
     if old is None:
         report.keys = await check_keys(backend, manifest, verify=verify_keys, settings=settings.llm)
-    report.vectors = await prepare_vectors(settings)
+    report.vectors = await prepare_vectors(settings, backend, manifest)
     return report

@@ -7,12 +7,30 @@ from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass, field
+from typing import Literal, Protocol
 
 from app.db.pool import Connection
 from app.secrets.local import ensure_tenant_key
 from app.secrets.wrapping import KeyWrapper
 from app.tenancy.manifest import ManifestError, TenantManifest
 from app.tenancy.registry import CHANNEL
+
+
+class KeyOutcome(Protocol):
+    """Whether provisioning minted a new vector-store key."""
+
+    @property
+    def minted(self) -> bool:
+        """A new key was minted and stored."""
+        ...
+
+
+class VectorProvisioning(Protocol):
+    """Creates a tenant's vector collections and scoped key (Qdrant server mode)."""
+
+    async def ensure(self, tenant_id: str, isolation: Literal["shared", "dedicated"]) -> KeyOutcome:
+        """Make the tenant's collections exist and its stored key valid; idempotent."""
+        ...
 
 
 @dataclass(slots=True)
@@ -47,12 +65,22 @@ def _check_issuers(manifest: TenantManifest) -> None:
 
 
 async def apply_manifest(
-    connection: Connection, manifest: TenantManifest, *, kek: bytes | KeyWrapper
+    connection: Connection,
+    manifest: TenantManifest,
+    *,
+    kek: bytes | KeyWrapper,
+    vectors: VectorProvisioning | None = None,
 ) -> ApplyResult:
-    """Create or update a tenant, its issuers and its data key from `manifest`.
+    """Create or update a tenant, its issuers, its data key and (server mode) its vector key.
+
+    The vector collections and the tenant's scoped Qdrant key are provisioned after the
+    registry transaction commits (the key is stored under the tenant's data key, which must
+    exist first); a failure there leaves the tenant applied, and the next `apply` or the
+    service's re-mint loop completes it.
 
     Raises:
         ManifestError: The manifest's issuer mapping collides with another tenant's.
+        SecretsBackendUnavailable: The key could not be stored.
     """
     _check_issuers(manifest)
     result = ApplyResult(tenant_id=manifest.id)
@@ -89,6 +117,10 @@ async def apply_manifest(
             result.changed.append("data key")
         if not result.unchanged:
             await connection.execute("SELECT pg_notify($1, $2)", CHANNEL, manifest.id)
+    if vectors is not None:
+        outcome = await vectors.ensure(manifest.id, manifest.retrieval.isolation)
+        if outcome.minted:
+            result.changed.append("vector key")
     return result
 
 

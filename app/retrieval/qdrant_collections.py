@@ -1,0 +1,87 @@
+"""Qdrant server collections: where each tenant's points live, and how a collection is made."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal
+
+from qdrant_client import AsyncQdrantClient, models
+
+from app.retrieval.scoping import (
+    ACL_FIELD,
+    BM25_VECTOR,
+    DENSE_VECTOR,
+    DOCUMENT_FIELD,
+    TENANT_FIELD,
+    VERSION_FIELD,
+)
+
+Isolation = Literal["shared", "dedicated"]
+IsolationOf = Callable[[str], Isolation]
+"""Tenant id -> the isolation its manifest asks for."""
+
+_FIELD_INDEXES: dict[str, models.PayloadSchemaType] = {
+    DOCUMENT_FIELD: models.PayloadSchemaType.KEYWORD,
+    ACL_FIELD: models.PayloadSchemaType.KEYWORD,
+    VERSION_FIELD: models.PayloadSchemaType.INTEGER,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class CollectionNames:
+    """Where a tenant's points live; `keys` holds the JWT revocation records."""
+
+    prefix: str = "bulkhead"
+
+    @property
+    def shared(self) -> str:
+        """The collection of every `isolation: shared` tenant."""
+        return f"{self.prefix}_shared"
+
+    @property
+    def keys(self) -> str:
+        """Bulkhead-owned revocation records; no tenant key can reach it."""
+        return f"{self.prefix}_keys"
+
+    def dedicated(self, tenant_id: str) -> str:
+        """The collection of an `isolation: dedicated` tenant."""
+        return f"{self.prefix}_t_{tenant_id}"
+
+    def for_tenant(self, tenant_id: str, isolation: Isolation) -> str:
+        """The collection a tenant's points live in."""
+        return self.dedicated(tenant_id) if isolation == "dedicated" else self.shared
+
+
+async def ensure_collection(
+    client: AsyncQdrantClient, name: str, *, dense_size: int | None = None
+) -> bool:
+    """Create a chunk collection with its BM25 vector and payload indexes; True if created.
+
+    With `dense_size`, every point also carries a named cosine vector of that size.
+    Needs manage access (the cluster key): tenant keys carry `prw`, which excludes indexes.
+    """
+    if await client.collection_exists(name):
+        return False
+    dense: dict[str, models.VectorParams] = {}
+    if dense_size:
+        dense[DENSE_VECTOR] = models.VectorParams(size=dense_size, distance=models.Distance.COSINE)
+    await client.create_collection(
+        name,
+        vectors_config=dense,
+        sparse_vectors_config={
+            BM25_VECTOR: models.SparseVectorParams(modifier=models.Modifier.IDF)
+        },
+    )
+    with warnings.catch_warnings():
+        # Local mode (tests, dev) keeps no payload indexes and says so; a server does.
+        warnings.filterwarnings("ignore", message="Payload indexes have no effect")
+        await client.create_payload_index(
+            name,
+            TENANT_FIELD,
+            models.KeywordIndexParams(type=models.KeywordIndexType.KEYWORD, is_tenant=True),
+        )
+        for field, schema in _FIELD_INDEXES.items():
+            await client.create_payload_index(name, field, schema)
+    return True
