@@ -25,6 +25,7 @@ from app.identity.key_store import ApiKeyStore
 from app.identity.network import ClientAddressResolver
 from app.identity.service_tokens import ServiceTokenIssuer
 from app.identity.tokens import JwtVerifier
+from app.privacy.redact import RedactionKind, parse_kinds
 from app.retrieval.edge import EdgeIndex
 from app.retrieval.service import DocumentService
 from app.secrets.backend import SecretsBackend
@@ -135,7 +136,11 @@ async def open_resources(settings: Settings) -> AsyncIterator[Resources]:
         audit.start()
         stack.push_async_callback(audit.close)
         documents = DocumentService(
-            pool=pool, index=index, limits=settings.limits, chunking=settings.chunking
+            pool=pool,
+            index=index,
+            limits=settings.limits,
+            chunking=settings.chunking,
+            redaction=lambda tenant_id: _redaction(registry, tenant_id),
         )
         chat = ChatService(
             pool=pool,
@@ -163,6 +168,11 @@ async def open_resources(settings: Settings) -> AsyncIterator[Resources]:
             auth_failures=identity.auth_failures,
             client_addresses=ClientAddressResolver(settings.auth.trusted_proxies),
         )
+
+
+def _redaction(registry: TenantRegistry, tenant_id: str) -> frozenset[RedactionKind]:
+    record = registry.tenant(tenant_id)
+    return parse_kinds(record.manifest.privacy.redact) if record else frozenset()
 
 
 def _platform_refs(registry: TenantRegistry, tenant_id: str) -> frozenset[str]:

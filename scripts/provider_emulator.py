@@ -19,7 +19,8 @@ exact model string fail (retry-then-succeed). `--fault` sets a default for every
 
 A key containing `revoked` is refused with 401 too. Connection refused is a port with nothing
 listening: `refused_url()`. `GET /_emulator/calls` counts calls per path;
-`POST /_emulator/reset` clears the counters.
+`POST /_emulator/reset` clears the counters; in process, `received` keeps the last
+200 request bodies (tests check what left Bulkhead).
 
     python scripts/provider_emulator.py --port 8911 [--fault 503]
 """
@@ -35,7 +36,7 @@ import socket
 import threading
 import time
 import uuid
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -48,6 +49,7 @@ Send = Callable[[dict[str, Any]], Awaitable[None]]
 _FAULT = re.compile(
     r"^(?P<model>[^@]+)@(?P<fault>[a-z0-9]+)(?::(?P<arg>[0-9.]+))?(?:x(?P<n>\d+))?$"
 )
+REQUEST_LOG_SIZE = 200
 ANSWER = "Hotel stays are reimbursed up to 180 euros per night [1]."
 
 
@@ -61,6 +63,8 @@ class ProviderEmulator:
     def __init__(self, default_fault: str | None = None) -> None:
         self.default_fault = default_fault
         self.calls: Counter[str] = Counter()
+        # The last request bodies as received, so tests can check what left Bulkhead.
+        self.received: deque[bytes] = deque(maxlen=REQUEST_LOG_SIZE)
         self._seen: Counter[str] = Counter()
         self._lock = threading.Lock()
 
@@ -68,6 +72,7 @@ class ProviderEmulator:
         """Forget every call."""
         with self._lock:
             self.calls.clear()
+            self.received.clear()
             self._seen.clear()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:  # noqa: D102
@@ -87,6 +92,7 @@ class ProviderEmulator:
         body = await _body(receive)
         with self._lock:
             self.calls[path] += 1
+            self.received.append(body)
         if path.endswith("/chat/completions"):
             await self._openai_chat(scope, receive, send, body)
         elif path.endswith("/embeddings"):

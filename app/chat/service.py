@@ -23,6 +23,7 @@ from app.llm.chains import build_chain, chain_policy, estimate_cost
 from app.llm.keys import SecretResolver, scrub
 from app.llm.provider import Completion, CompletionRequest, ContextChunk, ProviderError
 from app.llm.router import ProviderChain, ProviderRejected, ProvidersUnavailable
+from app.privacy.redact import parse_kinds
 from app.problems import NotFound, ValidationFailed
 from app.retrieval.index import Hit
 from app.retrieval.service import DocumentService
@@ -90,8 +91,9 @@ class ChatService:
         cached = self._chains.get(tenant_id)
         if cached is None or cached[0] != digest:
             entries = tenant.manifest.llm.chain
+            redact = parse_kinds(tenant.manifest.privacy.redact)
             chain = (
-                ProviderChain.from_entries(entries)
+                ProviderChain.from_entries(entries, redact=redact)
                 if self._resolver is None
                 else build_chain(
                     entries,
@@ -99,6 +101,7 @@ class ChatService:
                     settings=self._llm,
                     breakers=self.breakers,
                     capture_content=tenant.manifest.privacy.trace_content,
+                    redact=redact,
                 )
             )
             if cached is not None:

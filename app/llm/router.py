@@ -39,6 +39,7 @@ from app.llm.provider import (
     StreamEvent,
 )
 from app.llm.remote import build_prompt
+from app.privacy.redact import RedactionKind, redact_fields
 from app.problems import ApiError
 from app.tenancy.manifest import ChainEntry
 from app.tenancy.scope import TenantScope
@@ -307,17 +308,22 @@ class ProviderChain:
         policy: ChainPolicy | None = None,
         breakers: BreakerRegistry | None = None,
         capture_content: bool = False,
+        redact: frozenset[RedactionKind] = frozenset(),
     ) -> None:
         if not links:
             raise ValueError("a provider chain needs at least one entry")
         self._links = links
         # Prompt and answer text go on spans only when the tenant opted in (privacy).
         self.capture_content = capture_content
+        # Every request passes here on its way to any provider: the one place to redact it.
+        self.redact = redact
         self.policy = policy or ChainPolicy()
         self._breakers = breakers or BreakerRegistry(self.policy.breaker)
 
     @classmethod
-    def from_entries(cls, entries: tuple[ChainEntry, ...]) -> ProviderChain:
+    def from_entries(
+        cls, entries: tuple[ChainEntry, ...], *, redact: frozenset[RedactionKind] = frozenset()
+    ) -> ProviderChain:
         """A chain of `local` entries only (remote entries fail over): for offline use."""
         local = LocalProvider()
         links = [
@@ -326,7 +332,7 @@ class ProviderChain:
             )
             for entry in entries
         ]
-        return cls(links)
+        return cls(links, redact=redact)
 
     async def aclose(self) -> None:
         """Close every provider's connections."""
@@ -410,6 +416,7 @@ class ProviderChain:
             ProvidersUnavailable: Every entry failed, or the request deadline passed.
             ProviderRejected: A provider refused the request itself (not context length).
         """
+        request = redact_fields(request, self.redact)
         run = _Run(self, scope, stream=False, request=request)
         try:
             for link in self._links:
@@ -464,6 +471,7 @@ class ProviderChain:
             ProviderRejected: A provider refused the request itself (not context length).
             StreamInterrupted: The provider broke off after content was sent.
         """
+        request = redact_fields(request, self.redact)
         run = _Run(self, scope, stream=True, request=request)
         try:
             for link in self._links:

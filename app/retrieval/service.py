@@ -6,6 +6,7 @@ import base64
 import binascii
 import hashlib
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -13,6 +14,7 @@ import asyncpg
 
 from app.config import ChunkingSettings, LimitSettings
 from app.db.pool import tenant_transaction
+from app.privacy.redact import RedactionKind, redact_fields
 from app.problems import NotFound, PayloadTooLarge, ValidationFailed
 from app.retrieval import repository
 from app.retrieval.chunking import chunk_text
@@ -50,8 +52,10 @@ class DocumentService:
         index: VectorIndex,
         limits: LimitSettings,
         chunking: ChunkingSettings,
+        redaction: Callable[[str], frozenset[RedactionKind]] = lambda _: frozenset(),
     ) -> None:
         self._pool = pool
+        self._redaction = redaction
         self._index = index
         self._limits = limits
         self._chunking = chunking
@@ -118,6 +122,9 @@ class DocumentService:
         with scoped_span(
             "ingest documents", scope=scope, attributes={"bulkhead.documents": len(documents)}
         ):
+            # Before anything is indexed: credentials pasted into a document never reach
+            # the vector store (manifest `privacy.redact`).
+            documents = redact_fields(documents, self._redaction(scope.tenant_id))
             written: list[tuple[str, int]] = []
             async with tenant_transaction(self._pool, scope=scope) as connection:
                 for document in documents:
