@@ -18,6 +18,7 @@ from app.health import DevJwksController, HealthController
 from app.identity.controllers import ApiKeyController, ServiceJwksController, TokenController
 from app.identity.guards import provide_scope, tenant_header_guard
 from app.identity.middleware import BearerAuthMiddleware
+from app.limits.middleware import RateLimitMiddleware
 from app.problems import EXCEPTION_HANDLERS
 from app.resources import open_resources, provide_chat, provide_documents
 from app.retrieval.controllers import DocumentController, SearchController
@@ -64,6 +65,8 @@ def create_app(settings: Settings | None = None) -> Litestar:
                 exclude=PUBLIC_PATHS,
                 max_header_bytes=settings.auth.max_authorization_header_bytes,
             ),
+            # After authentication, before any handler work: the caller is known, nothing spent.
+            DefineMiddleware(RateLimitMiddleware),
         ],
         plugins=[
             OpenTelemetryPlugin(

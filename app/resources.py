@@ -25,6 +25,8 @@ from app.identity.key_store import ApiKeyStore
 from app.identity.network import ClientAddressResolver
 from app.identity.service_tokens import ServiceTokenIssuer
 from app.identity.tokens import JwtVerifier
+from app.limits.middleware import RequestLimiter
+from app.limits.store import CounterStore, PostgresCounters, RedisCounters
 from app.privacy.redact import RedactionKind, parse_kinds
 from app.retrieval.edge import EdgeIndex
 from app.retrieval.service import DocumentService
@@ -58,6 +60,7 @@ class Resources:
     authenticator: Authenticator
     auth_failures: AuthFailureLog
     client_addresses: ClientAddressResolver
+    limiter: RequestLimiter
 
 
 def app_dsn(settings: Settings) -> str:
@@ -151,6 +154,12 @@ async def open_resources(settings: Settings) -> AsyncIterator[Resources]:
             llm=settings.llm,
         )
         stack.push_async_callback(chat.aclose)
+        counters: CounterStore = (
+            RedisCounters.from_url(settings.redis_url, pool)
+            if settings.redis_url
+            else PostgresCounters(pool)
+        )
+        stack.push_async_callback(counters.aclose)
         yield Resources(
             pool=pool,
             registry=registry,
@@ -167,6 +176,7 @@ async def open_resources(settings: Settings) -> AsyncIterator[Resources]:
             authenticator=authenticator,
             auth_failures=identity.auth_failures,
             client_addresses=ClientAddressResolver(settings.auth.trusted_proxies),
+            limiter=RequestLimiter(counters, registry),
         )
 
 

@@ -1,0 +1,103 @@
+"""Where request counters live: Postgres (default) or Redis (`BULKHEAD_REDIS_URL`).
+
+Both answer one request in one round trip. Postgres runs `bulkhead_rate_hit` (migration
+0005): one upsert over the request's buckets in an UNLOGGED table plus the day's token
+total. Redis runs one Lua script (INCR + EXPIRE per bucket, window from the server's
+clock). The token budget always lives in Postgres, charged by a trigger in the same
+transaction as the usage ledger row; with Redis it is read concurrently with the script.
+
+Why not the `limits` library: it charges one limit per call and reads window stats with
+another, so three buckets plus headers cost six round trips, and its windows start at the
+first hit, which makes `t=` in the RateLimit header another read.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Protocol
+
+import asyncpg
+from redis.asyncio import Redis
+
+from app.limits.policy import WINDOW_SECONDS, Counts
+
+_HIT_SCRIPT = """
+local now = redis.call('TIME')
+local seconds = tonumber(now[1])
+local window = math.floor(seconds / tonumber(ARGV[1]))
+local reset = tonumber(ARGV[1]) - (seconds % tonumber(ARGV[1])) - tonumber(now[2]) / 1000000
+local hits = {}
+for i, prefix in ipairs(KEYS) do
+    local key = prefix .. ':' .. window
+    local n = redis.call('INCR', key)
+    if n == 1 then redis.call('EXPIRE', key, 2 * tonumber(ARGV[1])) end
+    hits[i] = n
+end
+return {hits, tostring(reset)}
+"""
+
+
+class CounterStore(Protocol):
+    """Counts requests per bucket in shared fixed windows."""
+
+    async def hit(self, tenant_id: str, keys: list[str], *, with_tokens: bool) -> Counts:
+        """Count one request against each of `keys`; read today's tokens if asked."""
+        ...
+
+    async def aclose(self) -> None:
+        """Release connections."""
+        ...
+
+
+class PostgresCounters:
+    """Counters in the `rate_counters` table, shared by every replica on the database."""
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self._pool = pool
+
+    async def hit(self, tenant_id: str, keys: list[str], *, with_tokens: bool) -> Counts:
+        """One statement: bump every bucket, read the window's reset and today's tokens."""
+        rows = await self._pool.fetch("SELECT * FROM bulkhead_rate_hit($1, $2)", tenant_id, keys)
+        return Counts(
+            hits={row["o_bucket"]: row["o_hits"] for row in rows},
+            reset_seconds=rows[0]["o_reset"] if rows else float(WINDOW_SECONDS),
+            tokens_today=rows[0]["o_tokens"] if rows and with_tokens else None,
+        )
+
+    async def aclose(self) -> None:
+        """Nothing to release: the pool belongs to the service."""
+
+
+class RedisCounters:
+    """Counters in Redis (standalone or one shard: a tenant's keys share a hash tag)."""
+
+    def __init__(self, client: Redis, pool: asyncpg.Pool) -> None:
+        self._client = client
+        self._script = client.register_script(_HIT_SCRIPT)
+        self._pool = pool
+
+    @classmethod
+    def from_url(cls, url: str, pool: asyncpg.Pool) -> RedisCounters:
+        """A client for `url` (`redis://`, `rediss://`, `unix://`)."""
+        return cls(Redis.from_url(url, socket_timeout=1.0, socket_connect_timeout=1.0), pool)
+
+    async def hit(self, tenant_id: str, keys: list[str], *, with_tokens: bool) -> Counts:
+        """One script call for the buckets, and the token read alongside it when asked."""
+        prefixes = [f"bulkhead:rl:{{{tenant_id}}}:{key}" for key in keys]
+        script = self._script(keys=prefixes, args=[WINDOW_SECONDS])
+        if with_tokens:
+            (hits, reset), tokens = await asyncio.gather(
+                script, self._pool.fetchval("SELECT bulkhead_tokens_today($1)", tenant_id)
+            )
+        else:
+            hits, reset = await script
+            tokens = None
+        return Counts(
+            hits={key: int(n) for key, n in zip(keys, hits, strict=True)},
+            reset_seconds=float(reset),
+            tokens_today=tokens,
+        )
+
+    async def aclose(self) -> None:
+        """Close the client's connections."""
+        await self._client.aclose()
