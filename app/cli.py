@@ -9,6 +9,7 @@ from pathlib import Path
 
 import click
 
+from app.audit.cli import audit
 from app.config import Settings, get_settings
 from app.db.pool import connect
 from app.identity.cli import keys
@@ -216,6 +217,7 @@ def token(tenant: str, subject: str, roles: str, groups: str, ttl: int) -> None:
 main.add_command(secrets_group)
 
 main.add_command(keys)
+main.add_command(audit)
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

@@ -10,7 +10,7 @@ from litestar.di import Provide
 from litestar.middleware import DefineMiddleware
 from litestar.plugins.opentelemetry import OpenTelemetryConfig, OpenTelemetryPlugin
 
-from app.audit.controllers import UsageController
+from app.audit.controllers import AuditController, UsageController
 from app.audit.middleware import AuditMiddleware
 from app.chat.controllers import ChatController
 from app.config import Settings, get_settings
@@ -53,6 +53,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
 
     routes = [HealthController, DocumentController, SearchController, ChatController]
     routes += [ApiKeyController, TokenController, ServiceJwksController, UsageController]
+    routes.append(AuditController)
     if settings.dev:
         routes.append(DevJwksController)
     return Litestar(
