@@ -19,7 +19,7 @@ from typing import Any, Final, TypeVar
 
 from opentelemetry import trace
 
-from app.secrets.patterns import CREDENTIAL_LABELS, CREDENTIAL_SHAPES, LABELLED_CREDENTIAL
+from app.secrets.patterns import CREDENTIAL_LABELS, LABELLED_CREDENTIAL, shapes_for
 
 
 class RedactionKind(StrEnum):
@@ -134,7 +134,9 @@ def _sub(pattern: re.Pattern[str], text: str, kind: RedactionKind, counts: Count
 
 
 def _credentials(text: str, counts: Counter[str]) -> str:
-    text = _sub(CREDENTIAL_SHAPES, text, RedactionKind.CREDENTIALS, counts)
+    shapes = shapes_for(text)
+    if shapes is not None:
+        text = _sub(shapes, text, RedactionKind.CREDENTIALS, counts)
     replacement = marker(RedactionKind.CREDENTIALS)
     lowered = text.lower()
     if any(label in lowered for label in CREDENTIAL_LABELS):

