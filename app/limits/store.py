@@ -4,7 +4,8 @@ Both answer one request in one round trip. Postgres runs `bulkhead_rate_hit` (mi
 0005): one upsert over the request's buckets in an UNLOGGED table plus the day's token
 total. Redis runs one Lua script (INCR + EXPIRE per bucket, window from the server's
 clock). The token budget always lives in Postgres, charged by a trigger in the same
-transaction as the usage ledger row; with Redis it is read concurrently with the script.
+transaction as the usage ledger row; with Redis it is read alongside the script, at most
+once a second per tenant and replica (`TOKENS_TTL_SECONDS`).
 
 Why not the `limits` library: it charges one limit per call and reads window stats with
 another, so three buckets plus headers cost six round trips, and its windows start at the
@@ -14,12 +15,18 @@ first hit, which makes `t=` in the RateLimit header another read.
 from __future__ import annotations
 
 import asyncio
-from typing import Protocol
+import time
+from typing import Any, Protocol
 
 import asyncpg
 from redis.asyncio import Redis
 
 from app.limits.policy import WINDOW_SECONDS, Counts
+
+TOKENS_TTL_SECONDS = 1.0
+"""With Redis, how long a replica reuses a tenant's token total (a daily budget may overrun
+by about one second of traffic; it saves a Postgres round trip on most chat requests)."""
+_MAX_CACHED_TENANTS = 10_000
 
 _HIT_SCRIPT = """
 local now = redis.call('TIME')
@@ -71,33 +78,55 @@ class PostgresCounters:
 class RedisCounters:
     """Counters in Redis (standalone or one shard: a tenant's keys share a hash tag)."""
 
-    def __init__(self, client: Redis, pool: asyncpg.Pool) -> None:
+    def __init__(
+        self, client: Redis, pool: asyncpg.Pool, *, tokens_ttl: float = TOKENS_TTL_SECONDS
+    ) -> None:
         self._client = client
         self._script = client.register_script(_HIT_SCRIPT)
         self._pool = pool
+        self._tokens_ttl = tokens_ttl
+        self._tokens: dict[str, tuple[float, int]] = {}
 
     @classmethod
-    def from_url(cls, url: str, pool: asyncpg.Pool) -> RedisCounters:
+    def from_url(
+        cls, url: str, pool: asyncpg.Pool, *, tokens_ttl: float = TOKENS_TTL_SECONDS
+    ) -> RedisCounters:
         """A client for `url` (`redis://`, `rediss://`, `unix://`)."""
-        return cls(Redis.from_url(url, socket_timeout=1.0, socket_connect_timeout=1.0), pool)
+        client = Redis.from_url(url, socket_timeout=1.0, socket_connect_timeout=1.0)
+        return cls(client, pool, tokens_ttl=tokens_ttl)
 
     async def hit(self, tenant_id: str, keys: list[str], *, with_tokens: bool) -> Counts:
         """One script call for the buckets, and the token read alongside it when asked."""
         prefixes = [f"bulkhead:rl:{{{tenant_id}}}:{key}" for key in keys]
         script = self._script(keys=prefixes, args=[WINDOW_SECONDS])
-        if with_tokens:
-            (hits, reset), tokens = await asyncio.gather(
-                script, self._pool.fetchval("SELECT bulkhead_tokens_today($1)", tenant_id)
-            )
-        else:
+        if not with_tokens:
             hits, reset = await script
-            tokens = None
-        return Counts(
-            hits={key: int(n) for key, n in zip(keys, hits, strict=True)},
-            reset_seconds=float(reset),
-            tokens_today=tokens,
+            return _counts(keys, hits, reset, None)
+        now = time.monotonic()
+        cached = self._tokens.get(tenant_id)
+        if cached is not None and cached[0] > now:
+            hits, reset = await script
+            return _counts(keys, hits, reset, cached[1])
+        answered: tuple[Any, Any] = await asyncio.gather(
+            script, self._pool.fetchval("SELECT bulkhead_tokens_today($1)", tenant_id)
         )
+        (hits, reset), used = answered[0], int(answered[1] or 0)
+        self._remember(tenant_id, now, used)
+        return _counts(keys, hits, reset, used)
+
+    def _remember(self, tenant_id: str, now: float, tokens: int) -> None:
+        if len(self._tokens) >= _MAX_CACHED_TENANTS:
+            self._tokens = {t: v for t, v in self._tokens.items() if v[0] > now}
+        self._tokens[tenant_id] = (now + self._tokens_ttl, tokens)
 
     async def aclose(self) -> None:
         """Close the client's connections."""
         await self._client.aclose()
+
+
+def _counts(keys: list[str], hits: list[Any], reset: Any, tokens: int | None) -> Counts:
+    return Counts(
+        hits={key: int(n) for key, n in zip(keys, hits, strict=True)},
+        reset_seconds=float(reset),
+        tokens_today=tokens,
+    )

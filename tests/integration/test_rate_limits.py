@@ -20,8 +20,10 @@ from litestar import Litestar
 from litestar.testing import AsyncTestClient
 from redis.asyncio import Redis
 
+from app.audit.usage import record_usage
 from app.config import Settings
 from app.db.pool import tenant_transaction
+from app.limits.store import RedisCounters
 from app.main import create_app
 from app.tenancy.manifest import LimitsSpec
 from app.tenancy.scope import Role, TenantScope
@@ -221,3 +223,37 @@ def _parse_ratelimit(value: str, policy: str) -> tuple[int, int]:
     assert name == f'"{policy}"'
     fields = dict(p.split("=") for p in params)
     return int(fields["r"]), int(fields["t"])
+
+
+async def test_redis_replica_reuses_the_token_total_for_at_most_its_ttl(
+    redis_url: str, app_pool: asyncpg.Pool, make_tenant: TenantFactory
+) -> None:
+    tenant = await make_tenant("rl")
+    store = RedisCounters.from_url(redis_url, app_pool, tokens_ttl=0.5)
+    try:
+        assert (await store.hit(tenant, ["tenant"], with_tokens=True)).tokens_today == 0
+        async with tenant_transaction(app_pool, scope=_ops(tenant)) as connection:
+            await record_usage(
+                connection,
+                tenant_id=tenant,
+                user_id="alice",
+                credential_id="jwt:k",
+                provider="openai",
+                model="m",
+                input_tokens=7,
+                output_tokens=5,
+                latency_ms=1.0,
+                outcome="ok",
+                trace_id="0" * 32,
+            )
+        assert (await store.hit(tenant, ["tenant"], with_tokens=True)).tokens_today == 0
+        await asyncio.sleep(0.55)
+        counts = await store.hit(tenant, ["tenant"], with_tokens=True)
+        assert counts.tokens_today == 12
+        assert counts.hits == {"tenant": 3}
+    finally:
+        await store.aclose()
+
+
+def _ops(tenant: str) -> TenantScope:
+    return TenantScope(tenant_id=tenant, subject="ops", roles=frozenset())
