@@ -7,7 +7,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 
 .DEFAULT_GOAL := help
-.PHONY: help dev test lint typecheck unit bench bench-quick bench-identity lock clean
+.PHONY: help dev test lint typecheck unit bench bench-quick bench-identity bench-chat lock clean
 
 help: ## Show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -54,6 +54,9 @@ bench-quick: $(VENV)/.dev ## Benchmark smoke run (1k chunks, 10 tenants)
 
 bench-identity: $(VENV)/.dev ## Identity micro-benchmarks (JWT, API key, revocation propagation)
 	$(BIN)/python -m benchmarks.identity
+
+bench-chat: $(VENV)/.dev ## /v1/chat vs the provider emulator at concurrency 16, py-spy profile
+	$(BIN)/python -m benchmarks.chat --profile-seconds 10
 
 lock: ## Regenerate requirements.lock and requirements-dev.lock from pyproject.toml
 	rm -rf .lock-venv

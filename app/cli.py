@@ -10,6 +10,8 @@ from pathlib import Path
 import click
 
 from app.audit.cli import audit
+from app.chat.cli import export as chat_export
+from app.chat.cli import forget as chat_forget
 from app.config import Settings, get_settings
 from app.db.pool import connect
 from app.identity.cli import keys
@@ -218,6 +220,9 @@ main.add_command(secrets_group)
 
 main.add_command(keys)
 main.add_command(audit)
+
+main.add_command(chat_export)
+main.add_command(chat_forget)
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

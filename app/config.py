@@ -181,6 +181,22 @@ class LlmSettings(BaseModel):
     """USD per million (input, output) tokens by `provider/model`; unlisted models cost 0."""
 
 
+class ChatSettings(BaseModel):
+    """Conversation history sent with each question (estimated tokens: ~4 characters each)."""
+
+    history_tokens: int = Field(default=2_000, ge=0)
+    """Budget for earlier turns when a model has no entry in `history_tokens_by_model`."""
+    history_tokens_by_model: dict[str, int] = {}
+    """Budgets by `provider/model`, e.g. `{"openai/gpt-4.1-mini": 16000}`. A request uses the
+    smallest budget among the chain entries that may answer it, so the history fits whichever
+    one does."""
+    history_max_messages: int = Field(default=20, ge=0)
+    """At most this many stored messages are read back for a follow-up question."""
+    key_cache_size: int = Field(default=1_024, ge=1)
+    """Unwrapped tenant data keys kept in memory (keyed by the wrapped key, so a destroyed
+    or rewrapped key is never served from the cache)."""
+
+
 class Settings(BaseSettings):
     """Everything the service reads at start-up."""
 
@@ -206,6 +222,7 @@ class Settings(BaseSettings):
     chunking: ChunkingSettings = ChunkingSettings()
     telemetry: TelemetrySettings = TelemetrySettings()
     llm: LlmSettings = LlmSettings()
+    chat: ChatSettings = ChatSettings()
 
     @model_validator(mode="after")
     def _conventional_env_names(self) -> Settings:

@@ -12,7 +12,9 @@ from litestar.plugins.opentelemetry import OpenTelemetryConfig, OpenTelemetryPlu
 
 from app.audit.controllers import AuditController, UsageController
 from app.audit.middleware import AuditMiddleware
+from app.chat.completions import CompletionsController
 from app.chat.controllers import ChatController
+from app.chat.conversation_controllers import ConversationController, UserDataController
 from app.config import Settings, get_settings
 from app.health import DevJwksController, HealthController
 from app.identity.controllers import ApiKeyController, ServiceJwksController, TokenController
@@ -52,6 +54,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
         provider.force_flush()
 
     routes = [HealthController, DocumentController, SearchController, ChatController]
+    routes += [CompletionsController, ConversationController, UserDataController]
     routes += [ApiKeyController, TokenController, ServiceJwksController, UsageController]
     routes.append(AuditController)
     if settings.dev:

@@ -13,6 +13,7 @@ from litestar.datastructures import State
 
 from app.audit.failures import AuthFailureLog
 from app.audit.writer import AuditWriter
+from app.chat.crypto import ConversationCipher
 from app.chat.service import ChatService
 from app.config import Settings
 from app.db.pool import create_pool
@@ -149,9 +150,11 @@ async def open_resources(settings: Settings) -> AsyncIterator[Resources]:
             pool=pool,
             documents=documents,
             registry=registry,
+            cipher=ConversationCipher.from_settings(settings, kek),
             max_message_chars=settings.limits.max_query_chars,
             resolver=secret_cache,
             llm=settings.llm,
+            chat=settings.chat,
         )
         stack.push_async_callback(chat.aclose)
         counters: CounterStore = (

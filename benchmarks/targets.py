@@ -16,7 +16,7 @@ from benchmarks.corpus import Vocabulary
 FLOOR = "floor"
 BODY_VARIANTS = 1_000
 
-Server = Literal["floor", "bulkhead"]
+Server = Literal["floor", "bulkhead", "emulator"]
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,8 +19,7 @@ exact model string fail (retry-then-succeed). `--fault` sets a default for every
 
 A key containing `revoked` is refused with 401 too. Connection refused is a port with nothing
 listening: `refused_url()`. `GET /_emulator/calls` counts calls per path;
-`POST /_emulator/reset` clears the counters; in process, `received` keeps the last
-200 request bodies (tests check what left Bulkhead).
+`POST /_emulator/reset` clears the counters.
 
     python scripts/provider_emulator.py --port 8911 [--fault 503]
 """
@@ -49,7 +48,6 @@ Send = Callable[[dict[str, Any]], Awaitable[None]]
 _FAULT = re.compile(
     r"^(?P<model>[^@]+)@(?P<fault>[a-z0-9]+)(?::(?P<arg>[0-9.]+))?(?:x(?P<n>\d+))?$"
 )
-REQUEST_LOG_SIZE = 200
 ANSWER = "Hotel stays are reimbursed up to 180 euros per night [1]."
 
 
@@ -63,8 +61,8 @@ class ProviderEmulator:
     def __init__(self, default_fault: str | None = None) -> None:
         self.default_fault = default_fault
         self.calls: Counter[str] = Counter()
-        # The last request bodies as received, so tests can check what left Bulkhead.
-        self.received: deque[bytes] = deque(maxlen=REQUEST_LOG_SIZE)
+        # The latest request bodies, for tests that check what a provider was sent.
+        self.bodies: deque[tuple[str, bytes]] = deque(maxlen=200)
         self._seen: Counter[str] = Counter()
         self._lock = threading.Lock()
 
@@ -72,7 +70,7 @@ class ProviderEmulator:
         """Forget every call."""
         with self._lock:
             self.calls.clear()
-            self.received.clear()
+            self.bodies.clear()
             self._seen.clear()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:  # noqa: D102
@@ -92,7 +90,7 @@ class ProviderEmulator:
         body = await _body(receive)
         with self._lock:
             self.calls[path] += 1
-            self.received.append(body)
+            self.bodies.append((path, body))
         if path.endswith("/chat/completions"):
             await self._openai_chat(scope, receive, send, body)
         elif path.endswith("/embeddings"):

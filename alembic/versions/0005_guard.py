@@ -11,7 +11,7 @@
   runtime role loses any UPDATE, DELETE or TRUNCATE on it.
 
 Revision ID: 0005
-Revises: 0003
+Revises: 0004
 Create Date: 2026-11-30
 """
 
@@ -20,8 +20,8 @@ from collections.abc import Sequence
 from alembic import context, op
 
 revision: str = "0005"
-# The lead re-chains revisions at merge.
-down_revision: str | None = "0003"
+# Chained after main's 0004 (sealed messages) when main was merged into this branch.
+down_revision: str | None = "0004"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

@@ -12,8 +12,9 @@ from litestar.params import JSONBody
 from litestar.response import ServerSentEvent, ServerSentEventMessage
 from litestar.response.base import ASGIResponse
 
+from app.chat.grounding import citation
 from app.chat.schemas import ChatRequest, ChatResponse, Citation, Usage
-from app.chat.service import SNIPPET_CHARS, ChatService, ChatStream
+from app.chat.service import Ask, ChatService, ChatStream
 from app.identity.guards import ensure_own_tenant, requires
 from app.tenancy.scope import Role, TenantScope
 
@@ -49,39 +50,23 @@ class ChatController(Controller):
     ) -> ChatResponse | EventStream:
         """Answer a question over the caller's documents, with citations."""
         ensure_own_tenant(caller, data.tenant_id)
-        if data.stream:
-            started = await chat.stream_answer(
-                scope=caller,
-                message=data.message,
-                conversation_id=data.conversation_id,
-                top_k=data.top_k,
-                raw_filter=data.filter,
-            )
-            return EventStream(
-                _sse(started), headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
-            )
-        answer = await chat.answer(
-            scope=caller,
+        ask = Ask(
             message=data.message,
             conversation_id=data.conversation_id,
             top_k=data.top_k,
             raw_filter=data.filter,
         )
+        if data.stream:
+            started = await chat.stream_answer(scope=caller, ask=ask)
+            return EventStream(
+                _sse(started), headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
+            )
+        answer = await chat.answer(scope=caller, ask=ask)
         return ChatResponse(
             conversation_id=str(answer.conversation_id),
             message_id=str(answer.message_id),
             answer=answer.answer,
-            citations=[
-                Citation(
-                    marker=c.marker,
-                    document_id=c.hit.document_id,
-                    chunk_id=c.hit.chunk_id,
-                    title=c.hit.title,
-                    score=c.hit.score,
-                    snippet=c.hit.text[:SNIPPET_CHARS],
-                )
-                for c in answer.citations
-            ],
+            citations=[Citation(**citation(c.marker, c.hit)) for c in answer.citations],
             provider=answer.provider,
             model=answer.model,
             usage=Usage(input_tokens=answer.input_tokens, output_tokens=answer.output_tokens),

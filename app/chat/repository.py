@@ -1,11 +1,53 @@
-"""SQL for conversations and messages. Runs inside tenant transactions (RLS)."""
+"""SQL for conversations and messages. Runs inside tenant transactions (RLS).
+
+Message content is sealed with the tenant's data key (`app/chat/crypto.py`) on the way in and
+opened on the way out: every read function here returns plaintext turns, so callers (the
+conversation API, GDPR export, tenant offboarding export) never handle ciphertext.
+"""
 
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
+import asyncpg
+
+from app.chat.crypto import MessageSealer
 from app.db.pool import Connection
+
+
+@dataclass(frozen=True, slots=True)
+class Turn:
+    """One stored message, decrypted.
+
+    Attributes:
+        citations: `{"marker","document_id","chunk_id"}` for each source the answer cites.
+        context: The retrieved passages the answer was grounded in (assistant turns).
+    """
+
+    id: uuid.UUID
+    conversation_id: uuid.UUID
+    role: str
+    text: str
+    citations: list[dict[str, Any]]
+    context: list[dict[str, Any]]
+    provider: str | None
+    model: str | None
+    created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class ConversationSummary:
+    """A conversation without its messages."""
+
+    id: uuid.UUID
+    user_id: str
+    created_at: datetime
+    updated_at: datetime
+    messages: int
 
 
 async def conversation_exists(
@@ -23,17 +65,19 @@ async def conversation_exists(
 async def save_exchange(
     connection: Connection,
     *,
-    tenant_id: str,
+    sealer: MessageSealer,
     conversation_id: uuid.UUID,
     user_id: str,
     question: str,
     answer_id: uuid.UUID,
     answer: str,
     citations: list[dict[str, Any]],
+    context: list[dict[str, Any]],
     provider: str,
     model: str,
 ) -> None:
-    """Append a question and its answer to a conversation, creating it if new."""
+    """Append a question and its answer to a conversation (creating it), both sealed."""
+    tenant_id = sealer.tenant_id
     await connection.execute(
         """
         INSERT INTO conversations (id, tenant_id, user_id) VALUES ($1, $2, $3)
@@ -43,23 +87,162 @@ async def save_exchange(
         tenant_id,
         user_id,
     )
+    question_id = uuid.uuid4()
+    sealed_question = sealer.seal(
+        {"text": question}, conversation_id=conversation_id, message_id=question_id, role="user"
+    )
+    sealed_answer = sealer.seal(
+        {"text": answer, "citations": citations, "context": context},
+        conversation_id=conversation_id,
+        message_id=answer_id,
+        role="assistant",
+    )
+    # clock_timestamp() differs between the two rows, so the answer sorts after its question.
     await connection.executemany(
         """
-        INSERT INTO messages (id, tenant_id, conversation_id, role, content, citations,
-                              provider, model)
-        VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+        INSERT INTO messages (id, tenant_id, conversation_id, role, sealed, provider, model,
+                              created_at)
+        VALUES ($1, $2, $3, $4, $5, $6, $7, clock_timestamp())
         """,
         [
-            (uuid.uuid4(), tenant_id, conversation_id, "user", question, [], None, None),
-            (
-                answer_id,
-                tenant_id,
-                conversation_id,
-                "assistant",
-                answer,
-                citations,
-                provider,
-                model,
-            ),
+            (question_id, tenant_id, conversation_id, "user", sealed_question, None, None),
+            (answer_id, tenant_id, conversation_id, "assistant", sealed_answer, provider, model),
         ],
     )
+
+
+def _turn(row: asyncpg.Record, sealer: MessageSealer) -> Turn:
+    if row["sealed"] is None:
+        # Written before content was sealed (migration 0004).
+        content: dict[str, Any] = {"text": row["content"], "citations": row["citations"] or []}
+    else:
+        content = sealer.open(
+            bytes(row["sealed"]),
+            conversation_id=row["conversation_id"],
+            message_id=row["id"],
+            role=row["role"],
+        )
+    return Turn(
+        id=row["id"],
+        conversation_id=row["conversation_id"],
+        role=row["role"],
+        text=content.get("text", ""),
+        citations=content.get("citations", []),
+        context=content.get("context", []),
+        provider=row["provider"],
+        model=row["model"],
+        created_at=row["created_at"],
+    )
+
+
+async def read_turns(
+    connection: Connection,
+    *,
+    sealer: MessageSealer,
+    conversation_ids: Sequence[uuid.UUID] | None = None,
+    user_id: str | None = None,
+    last: int | None = None,
+) -> list[Turn]:
+    """Messages in plaintext, oldest first, by conversation then time.
+
+    Args:
+        connection: A transaction scoped to `sealer.tenant_id` (RLS limits rows to it).
+        sealer: The tenant's sealer, from `ConversationCipher.sealer`.
+        conversation_ids: Only these conversations (None: all of the tenant's).
+        user_id: Only conversations this user owns (None: any user's).
+        last: Only the last N messages (across the selection).
+
+    Raises:
+        ConversationDecryptionError: A sealed message fails authentication.
+    """
+    rows = await connection.fetch(
+        """
+        SELECT * FROM (
+            SELECT m.id, m.conversation_id, m.role, m.content, m.citations, m.sealed,
+                   m.provider, m.model, m.created_at
+            FROM messages m JOIN conversations c ON c.id = m.conversation_id
+            WHERE ($1::uuid[] IS NULL OR m.conversation_id = ANY($1))
+              AND ($2::text IS NULL OR c.user_id = $2)
+            ORDER BY m.created_at DESC, m.id DESC
+            LIMIT $3
+        ) recent ORDER BY conversation_id, created_at, id
+        """,
+        list(conversation_ids) if conversation_ids is not None else None,
+        user_id,
+        last,
+    )
+    return [_turn(row, sealer) for row in rows]
+
+
+_SUMMARY = """
+    SELECT c.id, c.user_id, c.created_at, c.updated_at,
+           (SELECT count(*) FROM messages m WHERE m.conversation_id = c.id) AS messages
+    FROM conversations c
+"""
+
+
+def _summary(r: asyncpg.Record) -> ConversationSummary:
+    return ConversationSummary(
+        id=r["id"],
+        user_id=r["user_id"],
+        created_at=r["created_at"],
+        updated_at=r["updated_at"],
+        messages=r["messages"],
+    )
+
+
+async def find_conversation(
+    connection: Connection, *, conversation_id: uuid.UUID, user_id: str
+) -> ConversationSummary | None:
+    """The user's conversation by id, or None (another user's is None too)."""
+    row = await connection.fetchrow(
+        _SUMMARY + " WHERE c.id = $1 AND c.user_id = $2", conversation_id, user_id
+    )
+    return None if row is None else _summary(row)
+
+
+async def list_conversations(
+    connection: Connection,
+    *,
+    user_id: str | None,
+    limit: int | None = None,
+    before: tuple[datetime, uuid.UUID] | None = None,
+) -> list[ConversationSummary]:
+    """Conversations, most recently updated first (no content, so no key needed).
+
+    Args:
+        connection: A tenant-scoped transaction.
+        user_id: Only this user's (None: every user of the tenant).
+        limit: At most this many.
+        before: Keyset cursor: only conversations after `(updated_at, id)` in this order.
+    """
+    rows = await connection.fetch(
+        _SUMMARY
+        + """
+        WHERE ($1::text IS NULL OR c.user_id = $1)
+          AND ($2::timestamptz IS NULL OR (c.updated_at, c.id) < ($2, $3::uuid))
+        ORDER BY c.updated_at DESC, c.id DESC
+        LIMIT $4
+        """,
+        user_id,
+        before[0] if before else None,
+        before[1] if before else None,
+        limit,
+    )
+    return [_summary(r) for r in rows]
+
+
+async def delete_conversation(
+    connection: Connection, *, conversation_id: uuid.UUID, user_id: str
+) -> bool:
+    """Delete one of the user's conversations and its messages; False if it is not theirs."""
+    status: str = await connection.execute(
+        "DELETE FROM conversations WHERE id = $1 AND user_id = $2", conversation_id, user_id
+    )
+    return status != "DELETE 0"
+
+
+async def delete_user_conversations(connection: Connection, *, user_id: str) -> int:
+    """Delete every conversation (and message) of a user of the tenant; returns how many."""
+    status: str = await connection.execute("DELETE FROM conversations WHERE user_id = $1", user_id)
+    return int(status.split()[-1])

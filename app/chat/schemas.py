@@ -48,3 +48,47 @@ class ChatResponse(msgspec.Struct):
     model: str
     usage: Usage
     trace_id: str
+
+
+class ConversationItem(msgspec.Struct):
+    """A conversation in a listing (no content)."""
+
+    id: str
+    created_at: str
+    updated_at: str
+    messages: int
+
+
+class ConversationList(msgspec.Struct):
+    """`GET /v1/conversations` response."""
+
+    conversations: list[ConversationItem]
+    next_cursor: str | None
+
+
+class StoredMessage(msgspec.Struct):
+    """A message of a conversation, decrypted."""
+
+    id: str
+    role: str
+    content: str
+    citations: list[dict[str, Any]]
+    provider: str | None
+    model: str | None
+    created_at: str
+
+
+class ConversationDetail(msgspec.Struct):
+    """`GET /v1/conversations/{id}` response."""
+
+    id: str
+    created_at: str
+    updated_at: str
+    messages: list[StoredMessage]
+
+
+class UserDataDeleted(msgspec.Struct):
+    """`DELETE /v1/admin/users/{user_id}/data` response."""
+
+    user_id: str
+    conversations_deleted: int

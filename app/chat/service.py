@@ -1,10 +1,12 @@
-"""RAG orchestration: retrieve in scope, answer through the tenant's chain, cite, record."""
+"""RAG orchestration: retrieve in scope, answer through the tenant's chain, cite, record.
+
+Every prompt that leaves for a provider is assembled in `ChatService._ground` and passes
+through `ChatService._outgoing`, the one place to transform (redact) it.
+"""
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import re
 import time
 import uuid
 from collections.abc import AsyncGenerator
@@ -16,14 +18,25 @@ from opentelemetry import trace
 
 from app.audit.usage import record_usage
 from app.chat import repository
-from app.config import LlmSettings
+from app.chat.chains import AUTO_MODEL, TenantChains
+from app.chat.conversations import ConversationService
+from app.chat.crypto import ConversationCipher
+from app.chat.grounding import (
+    CitedSource,
+    citation,
+    cited,
+    context_chunks,
+    fit_history,
+    history_budget,
+    stored_context,
+)
+from app.config import ChatSettings, LlmSettings
 from app.db.pool import Connection, tenant_transaction
-from app.llm.breaker import BreakerRegistry
-from app.llm.chains import build_chain, chain_policy, estimate_cost
+from app.llm.chains import estimate_cost
 from app.llm.keys import SecretResolver, scrub
-from app.llm.provider import Completion, CompletionRequest, ContextChunk, ProviderError
+from app.llm.provider import Completion, CompletionRequest, HistoryTurn, ProviderError
 from app.llm.router import ProviderChain, ProviderRejected, ProvidersUnavailable
-from app.privacy.redact import parse_kinds
+from app.privacy.redact import parse_kinds, redact_fields
 from app.problems import NotFound, ValidationFailed
 from app.retrieval.index import Hit
 from app.retrieval.service import DocumentService
@@ -31,18 +44,30 @@ from app.telemetry.spans import current_trace_id, scoped_span
 from app.tenancy.registry import TenantRegistry
 from app.tenancy.scope import TenantScope
 
-_MARKER = re.compile(r"\[(\d{1,3})\]")
 _tracer = trace.get_tracer("bulkhead")
 _log = logging.getLogger(__name__)
-SNIPPET_CHARS = 240
 
 
 @dataclass(frozen=True, slots=True)
-class CitedSource:
-    """A context chunk the answer cites."""
+class Ask:
+    """One question to answer.
 
-    marker: int
-    hit: Hit
+    Attributes:
+        history: The caller's own earlier turns (OpenAI-compatible endpoint); None means the
+            stored turns of `conversation_id`, if any.
+        instructions: The caller's system instructions, sent after Bulkhead's system prompt.
+        model: `auto` (the tenant's chain) or a chain entry, `model` or `provider/model`.
+        store: Keep the exchange as a conversation (if the tenant's manifest allows it).
+    """
+
+    message: str
+    conversation_id: uuid.UUID | None = None
+    top_k: int | None = None
+    raw_filter: dict[str, Any] | None = None
+    history: tuple[HistoryTurn, ...] | None = None
+    instructions: str = ""
+    model: str = AUTO_MODEL
+    store: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +83,16 @@ class ChatAnswer:
     input_tokens: int
     output_tokens: int
     trace_id: str
+    finish_reason: str = "stop"
+    history_dropped: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class _Grounded:
+    hits: list[Hit]
+    request: CompletionRequest
+    chain: ProviderChain
+    history_dropped: int
 
 
 class ChatService:
@@ -69,111 +104,106 @@ class ChatService:
         pool: asyncpg.Pool,
         documents: DocumentService,
         registry: TenantRegistry,
+        cipher: ConversationCipher,
         max_message_chars: int,
         resolver: SecretResolver | None = None,
         llm: LlmSettings | None = None,
+        chat: ChatSettings | None = None,
     ) -> None:
         self._pool = pool
         self._documents = documents
         self._registry = registry
+        self._cipher = cipher
         self._max_message_chars = max_message_chars
-        self._resolver = resolver
         self._llm = llm or LlmSettings()
-        self.breakers = BreakerRegistry(chain_policy(self._llm).breaker)
-        self._chains: dict[str, tuple[str, ProviderChain]] = {}
-        self._retiring: set[asyncio.Task[None]] = set()
-
-    def _chain(self, tenant_id: str) -> ProviderChain:
-        tenant = self._registry.tenant(tenant_id)
-        if tenant is None:  # pragma: no cover - authentication already required the tenant
-            raise NotFound("tenant unknown")
-        digest = tenant.manifest.sha256()
-        cached = self._chains.get(tenant_id)
-        if cached is None or cached[0] != digest:
-            entries = tenant.manifest.llm.chain
-            redact = parse_kinds(tenant.manifest.privacy.redact)
-            chain = (
-                ProviderChain.from_entries(entries, redact=redact)
-                if self._resolver is None
-                else build_chain(
-                    entries,
-                    resolver=self._resolver,
-                    settings=self._llm,
-                    breakers=self.breakers,
-                    capture_content=tenant.manifest.privacy.trace_content,
-                    redact=redact,
-                )
-            )
-            if cached is not None:
-                self._retire(cached[1])
-            cached = (digest, chain)
-            self._chains[tenant_id] = cached
-        return cached[1]
-
-    def _retire(self, chain: ProviderChain) -> None:
-        # Requests already running on the old chain keep it until their deadline.
-        async def close_later() -> None:
-            await asyncio.sleep(chain.policy.request_deadline)
-            await chain.aclose()
-
-        task = asyncio.get_running_loop().create_task(close_later())
-        self._retiring.add(task)
-        task.add_done_callback(self._retiring.discard)
+        self._settings = chat or ChatSettings()
+        self.chains = TenantChains(registry, resolver=resolver, llm=self._llm)
+        self.conversations = ConversationService(pool=pool, cipher=cipher)
 
     async def aclose(self) -> None:
         """Close every chain's provider connections."""
-        for task in list(self._retiring):
-            task.cancel()
-        for _, chain in self._chains.values():
-            await chain.aclose()
-        self._chains.clear()
+        await self.chains.aclose()
 
-    async def answer(
-        self,
-        *,
-        scope: TenantScope,
-        message: str,
-        conversation_id: uuid.UUID | None,
-        top_k: int | None,
-        raw_filter: dict[str, Any] | None,
-    ) -> ChatAnswer:
+    def _outgoing(self, scope: TenantScope, request: CompletionRequest) -> CompletionRequest:
+        """The request as it leaves for a provider: question, history and passages.
+
+        The seam for transformations that must see everything sent: the tenant's
+        `privacy.redact` kinds are redacted here (counts on the `chat` span).
+        """
+        tenant = self._registry.tenant(scope.tenant_id)
+        kinds = parse_kinds(tenant.manifest.privacy.redact) if tenant else frozenset()
+        return redact_fields(request, kinds)
+
+    async def _ground(self, scope: TenantScope, ask: Ask) -> _Grounded:
+        if len(ask.message) > self._max_message_chars:
+            raise ValidationFailed(f"message: at most {self._max_message_chars} characters")
+        chain = self.chains.for_model(scope.tenant_id, ask.model)
+        history = ask.history or ()
+        if ask.conversation_id is not None:
+            history = await self._stored_history(scope, ask.conversation_id)
+        hits = await self._documents.search(
+            scope=scope, query=ask.message, top_k=ask.top_k, raw_filter=ask.raw_filter
+        )
+        kept, dropped = fit_history(history, history_budget(chain.entries, self._settings))
+        request = CompletionRequest(
+            question=ask.message,
+            context=context_chunks(hits),
+            model="",
+            history=kept,
+            instructions=ask.instructions,
+        )
+        return _Grounded(hits, self._outgoing(scope, request), chain, dropped)
+
+    async def _stored_history(
+        self, scope: TenantScope, conversation_id: uuid.UUID
+    ) -> tuple[HistoryTurn, ...]:
+        async with tenant_transaction(self._pool, scope=scope) as connection:
+            if not await repository.conversation_exists(
+                connection, conversation_id=conversation_id, user_id=scope.subject
+            ):
+                raise NotFound("no such conversation")
+            if self._settings.history_max_messages == 0:
+                return ()
+            turns = await repository.read_turns(
+                connection,
+                sealer=await self._cipher.sealer(connection, tenant_id=scope.tenant_id),
+                conversation_ids=[conversation_id],
+                last=self._settings.history_max_messages,
+            )
+        return tuple(
+            HistoryTurn("assistant" if t.role == "assistant" else "user", t.text) for t in turns
+        )
+
+    async def answer(self, *, scope: TenantScope, ask: Ask) -> ChatAnswer:
         """Retrieve, answer with citations, and record the turn.
 
         Raises:
             ValidationFailed: Message too long, or invalid top_k/filter.
             NotFound: `conversation_id` is not one of the caller's conversations.
+            ModelNotFound: `ask.model` is not in the tenant's chain.
             ProvidersUnavailable: Every provider in the tenant's chain failed.
+            ProviderRejected: A provider refused the request itself.
         """
-        if len(message) > self._max_message_chars:
-            raise ValidationFailed(f"message: at most {self._max_message_chars} characters")
         started = time.perf_counter()
         with scoped_span("chat", scope=scope) as span:
-            hits, context = await self._context(
-                scope=scope,
-                message=message,
-                conversation_id=conversation_id,
-                top_k=top_k,
-                raw_filter=raw_filter,
-            )
+            grounded = await self._ground(scope, ask)
             try:
-                completion = await self._chain(scope.tenant_id).complete(
-                    scope=scope,
-                    request=CompletionRequest(question=message, context=context, model=""),
-                )
+                completion = await grounded.chain.complete(scope=scope, request=grounded.request)
             except (ProvidersUnavailable, ProviderRejected) as exc:
                 await self._record_failure(scope, exc.code, started)
                 raise
-            citations = _cited(completion.text, hits)
-            conversation = conversation_id or uuid.uuid4()
+            citations = cited(completion.text, grounded.hits)
+            conversation = ask.conversation_id or uuid.uuid4()
             message_id = uuid.uuid4()
             trace_id = current_trace_id()
             span.set_attribute("bulkhead.citations", len(citations))
             await self._save_turn(
                 scope,
+                ask,
                 conversation_id=conversation,
-                question=message,
                 answer_id=message_id,
                 completion=completion,
+                hits=grounded.hits,
                 citations=citations,
                 started=started,
                 trace_id=trace_id,
@@ -188,31 +218,34 @@ class ChatService:
             input_tokens=completion.input_tokens,
             output_tokens=completion.output_tokens,
             trace_id=trace_id,
+            finish_reason=completion.finish_reason,
+            history_dropped=grounded.history_dropped,
         )
 
     async def _save_turn(
         self,
         scope: TenantScope,
+        ask: Ask,
         *,
         conversation_id: uuid.UUID,
-        question: str,
         answer_id: uuid.UUID,
         completion: Completion,
+        hits: list[Hit],
         citations: list[CitedSource],
         started: float,
         trace_id: str,
     ) -> None:
-        """Append the turn (unless the tenant opted out) and its usage in one transaction."""
+        """Append the turn (unless the tenant or the endpoint opts out) and its usage."""
         tenant = self._registry.tenant(scope.tenant_id)
-        store = tenant is not None and tenant.manifest.privacy.store_conversations
+        store = ask.store and tenant is not None and tenant.manifest.privacy.store_conversations
         async with tenant_transaction(self._pool, scope=scope) as connection:
             if store:
                 await repository.save_exchange(
                     connection,
-                    tenant_id=scope.tenant_id,
+                    sealer=await self._cipher.sealer(connection, tenant_id=scope.tenant_id),
                     conversation_id=conversation_id,
                     user_id=scope.subject,
-                    question=question,
+                    question=ask.message,
                     answer_id=answer_id,
                     answer=completion.text,
                     citations=[
@@ -223,6 +256,7 @@ class ChatService:
                         }
                         for c in citations
                     ],
+                    context=stored_context(hits),
                     provider=completion.provider,
                     model=completion.model,
                 )
@@ -267,46 +301,7 @@ class ChatService:
                 connection, scope, nothing, started, outcome, trace_id or current_trace_id()
             )
 
-    async def _context(
-        self,
-        *,
-        scope: TenantScope,
-        message: str,
-        conversation_id: uuid.UUID | None,
-        top_k: int | None,
-        raw_filter: dict[str, Any] | None,
-    ) -> tuple[list[Hit], tuple[ContextChunk, ...]]:
-        if conversation_id is not None:
-            async with tenant_transaction(self._pool, scope=scope) as connection:
-                if not await repository.conversation_exists(
-                    connection, conversation_id=conversation_id, user_id=scope.subject
-                ):
-                    raise NotFound("no such conversation")
-        hits = await self._documents.search(
-            scope=scope, query=message, top_k=top_k, raw_filter=raw_filter
-        )
-        context = tuple(
-            ContextChunk(
-                marker=i,
-                document_id=h.document_id,
-                chunk_id=h.chunk_id,
-                title=h.title,
-                text=h.text,
-                score=h.score,
-            )
-            for i, h in enumerate(hits, start=1)
-        )
-        return hits, context
-
-    async def stream_answer(
-        self,
-        *,
-        scope: TenantScope,
-        message: str,
-        conversation_id: uuid.UUID | None,
-        top_k: int | None,
-        raw_filter: dict[str, Any] | None,
-    ) -> ChatStream:
+    async def stream_answer(self, *, scope: TenantScope, ask: Ask) -> ChatStream:
         """Retrieve and start streaming an answer; returns once a provider has started.
 
         Waiting for the first content before answering means a chain that fails entirely is
@@ -315,11 +310,10 @@ class ChatService:
         Raises:
             ValidationFailed: Message too long, or invalid top_k/filter.
             NotFound: `conversation_id` is not one of the caller's conversations.
+            ModelNotFound: `ask.model` is not in the tenant's chain.
             ProvidersUnavailable: Every provider in the tenant's chain failed before content.
             ProviderRejected: A provider refused the request itself.
         """
-        if len(message) > self._max_message_chars:
-            raise ValidationFailed(f"message: at most {self._max_message_chars} characters")
         started = time.perf_counter()
         span = _tracer.start_span(
             "chat", attributes={**scope.span_attributes(), "gen_ai.request.stream": True}
@@ -327,17 +321,8 @@ class ChatService:
         trace_id = format(span.get_span_context().trace_id, "032x")
         try:
             with trace.use_span(span, end_on_exit=False):
-                hits, context = await self._context(
-                    scope=scope,
-                    message=message,
-                    conversation_id=conversation_id,
-                    top_k=top_k,
-                    raw_filter=raw_filter,
-                )
-                upstream = self._chain(scope.tenant_id).stream(
-                    scope=scope,
-                    request=CompletionRequest(question=message, context=context, model=""),
-                )
+                grounded = await self._ground(scope, ask)
+                upstream = grounded.chain.stream(scope=scope, request=grounded.request)
                 first = await anext(upstream)
         except (ProvidersUnavailable, ProviderRejected) as exc:
             span.end()
@@ -346,8 +331,9 @@ class ChatService:
         except BaseException:
             span.end()
             raise
-        conversation = conversation_id or uuid.uuid4()
+        conversation = ask.conversation_id or uuid.uuid4()
         message_id = uuid.uuid4()
+        hits = grounded.hits
 
         async def events() -> AsyncGenerator[tuple[str, dict[str, Any]], None]:
             try:
@@ -357,21 +343,23 @@ class ChatService:
                         "conversation_id": str(conversation),
                         "message_id": str(message_id),
                         "trace_id": trace_id,
+                        "history_dropped": grounded.history_dropped,
                     },
                 )
-                yield ("citations", {"citations": [_citation(i, h) for i, h in enumerate(hits, 1)]})
+                yield ("citations", {"citations": [citation(i, h) for i, h in enumerate(hits, 1)]})
                 event = first
                 while not isinstance(event, Completion):
                     yield ("delta", {"text": event})
                     event = await anext(upstream)
-                cited = _cited(event.text, hits)
+                sources = cited(event.text, hits)
                 await self._save_turn(
                     scope,
+                    ask,
                     conversation_id=conversation,
-                    question=message,
                     answer_id=message_id,
                     completion=event,
-                    citations=cited,
+                    hits=hits,
+                    citations=sources,
                     started=started,
                     trace_id=trace_id,
                 )
@@ -380,11 +368,12 @@ class ChatService:
                     {
                         "provider": event.provider,
                         "model": event.model,
+                        "finish_reason": event.finish_reason,
                         "usage": {
                             "input_tokens": event.input_tokens,
                             "output_tokens": event.output_tokens,
                         },
-                        "cited": [c.marker for c in cited],
+                        "cited": [c.marker for c in sources],
                     },
                 )
             except ProviderError as exc:
@@ -414,26 +403,3 @@ class ChatStream:
     message_id: uuid.UUID
     trace_id: str
     events: AsyncGenerator[tuple[str, dict[str, Any]], None]
-
-
-def _cited(answer: str, hits: list[Hit]) -> list[CitedSource]:
-    """The hits whose markers the answer uses, in order of first citation."""
-    cited: list[CitedSource] = []
-    seen: set[int] = set()
-    for match in _MARKER.finditer(answer):
-        marker = int(match.group(1))
-        if 1 <= marker <= len(hits) and marker not in seen:
-            seen.add(marker)
-            cited.append(CitedSource(marker, hits[marker - 1]))
-    return cited
-
-
-def _citation(marker: int, hit: Hit) -> dict[str, Any]:
-    return {
-        "marker": marker,
-        "document_id": hit.document_id,
-        "chunk_id": hit.chunk_id,
-        "title": hit.title,
-        "score": hit.score,
-        "snippet": hit.text[:SNIPPET_CHARS],
-    }

@@ -12,7 +12,7 @@ from anthropic.types import MessageParam
 from app.llm.errors import classify
 from app.llm.keys import SecretResolver
 from app.llm.provider import Completion, CompletionRequest, ProviderError, StreamEvent
-from app.llm.remote import SYSTEM_PROMPT, KeyedClients, build_prompt, endpoint_of
+from app.llm.remote import KeyedClients, conversation, endpoint_of, system_prompt
 
 if TYPE_CHECKING:
     from app.secrets.values import SecretValue
@@ -56,7 +56,13 @@ class AnthropicProvider:
         return client
 
     def _messages(self, request: CompletionRequest) -> list[MessageParam]:
-        return [{"role": "user", "content": build_prompt(request)}]
+        messages: list[MessageParam] = []
+        for role, content in conversation(request):
+            if role == "assistant":
+                messages.append({"role": "assistant", "content": content})
+            else:
+                messages.append({"role": "user", "content": content})
+        return messages
 
     async def complete(
         self, request: CompletionRequest, *, scope: TenantScope, time_budget: float
@@ -70,7 +76,7 @@ class AnthropicProvider:
         try:
             message = await self._client(key).messages.create(
                 model=request.model,
-                system=SYSTEM_PROMPT,
+                system=system_prompt(request),
                 messages=self._messages(request),
                 max_tokens=self._max_output_tokens,
                 timeout=httpx2.Timeout(time_budget, connect=self._connect_timeout),
@@ -104,7 +110,7 @@ class AnthropicProvider:
         try:
             stream = await self._client(key).messages.create(
                 model=request.model,
-                system=SYSTEM_PROMPT,
+                system=system_prompt(request),
                 messages=self._messages(request),
                 max_tokens=self._max_output_tokens,
                 stream=True,

@@ -10,7 +10,6 @@ from app.llm.local import LocalProvider
 from app.llm.openai_chat import OpenAIProvider
 from app.llm.provider import Provider
 from app.llm.router import ChainLink, ChainPolicy, ProviderChain, UnavailableProvider
-from app.privacy.redact import RedactionKind
 from app.tenancy.manifest import ChainEntry
 
 
@@ -63,7 +62,6 @@ def build_chain(
     settings: LlmSettings,
     breakers: BreakerRegistry,
     capture_content: bool = False,
-    redact: frozenset[RedactionKind] = frozenset(),
 ) -> ProviderChain:
     """The tenant's chain: SDK-backed providers with its keys, `local` as the last resort."""
     links = [ChainLink(entry, _provider(entry, resolver, settings)) for entry in entries]
@@ -72,7 +70,6 @@ def build_chain(
         policy=chain_policy(settings),
         breakers=breakers,
         capture_content=capture_content,
-        redact=redact,
     )
 
 

@@ -12,7 +12,7 @@ from openai.types.chat import ChatCompletionMessageParam
 from app.llm.errors import classify
 from app.llm.keys import SecretResolver
 from app.llm.provider import Completion, CompletionRequest, ProviderError, StreamEvent
-from app.llm.remote import SYSTEM_PROMPT, KeyedClients, build_prompt, endpoint_of
+from app.llm.remote import KeyedClients, conversation, endpoint_of, system_prompt
 
 if TYPE_CHECKING:
     from app.secrets.values import SecretValue
@@ -55,10 +55,15 @@ class OpenAIProvider:
         return client
 
     def _messages(self, request: CompletionRequest) -> list[ChatCompletionMessageParam]:
-        return [
-            {"role": "system", "content": SYSTEM_PROMPT},
-            {"role": "user", "content": build_prompt(request)},
+        messages: list[ChatCompletionMessageParam] = [
+            {"role": "system", "content": system_prompt(request)}
         ]
+        for role, content in conversation(request):
+            if role == "assistant":
+                messages.append({"role": "assistant", "content": content})
+            else:
+                messages.append({"role": "user", "content": content})
+        return messages
 
     async def complete(
         self, request: CompletionRequest, *, scope: TenantScope, time_budget: float

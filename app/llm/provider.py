@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Literal, Protocol
 
 if TYPE_CHECKING:
     from app.tenancy.scope import TenantScope
@@ -23,12 +23,28 @@ class ContextChunk:
 
 
 @dataclass(frozen=True, slots=True)
+class HistoryTurn:
+    """An earlier message of the conversation, sent before the question."""
+
+    role: Literal["user", "assistant"]
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
 class CompletionRequest:
-    """What a provider is asked: a question grounded in numbered context."""
+    """What a provider is asked: a question grounded in numbered context.
+
+    Attributes:
+        history: Earlier turns, oldest first, already trimmed to the model's budget.
+        instructions: The caller's own system instructions (OpenAI-compatible endpoint),
+            sent after Bulkhead's system prompt, which they cannot replace.
+    """
 
     question: str
     context: tuple[ContextChunk, ...]
     model: str
+    history: tuple[HistoryTurn, ...] = ()
+    instructions: str = ""
 
 
 @dataclass(frozen=True, slots=True)

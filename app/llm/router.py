@@ -23,7 +23,7 @@ import random
 import time
 from collections.abc import AsyncGenerator
 from contextlib import suppress
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from opentelemetry import metrics, trace
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
@@ -39,7 +39,6 @@ from app.llm.provider import (
     StreamEvent,
 )
 from app.llm.remote import build_prompt
-from app.privacy.redact import RedactionKind, redact_fields
 from app.problems import ApiError
 from app.tenancy.manifest import ChainEntry
 from app.tenancy.scope import TenantScope
@@ -308,22 +307,17 @@ class ProviderChain:
         policy: ChainPolicy | None = None,
         breakers: BreakerRegistry | None = None,
         capture_content: bool = False,
-        redact: frozenset[RedactionKind] = frozenset(),
     ) -> None:
         if not links:
             raise ValueError("a provider chain needs at least one entry")
         self._links = links
         # Prompt and answer text go on spans only when the tenant opted in (privacy).
         self.capture_content = capture_content
-        # Every request passes here on its way to any provider: the one place to redact it.
-        self.redact = redact
         self.policy = policy or ChainPolicy()
         self._breakers = breakers or BreakerRegistry(self.policy.breaker)
 
     @classmethod
-    def from_entries(
-        cls, entries: tuple[ChainEntry, ...], *, redact: frozenset[RedactionKind] = frozenset()
-    ) -> ProviderChain:
+    def from_entries(cls, entries: tuple[ChainEntry, ...]) -> ProviderChain:
         """A chain of `local` entries only (remote entries fail over): for offline use."""
         local = LocalProvider()
         links = [
@@ -332,7 +326,24 @@ class ProviderChain:
             )
             for entry in entries
         ]
-        return cls(links, redact=redact)
+        return cls(links)
+
+    @property
+    def entries(self) -> tuple[ChainEntry, ...]:
+        """The manifest entries, in chain order."""
+        return tuple(link.entry for link in self._links)
+
+    def narrowed(self, indices: list[int]) -> ProviderChain:
+        """A chain of only these entries, sharing their providers, breakers and policy.
+
+        It borrows the providers: close the full chain, never this one.
+        """
+        return ProviderChain(
+            [self._links[i] for i in indices],
+            policy=self.policy,
+            breakers=self._breakers,
+            capture_content=self.capture_content,
+        )
 
     async def aclose(self) -> None:
         """Close every provider's connections."""
@@ -416,7 +427,6 @@ class ProviderChain:
             ProvidersUnavailable: Every entry failed, or the request deadline passed.
             ProviderRejected: A provider refused the request itself (not context length).
         """
-        request = redact_fields(request, self.redact)
         run = _Run(self, scope, stream=False, request=request)
         try:
             for link in self._links:
@@ -424,7 +434,7 @@ class ProviderChain:
                 if _circuit_open(run, link, breaker):
                     continue
                 retries, refetched = 0, False
-                asked = CompletionRequest(request.question, request.context, link.entry.model)
+                asked = replace(request, model=link.entry.model)
                 while True:
                     budget = self._attempt_budget(run, breaker)
                     span, started = run.start_attempt(link), time.perf_counter()
@@ -471,7 +481,6 @@ class ProviderChain:
             ProviderRejected: A provider refused the request itself (not context length).
             StreamInterrupted: The provider broke off after content was sent.
         """
-        request = redact_fields(request, self.redact)
         run = _Run(self, scope, stream=True, request=request)
         try:
             for link in self._links:
@@ -479,7 +488,7 @@ class ProviderChain:
                 if _circuit_open(run, link, breaker):
                     continue
                 retries, refetched = 0, False
-                asked = CompletionRequest(request.question, request.context, link.entry.model)
+                asked = replace(request, model=link.entry.model)
                 while True:
                     budget = self._attempt_budget(run, breaker)
                     span, started = run.start_attempt(link), time.perf_counter()

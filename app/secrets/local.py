@@ -79,6 +79,20 @@ async def ensure_tenant_key(
     return created is True
 
 
+async def fetch_wrapped_key(
+    connection: Connection, tenant_id: str, *, for_update: bool = False
+) -> tuple[str, bytes]:
+    """The tenant's wrapped data key and the id of the KEK that wraps it (RLS-scoped).
+
+    Raises:
+        TenantKeyMissing: The tenant has no data key.
+    """
+    row = await connection.fetchrow(_DEK_FOR_UPDATE if for_update else _DEK, tenant_id)
+    if row is None:
+        raise TenantKeyMissing(f"tenant {tenant_id!r} has no data key")
+    return row["kek_id"], bytes(row["wrapped_key"])
+
+
 def _outage(exc: BaseException) -> SecretsBackendUnavailable:
     return SecretsBackendUnavailable(f"postgres unavailable: {type(exc).__name__}")
 
@@ -266,11 +280,8 @@ class LocalSecretsBackend:
     async def _load_dek(
         self, connection: Connection, tenant_id: str, *, for_update: bool = False
     ) -> bytes:
-        row = await connection.fetchrow(_DEK_FOR_UPDATE if for_update else _DEK, tenant_id)
-        if row is None:
-            raise TenantKeyMissing(f"tenant {tenant_id!r} has no data key")
-        wrapped: bytes = row["wrapped_key"]
-        return await self._wrapper.unwrap(tenant_id, wrapped, row["kek_id"])
+        kek_id, wrapped = await fetch_wrapped_key(connection, tenant_id, for_update=for_update)
+        return await self._wrapper.unwrap(tenant_id, wrapped, kek_id)
 
 
 async def _notify(connection: Connection, ref: SecretRef) -> None:

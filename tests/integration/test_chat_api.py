@@ -9,6 +9,9 @@ from litestar import Litestar
 from litestar.testing import AsyncTestClient
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
+from app.chat import repository
+from app.chat.crypto import ConversationCipher
+from app.config import Settings
 from app.db.pool import tenant_transaction
 from app.tenancy.manifest import PrivacySpec
 from app.tenancy.scope import TenantScope
@@ -87,24 +90,37 @@ async def test_conversation_continues_for_its_owner_only(
 
 
 async def test_exchange_and_usage_are_recorded(
-    client: Client, tenant_pair: tuple[str, str], auth: AuthHeaders, app_pool: asyncpg.Pool
+    client: Client,
+    tenant_pair: tuple[str, str],
+    auth: AuthHeaders,
+    app_pool: asyncpg.Pool,
+    settings: Settings,
+    kek: bytes,
 ) -> None:
     tenant, _ = tenant_pair
     await _seed(client, auth(tenant))
     body = (await client.post("/v1/chat", json={"message": "hotel?"}, headers=auth(tenant))).json()
     scope = TenantScope(tenant_id=tenant, subject="alice", roles=frozenset())
+    cipher = ConversationCipher.from_settings(settings, kek)
     async with tenant_transaction(app_pool, scope=scope) as connection:
-        messages = await connection.fetch(
-            "SELECT role, content FROM messages WHERE conversation_id = $1 ORDER BY created_at",
-            uuid.UUID(body["conversation_id"]),
+        turns = await repository.read_turns(
+            connection,
+            sealer=await cipher.sealer(connection, tenant_id=tenant),
+            conversation_ids=[uuid.UUID(body["conversation_id"])],
         )
         usage = await connection.fetchrow(
             "SELECT * FROM usage WHERE trace_id = $1", body["trace_id"]
         )
-    assert [(m["role"], m["content"]) for m in messages] == [
-        ("user", "hotel?"),
-        ("assistant", body["answer"]),
+    assert [(t.role, t.text) for t in turns] == [("user", "hotel?"), ("assistant", body["answer"])]
+    answer = turns[1]
+    assert answer.id == uuid.UUID(body["message_id"])
+    assert [(c["marker"], c["document_id"], c["chunk_id"]) for c in answer.citations] == [
+        (c["marker"], c["document_id"], c["chunk_id"]) for c in body["citations"]
     ]
+    # The passages the answer was grounded in are kept with it (sealed).
+    assert answer.context
+    assert answer.context[0]["document_id"] == "travel"
+    assert "180 euros" in answer.context[0]["text"]
     assert usage is not None
     assert (usage["user_id"], usage["provider"], usage["outcome"]) == ("alice", "local", "ok")
     assert usage["output_tokens"] == body["usage"]["output_tokens"]

@@ -56,7 +56,7 @@ async def _tenant(
 
 
 def _received_with(emulator: EmulatorServer, needle: str) -> str:
-    bodies = [b.decode() for b in emulator.app.received if needle.encode() in b]
+    bodies = [b.decode() for _, b in emulator.app.bodies if needle.encode() in b]
     assert len(bodies) == 1, f"expected one provider request carrying {needle!r}"
     return bodies[0]
 
@@ -153,3 +153,36 @@ async def test_ingestion_indexes_redacted_text(
     assert any("lead@acme.example" in text for text in texts)
     ingest_span = next(s for s in spans.get_finished_spans() if s.name == "ingest documents")
     assert dict(ingest_span.attributes or {})["bulkhead.redaction.credentials"] == 2
+
+
+async def test_completions_history_and_instructions_are_redacted(
+    client: Client,
+    app: Litestar,
+    make_tenant: TenantFactory,
+    auth: AuthHeaders,
+    app_pool: asyncpg.Pool,
+    kek: bytes,
+    emulator: EmulatorServer,
+) -> None:
+    tenant = await _tenant(app, make_tenant, app_pool, kek, emulator, ("credentials", "email"))
+    nonce = uuid.uuid4().hex
+    response = await client.post(
+        "/v1/chat/completions",
+        json={
+            "model": "auto",
+            "messages": [
+                {"role": "system", "content": "Reply to ops@corp.example if unsure."},
+                {"role": "user", "content": f"my deploy key is {PASTED_KEY}"},
+                {"role": "assistant", "content": "Noted."},
+                {"role": "user", "content": f"What is the hotel limit? {nonce}"},
+            ],
+        },
+        headers=auth(tenant),
+    )
+    assert response.status_code == 200, response.text
+    sent = _received_with(emulator, nonce)
+    assert PASTED_KEY not in sent
+    assert "ops@corp.example" not in sent
+    prompt = json.dumps(json.loads(sent)["messages"])
+    assert "my deploy key is [REDACTED:credentials]" in prompt
+    assert "Reply to [REDACTED:email] if unsure." in prompt

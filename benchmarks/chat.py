@@ -1,0 +1,311 @@
+"""`python -m benchmarks.chat`: `/v1/chat` on the provider emulator, next to the emulator alone.
+
+Everything a production request does is on: JWT verification, BM25 retrieval over the
+tenant's chunks, the tenant's chain through the official `openai` SDK with its key from the
+local secrets backend, the conversation sealed and stored, the usage row, the audit row.
+The emulator answers at once (zero latency), so what remains is Bulkhead's own cost.
+
+Targets, measured in turn with the same load generator and concurrency, in one run:
+
+- `emulator`: the OpenAI Chat Completions call Bulkhead makes (same prompt shape), sent
+  straight to the emulator: the baseline;
+- `chat`: `POST /v1/chat` (non-streaming) through Bulkhead;
+- `floor`: the bare Litestar app (the framework's own ceiling on this machine).
+
+The `added` figures are `chat` minus `emulator`. With `--profile-seconds`, a further `chat`
+run is sampled by py-spy (`--nonblocking`) and the samples are summarised by where they fall:
+package of the innermost frame, and the Bulkhead functions on the stack. Processes: Postgres,
+the emulator, Bulkhead and the floor (one uvicorn worker each) and the load generator.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import dataclasses
+import json
+import os
+import random
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from app.config import Settings
+from app.db.migrate import upgrade
+from app.db.pool import create_pool
+from app.identity.dev_issuer import DevIssuer
+from app.llm.provider import CompletionRequest, ContextChunk
+from app.llm.remote import build_prompt, system_prompt
+from app.secrets.kek import load_master_key
+from app.secrets.local import LocalSecretsBackend
+from app.secrets.values import SecretRef, SecretValue
+from app.tenancy.manifest import ChainEntry, LlmSpec
+from app.tenancy.scope import Role, TenantScope
+from app.tenancy.service import apply_manifest
+from benchmarks import corpus, harness, report, stack
+from benchmarks.targets import BODY_VARIANTS, Target, chat_target, floor_target
+
+KEY = "sk-bench-chat-0123456789abcdef"
+MODEL = "gpt-4o-mini"
+TARGET_RPS = 300.0
+TARGET_ADDED_P99_MS = 15.0
+_FRAME = re.compile(r"^(?P<function>.*) \((?P<file>[^:()]+)(?::\d+)?\)$")
+
+
+def parse_args(argv: list[str] | None) -> tuple[harness.RunConfig, int]:
+    """Run options (the harness's), plus `--profile-seconds`."""
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.chat", description=__doc__)
+    parser.add_argument("--chunks", type=int, default=5_000, help="chunks to load (5000)")
+    parser.add_argument("--tenants", type=int, default=10, help="tenants (10)")
+    parser.add_argument("--duration", type=float, default=10.0, help="seconds measured (10)")
+    parser.add_argument("--warmup", type=float, default=2.0, help="seconds of warm-up (2)")
+    parser.add_argument("--concurrency", type=int, default=16, help="requests in flight (16)")
+    parser.add_argument(
+        "--profile-seconds", type=int, default=0, help="py-spy sampling of chat (0: off)"
+    )
+    parser.add_argument("--keep", action="store_true", help="keep the temp dir (server logs)")
+    args = parser.parse_args(argv)
+    if args.tenants < 1 or args.chunks < args.tenants or args.concurrency < 1:
+        parser.error("need tenants >= 1, chunks >= tenants, concurrency >= 1")
+    if args.duration <= 0 or args.warmup < 0 or args.profile_seconds < 0:
+        parser.error("--duration must be positive, --warmup and --profile-seconds not negative")
+    config = harness.RunConfig(
+        chunks=args.chunks,
+        tenants=args.tenants,
+        duration=args.duration,
+        warmup=args.warmup,
+        concurrency=args.concurrency,
+        max_requests=1_000_000,
+        keep=args.keep,
+    )
+    return config, args.profile_seconds
+
+
+async def onboard(owner_url: str, tenant_ids: list[str], *, kek: bytes, emulator: str) -> None:
+    """Benchmark tenants whose chain is the emulator, with their keys in the local backend."""
+    pool = await create_pool(owner_url, min_size=1, max_size=2)
+    try:
+        secrets = LocalSecretsBackend(pool, kek)
+        async with pool.acquire() as connection:
+            for tenant_id in tenant_ids:
+                entry = ChainEntry(
+                    provider="openai",
+                    model=MODEL,
+                    secret=f"tenants/{tenant_id}/openai",
+                    base_url=emulator + "/v1",
+                )
+                manifest = msgspec.structs.replace(
+                    stack.bench_manifest(tenant_id), llm=LlmSpec(chain=(entry,))
+                )
+                await apply_manifest(connection, manifest, kek=kek)
+        for tenant_id in tenant_ids:
+            await secrets.put(
+                SecretRef(tenant_id, "openai"),
+                SecretValue(KEY),
+                scope=TenantScope(tenant_id=tenant_id, subject="bench", roles=frozenset()),
+            )
+    finally:
+        await pool.close()
+
+
+def emulator_target(vocabulary: corpus.Vocabulary, *, seed: int = 3) -> Target:
+    """The Chat Completions call Bulkhead makes for a question with five passages."""
+    rng = random.Random(seed)
+    bodies = []
+    for _ in range(BODY_VARIANTS):
+        passages = tuple(
+            ContextChunk(i, f"doc-{i}", f"doc-{i}:0", f"Doc {i}", vocabulary.text(rng, 90), 1.0)
+            for i in range(1, 6)
+        )
+        request = CompletionRequest(
+            f"What does the handbook say about {vocabulary.query(rng)}?", passages, MODEL
+        )
+        messages = [
+            {"role": "system", "content": system_prompt(request)},
+            {"role": "user", "content": build_prompt(request)},
+        ]
+        bodies.append(
+            json.dumps({"model": MODEL, "messages": messages, "max_completion_tokens": 1024})
+        )
+    return Target(
+        "emulator", "emulator", "POST", "/v1/chat/completions", bodies=bodies, tokens=[KEY]
+    )
+
+
+def profile(
+    server: stack.ServerProcess, target: Target, config: harness.RunConfig, seconds: int
+) -> str:
+    """Sample `server` with py-spy while `target` is under load; a summary of the samples."""
+    py_spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+    raw = Path(tempfile.mkdtemp(prefix="bulkhead-profile-")) / "chat.txt"
+    sampler = subprocess.Popen(  # noqa: S603 - fixed arguments
+        [
+            *(py_spy, "record", "--pid", str(server.pid), "--duration", str(seconds)),
+            *("--rate", "200", "--nonblocking", "--format", "raw", "--output", str(raw)),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    loaded = dataclasses.replace(config, warmup=0.5, duration=seconds + 1.0)
+    harness.measure(target, server, loaded)
+    _, errors = sampler.communicate(timeout=seconds + 30)
+    if sampler.returncode != 0 or not raw.exists():
+        return f"py-spy failed ({sampler.returncode}): {errors.decode(errors='replace')[-500:]}"
+    return summarise(raw.read_text(encoding="utf-8"))
+
+
+def _bucket(path: str) -> str:
+    """`asyncpg`, `app/chat`, `asyncio`... from py-spy's (package-relative) file names."""
+    path = path.split("site-packages/", 1)[-1]
+    parts = path.removeprefix("<frozen ").split("/")
+    if parts[0] == "app" and len(parts) > 2:
+        return f"app/{parts[1]}"
+    return parts[0].removesuffix(".py").removesuffix(">")
+
+
+def summarise(collapsed: str, top: int = 14) -> str:
+    """Where the samples fall: innermost frame's package, and Bulkhead functions on the stack."""
+    leaf: Counter[str] = Counter()
+    inclusive: Counter[str] = Counter()
+    total = 0
+    for line in collapsed.splitlines():
+        stack_text, _, count_text = line.rpartition(" ")
+        if not count_text.isdigit():
+            continue
+        count = int(count_text)
+        total += count
+        frames = [_FRAME.match(f) for f in stack_text.split(";")]
+        parsed = [(m["function"], m["file"]) for m in frames if m]
+        if not parsed:
+            continue
+        leaf[_bucket(parsed[-1][1])] += count
+        seen = {f"{file}:{function}" for function, file in parsed if file.startswith("app/")}
+        for name in seen:
+            inclusive[name] += count
+    if not total:
+        return "no samples"
+    lines = [f"{total:,} samples; innermost frame by package:"]
+    lines += [f"  {n / total:6.1%}  {name}" for name, n in leaf.most_common(top)]
+    lines.append("Bulkhead functions on the stack (inclusive):")
+    lines += [f"  {n / total:6.1%}  {name}" for name, n in inclusive.most_common(top)]
+    return "\n".join(lines)
+
+
+def run(config: harness.RunConfig, profile_seconds: int, workdir: Path) -> int:
+    """Set up, measure emulator / chat / floor, profile, report; tear down on the way out."""
+    say = harness.say
+    with contextlib.ExitStack() as cleanup:
+        owner_url = cleanup.enter_context(
+            stack.postgres(workdir, server_url=os.environ.get("DATABASE_URL"))
+        )
+        upgrade(owner_url, app_role=harness.APP_ROLE)
+        logs = workdir / "emulator-logs"
+        logs.mkdir()
+        emulator = stack.ServerProcess(
+            "emulator",
+            stack.uvicorn_command("scripts.provider_emulator:ProviderEmulator", stack.free_port()),
+            env=stack.clean_environment(),
+            log=logs / "emulator.log",
+        )
+        cleanup.callback(emulator.stop)
+        emulator.wait_ready("/_emulator/calls")
+        tenant_ids = corpus.tenant_ids(config.tenants)
+        kek = load_master_key(Settings(dev=True, data_dir=workdir))
+        asyncio.run(onboard(owner_url, tenant_ids, kek=kek, emulator=emulator.base_url))
+        issuer = DevIssuer.load_or_create(
+            workdir / "dev-issuer.pem", issuer=stack.DEV_ISSUER, audience=stack.AUDIENCE
+        )
+        tokens = [
+            issuer.mint(tenant=t, subject=f"bench-user-{n}", roles=[Role.CHAT], ttl_seconds=7200)
+            for n, t in enumerate(tenant_ids)
+        ]
+        vocabulary = corpus.Vocabulary()
+        quotas = dict(
+            zip(tenant_ids, corpus.chunk_quota(config.chunks, config.tenants), strict=True)
+        )
+        asyncio.run(corpus.load_corpus(workdir / "qdrant", vocabulary, quotas, progress=say))
+        servers = {**harness.start_servers(workdir, owner_url, cleanup), "emulator": emulator}
+        servers["bulkhead"].wait_ready("/readyz")
+        servers["floor"].wait_ready("/floor")
+        chat = chat_target(vocabulary, tokens)
+        harness.preflight(servers["bulkhead"], [chat])
+        direct = emulator_target(vocabulary)
+        targets = [direct, chat, floor_target()]
+        measurements = [harness.measure(t, servers[t.server], config) for t in targets]
+        # One request at a time: Bulkhead's own latency, without queueing behind 15 others.
+        single = dataclasses.replace(config, concurrency=1)
+        for target in (direct, chat):
+            alone = dataclasses.replace(target, name=f"{target.name}@1")
+            measurements.append(harness.measure(alone, servers[target.server], single))
+        summary = (
+            profile(servers["bulkhead"], chat, config, profile_seconds) if profile_seconds else ""
+        )
+    say("")
+    say(report.table(measurements, floor="emulator"))
+    by_name = {m.target: m.result for m in measurements}
+    added = {
+        suffix: (
+            by_name[f"chat{suffix}"].p50_ms - by_name[f"emulator{suffix}"].p50_ms,
+            by_name[f"chat{suffix}"].p99_ms - by_name[f"emulator{suffix}"].p99_ms,
+        )
+        for suffix in ("", "@1")
+    }
+    rps = by_name["chat"].rps
+    met = rps >= TARGET_RPS and added[""][1] <= TARGET_ADDED_P99_MS
+    say(
+        f"chat at concurrency {config.concurrency}: {rps:,.0f} RPS (target >= {TARGET_RPS:.0f}),"
+        f" added p50 {added[''][0]:.2f} ms, added p99 {added[''][1]:.2f} ms"
+        f" (target <= {TARGET_ADDED_P99_MS:.0f}) -> {'MET' if met else 'NOT MET'}"
+    )
+    say(
+        f"chat alone (concurrency 1): added p50 {added['@1'][0]:.2f} ms,"
+        f" added p99 {added['@1'][1]:.2f} ms"
+    )
+    if summary:
+        say(summary)
+    banner = report.error_banner(measurements)
+    extra: dict[str, Any] = {
+        "benchmark": "chat",
+        "valid": banner is None,
+        "config": dataclasses.asdict(config),
+        "added_ms": {name or "concurrent": figures for name, figures in added.items()},
+        "targets_met": met,
+        "profile": summary,
+        "environment": harness.environment(bool(os.environ.get("DATABASE_URL"))),
+    }
+    say(f"results: {report.write_json(extra, measurements)}")
+    if banner:
+        say(banner)
+        return 1
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the chat benchmark; 0 when every request succeeded."""
+    config, profile_seconds = parse_args(argv)
+    # The run configures the service itself; settings from the caller's shell would skew it.
+    for key in [k for k in os.environ if k.startswith(("BULKHEAD_", "OTEL_"))]:
+        del os.environ[key]
+    started = time.perf_counter()
+    workdir = Path(tempfile.mkdtemp(prefix="bulkhead-bench-chat-"))
+    try:
+        return run(config, profile_seconds, workdir)
+    finally:
+        if config.keep:
+            harness.say(f"kept {workdir}")
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+        harness.say(f"total wall time {time.perf_counter() - started:,.1f} s")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,92 @@
+"""`bulkhead export` / `bulkhead forget`: a user's data, decrypted, as the operator sees it."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import stat
+import uuid
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from app.chat import cli as chat_cli
+from app.chat import repository
+from app.chat.crypto import ConversationCipher
+from app.cli import main
+from app.config import Settings
+from app.db.pool import connect, set_tenant
+from app.identity import cli as identity_cli
+from tests.conftest import TenantFactory
+
+
+async def _store(database_url: str, cipher: ConversationCipher, tenant: str, user: str) -> None:
+    connection = await connect(database_url)
+    try:
+        async with connection.transaction():
+            await set_tenant(connection, tenant)
+            await repository.save_exchange(
+                connection,
+                sealer=await cipher.sealer(connection, tenant_id=tenant),
+                conversation_id=uuid.uuid4(),
+                user_id=user,
+                question=f"question of {user}",
+                answer_id=uuid.uuid4(),
+                answer=f"answer for {user} [1]",
+                citations=[{"marker": 1, "document_id": "d", "chunk_id": "c"}],
+                context=[{"marker": 1, "document_id": "d", "chunk_id": "c", "title": "T"}],
+                provider="local",
+                model="extractive",
+            )
+    finally:
+        await connection.close()
+
+
+def test_export_then_forget(
+    settings: Settings,
+    database_url: str,
+    kek: bytes,
+    make_tenant: TenantFactory,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    monkeypatch.setattr(chat_cli, "get_settings", lambda: settings)
+    monkeypatch.setattr(identity_cli, "get_settings", lambda: settings)
+    tenant = asyncio.run(make_tenant("gdpr"))
+    cipher = ConversationCipher.from_settings(settings, kek)
+    for user in ("u-1", "u-1", "u-2"):
+        asyncio.run(_store(database_url, cipher, tenant, user))
+    runner = CliRunner()
+
+    ndjson = runner.invoke(main, ["export", "--tenant", tenant, "--user", "u-1"])
+    assert ndjson.exit_code == 0, ndjson.output
+    records = [json.loads(line) for line in ndjson.stdout.splitlines()]
+    assert [r["type"] for r in records] == ["user", "conversation", "conversation"]
+    assert {r["messages"][1]["content"] for r in records[1:]} == {"answer for u-1 [1]"}
+    assert records[1]["messages"][1]["context"][0]["title"] == "T"
+
+    target = tmp_path / "u-1.json"
+    as_json = runner.invoke(
+        main,
+        ["export", "--tenant", tenant, "--user", "u-1", "--format", "json", "--output", target],
+    )
+    assert as_json.exit_code == 0, as_json.output
+    assert stat.S_IMODE(target.stat().st_mode) == 0o600
+    document = json.loads(target.read_text())
+    assert (document["tenant_id"], document["user_id"]) == (tenant, "u-1")
+    assert len(document["conversations"]) == 2
+
+    unconfirmed = runner.invoke(main, ["forget", "--tenant", tenant, "--user", "u-1"])
+    assert unconfirmed.exit_code != 0
+    forgotten = runner.invoke(main, ["forget", "--tenant", tenant, "--user", "u-1", "--yes"])
+    assert forgotten.exit_code == 0, forgotten.output
+    assert "2 conversations deleted" in forgotten.output
+    after = runner.invoke(main, ["export", "--tenant", tenant, "--user", "u-1"])
+    assert [json.loads(line)["type"] for line in after.stdout.splitlines()] == ["user"]
+    other = runner.invoke(main, ["export", "--tenant", tenant, "--user", "u-2"])
+    assert len(other.stdout.splitlines()) == 2
+
+    unknown = runner.invoke(main, ["export", "--tenant", "no-such-tenant", "--user", "u-1"])
+    assert unknown.exit_code != 0
+    assert "no tenant" in unknown.output
