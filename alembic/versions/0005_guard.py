@@ -5,8 +5,9 @@
   so every replica counts in the same window. `bulkhead_rate_hit` bumps all of a request's
   buckets and reads the day's token total in one statement (one round trip).
 - `token_usage_daily`: charged by a trigger on `usage`, in the same transaction as the ledger
-  row, so the budget can never drift from the ledger. Rows are spread over 16 slots by
-  backend pid, so concurrent chats of one tenant never wait on one hot row.
+  row, so the budget can never drift from the ledger. One row per (tenant, day, backend
+  pid): a backend runs one transaction at a time, so concurrent chats of one tenant never
+  wait on each other's row lock (held until their commit); the day's total is a short sum.
 - `audit_events` gains `seq`, `prev_hash`, `row_hash` (see `app/audit/chain.py`) and the
   runtime role loses any UPDATE, DELETE or TRUNCATE on it.
 
@@ -41,7 +42,7 @@ STATEMENTS = (
     CREATE TABLE token_usage_daily (
             tenant_id text NOT NULL REFERENCES tenants (id) ON DELETE CASCADE,
             day date NOT NULL,
-            slot smallint NOT NULL,
+            slot integer NOT NULL,
             tokens bigint NOT NULL,
             PRIMARY KEY (tenant_id, day, slot)
         )
@@ -53,7 +54,7 @@ STATEMENTS = (
         IF NEW.input_tokens + NEW.output_tokens > 0 THEN
             INSERT INTO token_usage_daily AS d (tenant_id, day, slot, tokens)
             VALUES (NEW.tenant_id, (NEW.occurred_at AT TIME ZONE 'UTC')::date,
-                    pg_backend_pid() % 16, NEW.input_tokens + NEW.output_tokens)
+                    pg_backend_pid(), NEW.input_tokens + NEW.output_tokens)
             ON CONFLICT (tenant_id, day, slot)
                 DO UPDATE SET tokens = d.tokens + EXCLUDED.tokens;
         END IF;
