@@ -1,4 +1,4 @@
-"""The `bulkhead` command: dev, serve, migrate, tenants, token."""
+"""The `bulkhead` command: dev, serve, migrate, token, ingest; tenants, secrets, keys groups."""
 
 from __future__ import annotations
 
@@ -13,16 +13,16 @@ from app.audit.cli import audit
 from app.chat.cli import export as chat_export
 from app.chat.cli import forget as chat_forget
 from app.config import Settings, get_settings
-from app.db.pool import connect
 from app.identity.cli import keys
 from app.identity.dev_issuer import DevIssuer
+from app.retrieval.cli import reindex
+from app.retrieval.ingest_cli import ingest
 from app.secrets.admin import secrets as secrets_group
 from app.secrets.kek import MasterKeyError, load_master_key
 from app.secrets.scrub import install_scrubbing
-from app.secrets.setup import data_key_wrapper
-from app.tenancy.manifest import ManifestError, TenantManifest, load_manifest
+from app.tenancy.cli import apply_files, tenants
+from app.tenancy.manifest import load_manifest
 from app.tenancy.scope import Role
-from app.tenancy.service import apply_manifest
 
 DEMO_QUESTION = "How many vacation days do I get?"
 
@@ -77,7 +77,11 @@ def dev(host: str | None, port: int | None, data_dir: Path | None) -> None:
         settings.db.url = start_embedded(settings.data_dir / "pg")
     _migrate(settings)
     manifests = sorted(settings.tenants_dir.glob("*.yaml"))
-    asyncio.run(_apply_all(settings, [load_manifest(p) for p in manifests], dry_run=False))
+    asyncio.run(
+        apply_files(
+            settings, [load_manifest(p) for p in manifests], dry_run=False, verify_keys=False
+        )
+    )
     issuer = DevIssuer.load_or_create(
         settings.dev_signing_key_path,
         issuer=settings.auth.dev_issuer,
@@ -145,51 +149,6 @@ def _migrate(settings: Settings) -> None:
     upgrade(settings.db.url, app_role=settings.db.app_role)
 
 
-@main.group()
-def tenants() -> None:
-    """Onboard and manage tenants from manifests."""
-
-
-@tenants.command("apply")
-@click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
-@click.option("--dry-run", is_flag=True, help="Validate and report; write nothing.")
-def tenants_apply(paths: tuple[Path, ...], dry_run: bool) -> None:
-    """Create or update tenants from manifest files (idempotent)."""
-    _setup_logging()
-    settings = get_settings()
-    if not settings.db.url:
-        raise click.ClickException("set DATABASE_URL (the owner role's connection)")
-    try:
-        manifests = [load_manifest(path) for path in paths]
-    except ManifestError as exc:
-        raise click.ClickException(str(exc)) from exc
-    asyncio.run(_apply_all(settings, manifests, dry_run=dry_run))
-
-
-async def _apply_all(settings: Settings, manifests: list[TenantManifest], *, dry_run: bool) -> None:
-    assert settings.db.url is not None  # noqa: S101 - callers checked
-    if dry_run:
-        for manifest in manifests:
-            click.echo(f"{manifest.id}: manifest valid (dry run, nothing written)")
-        return
-    kek = data_key_wrapper(settings, load_master_key(settings))
-    connection = await connect(settings.db.url)
-    try:
-        for manifest in manifests:
-            try:
-                result = await apply_manifest(connection, manifest, kek=kek)
-            except ManifestError as exc:
-                raise click.ClickException(str(exc)) from exc
-            if result.created:
-                click.echo(f"{manifest.id}: created")
-            elif result.changed:
-                click.echo(f"{manifest.id}: updated ({', '.join(result.changed)})")
-            else:
-                click.echo(f"{manifest.id}: unchanged")
-    finally:
-        await connection.close()
-
-
 @main.command()
 @click.option("--tenant", required=True, help="Tenant id (the dev issuer's `tenant` claim).")
 @click.option("--user", "subject", required=True, help="Subject of the token.")
@@ -217,12 +176,16 @@ def token(tenant: str, subject: str, roles: str, groups: str, ttl: int) -> None:
 
 
 main.add_command(secrets_group)
+main.add_command(ingest)
 
 main.add_command(keys)
 main.add_command(audit)
 
+main.add_command(tenants)
+
 main.add_command(chat_export)
 main.add_command(chat_forget)
+main.add_command(reindex)
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

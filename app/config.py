@@ -127,6 +127,13 @@ class LimitSettings(BaseModel):
     """Input bounds enforced on every endpoint."""
 
     max_request_bytes: int = Field(default=10 * 1024 * 1024, ge=1024)
+    """Any request body but a multipart upload (JSON ingestion included)."""
+    max_upload_bytes: int = Field(default=50 * 1024 * 1024, ge=1024)
+    """A whole multipart upload to `POST /v1/documents`, all parts included."""
+    max_file_bytes: int = Field(default=20 * 1024 * 1024, ge=1024)
+    """One uploaded file."""
+    max_files_per_request: int = Field(default=20, ge=1)
+    max_pdf_pages: int = Field(default=2_000, ge=1)
     max_documents_per_request: int = Field(default=100, ge=1)
     max_document_chars: int = Field(default=1_000_000, ge=1)
     max_title_chars: int = Field(default=500, ge=1)
@@ -171,6 +178,8 @@ class LlmSettings(BaseModel):
     breaker_min_calls: int = Field(default=10, ge=1)
     breaker_open_seconds: float = Field(default=30.0, gt=0)
     max_output_tokens: int = Field(default=1024, ge=1)
+    embedding_batch_size: int = Field(default=256, ge=1, le=2048)
+    """Texts per embeddings request (the OpenAI API takes up to 2048 inputs per call)."""
     prices: dict[str, tuple[float, float]] = {
         "openai/gpt-4o-mini": (0.15, 0.60),
         "openai/gpt-4o": (2.50, 10.00),
@@ -236,6 +245,12 @@ class Settings(BaseSettings):
     def vector_path(self) -> Path:
         """Directory of the Qdrant Edge shard."""
         return self.vectors.path or self.data_dir / "qdrant"
+
+    @property
+    def dense_vector_root(self) -> Path:
+        """Directory of the dense embedding spaces' shards (one per model and size)."""
+        path = self.vector_path
+        return path.with_name(f"{path.name}-dense")
 
     @property
     def master_key_path(self) -> Path:

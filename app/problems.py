@@ -112,6 +112,12 @@ class PayloadTooLarge(ApiError):
     status, code, title = 413, "payload_too_large", "Payload too large"
 
 
+class UnsupportedMediaType(ApiError):
+    """A body or file in a format the endpoint does not take."""
+
+    status, code, title = 415, "unsupported_media_type", "Unsupported media type"
+
+
 class ServiceUnavailable(ApiError):
     """A dependency is down; the client may retry."""
 

@@ -28,8 +28,11 @@ from app.identity.service_tokens import ServiceTokenIssuer
 from app.identity.tokens import JwtVerifier
 from app.limits.middleware import RequestLimiter
 from app.limits.store import CounterStore, PostgresCounters, RedisCounters
+from app.llm.breaker import BreakerRegistry
+from app.llm.chains import chain_policy
 from app.privacy.redact import RedactionKind, parse_kinds
 from app.retrieval.edge import EdgeIndex
+from app.retrieval.embedders import TenantEmbedders, VectorSpaces
 from app.retrieval.service import DocumentService
 from app.secrets.backend import SecretsBackend
 from app.secrets.cache import SecretCache
@@ -38,6 +41,7 @@ from app.secrets.local import LocalSecretsBackend, listen_for_changes
 from app.secrets.setup import build_backend
 from app.secrets.values import opted_in_platform_refs
 from app.tenancy.registry import TenantRegistry
+from app.tenancy.scope import TenantScope
 
 _log = logging.getLogger(__name__)
 
@@ -54,6 +58,7 @@ class Resources:
     verifier: JwtVerifier
     audit: AuditWriter
     documents: DocumentService
+    embedders: TenantEmbedders
     chat: ChatService
     dev_issuer: DevIssuer | None
     api_keys: ApiKeyStore
@@ -91,6 +96,11 @@ async def open_resources(settings: Settings) -> AsyncIterator[Resources]:
         stack.push_async_callback(registry.close)
         index = EdgeIndex.open(settings.vector_path, search_threads=settings.vectors.search_threads)
         stack.push_async_callback(index.close)
+        spaces = VectorSpaces(
+            index, settings.dense_vector_root, search_threads=settings.vectors.search_threads
+        )
+        stack.push_async_callback(spaces.close)
+        registry.on_removed(lambda tenant_id: _purge_vectors(spaces, tenant_id))
         http = httpx.AsyncClient(follow_redirects=False)
         stack.push_async_callback(http.aclose)
         secrets = build_backend(settings, pool=pool, kek=kek)
@@ -139,12 +149,15 @@ async def open_resources(settings: Settings) -> AsyncIterator[Resources]:
         )
         audit.start()
         stack.push_async_callback(audit.close)
+        embedders = tenant_embedders(settings, registry, spaces, secret_cache)
+        stack.push_async_callback(embedders.aclose)
         documents = DocumentService(
             pool=pool,
             index=index,
             limits=settings.limits,
             chunking=settings.chunking,
             redaction=lambda tenant_id: _redaction(registry, tenant_id),
+            embedders=embedders,
         )
         chat = ChatService(
             pool=pool,
@@ -172,6 +185,7 @@ async def open_resources(settings: Settings) -> AsyncIterator[Resources]:
             verifier=verifier,
             audit=audit,
             documents=documents,
+            embedders=embedders,
             chat=chat,
             dev_issuer=dev_issuer,
             api_keys=identity.api_keys,
@@ -186,6 +200,27 @@ async def open_resources(settings: Settings) -> AsyncIterator[Resources]:
 def _redaction(registry: TenantRegistry, tenant_id: str) -> frozenset[RedactionKind]:
     record = registry.tenant(tenant_id)
     return parse_kinds(record.manifest.privacy.redact) if record else frozenset()
+
+
+async def _purge_vectors(spaces: VectorSpaces, tenant_id: str) -> None:
+    # This process holds the shards, so `bulkhead tenants offboard` cannot delete them itself.
+    scope = TenantScope(tenant_id=tenant_id, subject="system:offboard", roles=frozenset())
+    deleted = await spaces.delete_tenant(scope=scope)
+    _log.info("tenant %r offboarded: deleted its %d vectors", tenant_id, deleted)
+
+
+def tenant_embedders(
+    settings: Settings, registry: TenantRegistry, spaces: VectorSpaces, resolver: SecretCache
+) -> TenantEmbedders:
+    """Each tenant's embedder, with its own breakers (one per tenant and embeddings model)."""
+    return TenantEmbedders(
+        registry=registry,
+        spaces=spaces,
+        resolver=resolver,
+        settings=settings.llm,
+        breakers=BreakerRegistry(chain_policy(settings.llm).breaker),
+        batch_size=settings.llm.embedding_batch_size,
+    )
 
 
 def _platform_refs(registry: TenantRegistry, tenant_id: str) -> frozenset[str]:

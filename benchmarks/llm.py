@@ -7,7 +7,10 @@
 2. Failover after connection refused: a chain whose first entry's port refuses connections
    against a chain with only the healthy entry; p99 added. The breaker is set out of reach here
    so every request pays the refused connect (with the breaker, it would be skipped outright).
-3. Breaker open: a chain whose first entry always answers 503, N requests; calls the dead
+3. SDK client build for a tenant seen for the first time (or a rotated key): an `AsyncOpenAI`
+   with its own connection pool (what Bulkhead built before `SdkClients`) against one from
+   `SdkClients` over the shared pool.
+4. Breaker open: a chain whose first entry always answers 503, N requests; calls the dead
    provider received before the circuit opened and after (counted by the emulator).
 
 The emulator runs as its own process (in a thread it would compete for this process's GIL
@@ -34,6 +37,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from app.config import LlmSettings
 from app.llm.breaker import BreakerPolicy, BreakerRegistry
 from app.llm.chains import build_chain
+from app.llm.clients import SdkClients
 from app.llm.provider import CompletionRequest, ContextChunk
 from app.llm.router import ChainPolicy, ProviderChain
 from app.secrets.values import SecretRef, SecretValue
@@ -102,6 +106,7 @@ class StaticKeys:
 
 
 REF = "tenants/bench/openai"
+OPENAI_URL = "https://api.openai.com/v1"  # only built against, never called
 
 
 def _entry(model: str, url: str) -> ChainEntry:
@@ -159,7 +164,7 @@ async def overhead(emulator: EmulatorProcess, n: int) -> tuple[list[float], list
 
 async def failover(
     emulator: EmulatorProcess, n: int, breaker: BreakerPolicy
-) -> tuple[list[float], list[float]]:
+) -> tuple[list[float], list[float], float]:
     base = emulator.url + "/v1"
     healthy = _chain([_entry("gpt-4o-mini", base)], breaker)
     refused = _chain([_entry("gpt-4o-mini", refused_url()), _entry("gpt-4o-mini", base)], breaker)
@@ -167,12 +172,37 @@ async def failover(
         await healthy.complete(scope=SCOPE, request=REQUEST)
         await refused.complete(scope=SCOPE, request=REQUEST)
     healthy_times, refused_times = [], []
+    cpu = {"healthy": 0.0, "refused": 0.0}
     for _ in range(n):
+        started = time.process_time()
         healthy_times.append(await _timed(lambda: healthy.complete(scope=SCOPE, request=REQUEST)))
+        cpu["healthy"] += time.process_time() - started
+        started = time.process_time()
         refused_times.append(await _timed(lambda: refused.complete(scope=SCOPE, request=REQUEST)))
+        cpu["refused"] += time.process_time() - started
     await healthy.aclose()
     await refused.aclose()
-    return healthy_times, refused_times
+    # This process's CPU per request: what the refused attempt costs us, whatever the machine's
+    # load does to the wall-clock tail.
+    added_cpu_ms = (cpu["refused"] - cpu["healthy"]) / n * 1000
+    return healthy_times, refused_times, added_cpu_ms
+
+
+async def client_build(n: int) -> tuple[list[float], list[float]]:
+    own_pool, shared_pool = [], []
+    clients = SdkClients(max_clients=n + 1)
+    made: list[openai.AsyncOpenAI] = []
+    for i in range(n):
+        started = time.perf_counter()
+        made.append(openai.AsyncOpenAI(api_key=f"{KEY}{i}", base_url=OPENAI_URL, max_retries=0))
+        own_pool.append(time.perf_counter() - started)
+        started = time.perf_counter()
+        clients.openai(tenant_id=f"t{i}", base_url=OPENAI_URL, key=SecretValue(f"{KEY}{i}"))
+        shared_pool.append(time.perf_counter() - started)
+    for client in made:
+        await client.close()
+    await clients.aclose()
+    return own_pool, shared_pool
 
 
 async def breaker_open(emulator: EmulatorProcess, n: int) -> tuple[int, int, int]:
@@ -201,9 +231,10 @@ async def run(n: int) -> int:
     try:
         direct, routed = await overhead(emulator, n)
         unreachable = BreakerPolicy(consecutive_failures=10**9, min_calls=10**9)
-        healthy, refused = await failover(emulator, n, unreachable)
-        healthy_b, refused_b = await failover(emulator, n, BreakerPolicy())
+        healthy, refused, added_cpu = await failover(emulator, n, unreachable)
+        healthy_b, refused_b, _ = await failover(emulator, n, BreakerPolicy())
         before, after, local = await breaker_open(emulator, n)
+        own_pool, shared_pool = await client_build(min(n, 200))
     finally:
         emulator.stop()
     added_p50 = _pct(routed, 0.5) - _pct(direct, 0.5)
@@ -220,6 +251,13 @@ async def run(n: int) -> int:
     print(f"  added       mean {mean_added:7.3f} ms  (breaker out of reach: every request refused)")
     added_b = _pct(refused_b, 0.99) - _pct(healthy_b, 0.99)
     print(f"  added        p99 {added_b:7.3f} ms  (default breaker: the dead entry is skipped)")
+    print(f"  added CPU   mean {added_cpu:7.3f} ms  (this process, breaker out of reach)")
+    print(f"SDK client for a new tenant or key (n={len(own_pool)}):")
+    print(f"  own pool     p50 {_pct(own_pool, 0.5):7.3f} ms  p99 {_pct(own_pool, 0.99):7.3f} ms")
+    print(
+        f"  SdkClients   p50 {_pct(shared_pool, 0.5):7.3f} ms"
+        f"  p99 {_pct(shared_pool, 0.99):7.3f} ms  (shared pool)"
+    )
     print(f"breaker open ({n} requests, dead provider answers 503):")
     print(f"  calls to the dead provider before the circuit opened: {before}")
     print(f"  calls to the dead provider after it opened:           {after}  (target 0)")

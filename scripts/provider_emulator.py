@@ -2,7 +2,9 @@
 
 Speaks enough of both HTTP APIs for the official SDKs: OpenAI `POST /v1/chat/completions`
 (plain and SSE streaming) and `POST /v1/embeddings`; Anthropic `POST /v1/messages` (plain and
-streaming events). Usage fields look like the real ones.
+streaming events). Usage fields look like the real ones. Embeddings are deterministic unit
+vectors (words hashed into signed buckets, see `embedding`) of the requested `dimensions` or the
+model's native size, as floats or base64 as asked, so texts sharing words are near neighbours.
 
 Faults are chosen per request by a suffix on the model name, `<model>@<fault>[:<arg>][x<n>]`,
 so concurrent tests never step on each other; `x<n>` makes only the first n calls with that
@@ -18,8 +20,8 @@ exact model string fail (retry-then-succeed). `--fault` sets a default for every
     context     400 context-length error;  400: another 400 (bad request)
 
 A key containing `revoked` is refused with 401 too. Connection refused is a port with nothing
-listening: `refused_url()`. `GET /_emulator/calls` counts calls per path;
-`POST /_emulator/reset` clears the counters.
+listening: `refused_url()`. `GET /_emulator/calls` counts calls per path (in process, `.keys`
+counts them per API key); `POST /_emulator/reset` clears the counters.
 
     python scripts/provider_emulator.py --port 8911 [--fault 503]
 """
@@ -29,9 +31,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import atexit
+import base64
+import hashlib
 import json
+import math
 import re
 import socket
+import struct
 import threading
 import time
 import uuid
@@ -61,6 +67,8 @@ class ProviderEmulator:
     def __init__(self, default_fault: str | None = None) -> None:
         self.default_fault = default_fault
         self.calls: Counter[str] = Counter()
+        self.keys: Counter[str] = Counter()
+        """Calls per API key presented (key rotation tests check which key was used)."""
         # The latest request bodies, for tests that check what a provider was sent.
         self.bodies: deque[tuple[str, bytes]] = deque(maxlen=200)
         self._seen: Counter[str] = Counter()
@@ -70,6 +78,7 @@ class ProviderEmulator:
         """Forget every call."""
         with self._lock:
             self.calls.clear()
+            self.keys.clear()
             self.bodies.clear()
             self._seen.clear()
 
@@ -90,6 +99,7 @@ class ProviderEmulator:
         body = await _body(receive)
         with self._lock:
             self.calls[path] += 1
+            self.keys[_header(scope, b"x-api-key") or _bearer(scope)] += 1
             self.bodies.append((path, body))
         if path.endswith("/chat/completions"):
             await self._openai_chat(scope, receive, send, body)
@@ -223,14 +233,17 @@ class ProviderEmulator:
         model, fault, arg = self._fault(str(request.get("model", "")))
         if await self._pre_fault("openai", fault, arg, _bearer(scope), receive, send):
             return
+        if fault == "slow":
+            await asyncio.sleep(arg if arg is not None else 0.5)
         inputs = request.get("input", [])
         inputs = [inputs] if isinstance(inputs, str) else inputs
-        dims = int(request.get("dimensions") or 8)
+        dims = int(request.get("dimensions") or NATIVE_DIMENSIONS.get(model, 1536))
+        as_base64 = request.get("encoding_format") == "base64"
         data = [
             {
                 "object": "embedding",
                 "index": i,
-                "embedding": [((hash(text) >> k) % 1000) / 1000 for k in range(dims)],
+                "embedding": _encoded(embedding(str(text), dims), as_base64),
             }
             for i, text in enumerate(inputs)
         ]
@@ -343,6 +356,38 @@ async def _stream_fault(
                 "more_body": True,
             }
         )
+
+
+NATIVE_DIMENSIONS = {
+    "text-embedding-3-small": 1536,
+    "text-embedding-3-large": 3072,
+    "text-embedding-ada-002": 1536,
+}
+_WORD = re.compile(r"[a-z0-9]+")
+
+
+def embedding(text: str, dims: int) -> list[float]:
+    """A deterministic unit vector for `text`: its words hashed into `dims` signed buckets.
+
+    The same on every run and in every process (unlike `hash()`), and texts sharing words are
+    close in cosine distance, so dense search over it ranks lexically related chunks first.
+    """
+    vector = [0.0] * dims
+    for word in _WORD.findall(text.lower()):
+        digest = hashlib.blake2b(word.encode(), digest_size=8).digest()
+        bucket = int.from_bytes(digest[:4], "little") % dims
+        vector[bucket] += 1.0 if digest[4] & 1 else -1.0
+    norm = math.sqrt(sum(v * v for v in vector))
+    if norm == 0:
+        vector[0], norm = 1.0, 1.0
+    return [v / norm for v in vector]
+
+
+def _encoded(vector: list[float], as_base64: bool) -> list[float] | str:
+    # The SDK asks for base64 (little-endian float32) unless told otherwise, as the API allows.
+    if not as_base64:
+        return vector
+    return base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode()
 
 
 def _tokens(text: str) -> int:

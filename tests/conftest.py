@@ -40,6 +40,7 @@ from app.tenancy.manifest import IdentitySpec, IssuerSpec, TenantManifest
 from app.tenancy.scope import Role
 from app.tenancy.service import apply_manifest
 from scripts.provider_emulator import EmulatorServer
+from tests.live_server import live_server  # noqa: F401 - a fixture, defined once per run
 from tests.servers import OpenBao, moto_server, openbao_dev_server
 
 APP_ROLE = "bulkhead_app"

@@ -39,8 +39,10 @@ class AuditMiddleware:
             if message["type"] == "http.response.start":
                 caller = scope.get("user")
                 if isinstance(caller, TenantScope):
+                    # The auth middleware's resolved address is already parsed: no re-parse.
                     resolved = scope.get("state", {}).get("bulkhead_client_address")
-                    client = (str(resolved), 0) if resolved else scope.get("client")
+                    client = scope.get("client")
+                    source_ip = str(resolved) if resolved else (_ip(client[0]) if client else None)
                     await writer.record(
                         AuditRow(
                             tenant_id=caller.tenant_id,
@@ -51,7 +53,7 @@ class AuditMiddleware:
                             route=scope.get("path_template") or scope["path"],
                             status=message["status"],
                             latency_ms=(time.perf_counter() - started) * 1000,
-                            source_ip=_ip(client[0]) if client else None,
+                            source_ip=source_ip,
                             trace_id=current_trace_id(),
                         )
                     )

@@ -7,6 +7,7 @@ import asyncio
 from app.config import LlmSettings
 from app.llm.breaker import BreakerRegistry
 from app.llm.chains import build_chain, chain_policy
+from app.llm.clients import SdkClients
 from app.llm.keys import SecretResolver
 from app.llm.router import ProviderChain
 from app.problems import ApiError, NotFound
@@ -33,6 +34,9 @@ class TenantChains:
         self.breakers = BreakerRegistry(chain_policy(llm).breaker)
         self._chains: dict[str, tuple[str, ProviderChain]] = {}
         self._retiring: set[asyncio.Task[None]] = set()
+        # One set of connection pools for every tenant's chain (an SDK client with a pool of
+        # its own costs ~15 ms to build).
+        self._sdk_clients = SdkClients()
 
     def chain(self, tenant_id: str) -> ProviderChain:
         """The tenant's full chain, as its current manifest lists it."""
@@ -52,6 +56,7 @@ class TenantChains:
                     settings=self._llm,
                     breakers=self.breakers,
                     capture_content=tenant.manifest.privacy.trace_content,
+                    clients=self._sdk_clients,
                 )
             )
             if cached is not None:
@@ -101,3 +106,4 @@ class TenantChains:
         for _, chain in self._chains.values():
             await chain.aclose()
         self._chains.clear()
+        await self._sdk_clients.aclose()

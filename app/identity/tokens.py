@@ -38,6 +38,27 @@ class JwtVerifier:
         self._settings = settings
         self._verified: dict[bytes, tuple[TenantScope, IssuerBinding, float]] = {}
 
+    def cached(self, token: str) -> TenantScope | None:
+        """The scope of a token this verifier already verified and still trusts, else None.
+
+        Raises:
+            CredentialRefused: The token's tenant has been disabled since.
+        """
+        return self._cached(hashlib.sha256(token.encode()).digest())
+
+    def _cached(self, digest: bytes) -> TenantScope | None:
+        cached = self._verified.get(digest)
+        if cached is None:
+            return None
+        scope, binding, expires = cached
+        # Still unexpired, and the issuer binding still in force (a manifest change that
+        # drops it invalidates the entry).
+        if time.time() < expires and binding in self._registry.bindings(binding.issuer):
+            self._check_tenant(binding.tenant_id)
+            return scope
+        del self._verified[digest]
+        return None
+
     async def verify(self, token: str) -> TenantScope:
         """Verify `token` and build the caller's scope.
 
@@ -46,15 +67,9 @@ class JwtVerifier:
             CredentialRefused: Valid token for a disabled tenant.
         """
         digest = hashlib.sha256(token.encode()).digest()
-        cached = self._verified.get(digest)
-        if cached is not None:
-            scope, binding, expires = cached
-            # Still unexpired, and the issuer binding still in force (a manifest change that
-            # drops it invalidates the entry).
-            if time.time() < expires and binding in self._registry.bindings(binding.issuer):
-                self._check_tenant(binding.tenant_id)
-                return scope
-            del self._verified[digest]
+        scope = self._cached(digest)
+        if scope is not None:
+            return scope
         header, unverified = peek_unverified(token)
         algorithm = header.get("alg")
         if algorithm not in ALLOWED_ALGORITHMS:

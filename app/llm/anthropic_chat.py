@@ -9,10 +9,11 @@ import anthropic
 import httpx2
 from anthropic.types import MessageParam
 
+from app.llm.clients import SdkClients
 from app.llm.errors import classify
 from app.llm.keys import SecretResolver
 from app.llm.provider import Completion, CompletionRequest, ProviderError, StreamEvent
-from app.llm.remote import KeyedClients, conversation, endpoint_of, system_prompt
+from app.llm.remote import EntryKey, conversation, endpoint_of, system_prompt
 
 if TYPE_CHECKING:
     from app.secrets.values import SecretValue
@@ -30,30 +31,20 @@ class AnthropicProvider:
         entry: ChainEntry,
         resolver: SecretResolver,
         *,
+        clients: SdkClients,
         connect_timeout: float,
         max_output_tokens: int,
     ) -> None:
-        self._keys: KeyedClients[anthropic.AsyncAnthropic] = KeyedClients(entry, resolver)
+        self._keys = EntryKey(entry, resolver)
+        self._clients = clients
         self._connect_timeout = connect_timeout
         self._max_output_tokens = max_output_tokens
         self.endpoint = endpoint_of(entry.base_url, "api.anthropic.com")
 
-    def _client(self, key: SecretValue) -> anthropic.AsyncAnthropic:
-        client = self._keys.client(key)
-        if client is None:
-            # The router owns retries and timeouts: the SDK must not retry behind its back.
-            client = self._keys.remember(
-                key,
-                anthropic.AsyncAnthropic(
-                    api_key=key.reveal(),
-                    base_url=self._keys.entry.base_url,
-                    max_retries=0,
-                    # Bulkhead writes the attempt spans itself, attributed to the tenant; the
-                    # SDK's own would be unattributed duplicates.
-                    open_telemetry=False,
-                ),
-            )
-        return client
+    def _client(self, key: SecretValue, scope: TenantScope) -> anthropic.AsyncAnthropic:
+        return self._clients.anthropic(
+            tenant_id=scope.tenant_id, base_url=self._keys.entry.base_url, key=key
+        )
 
     def _messages(self, request: CompletionRequest) -> list[MessageParam]:
         messages: list[MessageParam] = []
@@ -74,7 +65,7 @@ class AnthropicProvider:
         """
         key = await self._keys.key(scope=scope)
         try:
-            message = await self._client(key).messages.create(
+            message = await self._client(key, scope).messages.create(
                 model=request.model,
                 system=system_prompt(request),
                 messages=self._messages(request),
@@ -108,7 +99,7 @@ class AnthropicProvider:
         input_tokens = output_tokens = 0
         stopped = False
         try:
-            stream = await self._client(key).messages.create(
+            stream = await self._client(key, scope).messages.create(
                 model=request.model,
                 system=system_prompt(request),
                 messages=self._messages(request),
@@ -150,6 +141,4 @@ class AnthropicProvider:
         await self._keys.invalidate(scope=scope)
 
     async def aclose(self) -> None:
-        """Close the SDK clients (their connection pools)."""
-        for client in self._keys.made():
-            await client.close()
+        """Nothing to release: the connection pools belong to `SdkClients`."""

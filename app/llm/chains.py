@@ -5,6 +5,7 @@ from __future__ import annotations
 from app.config import LlmSettings
 from app.llm.anthropic_chat import AnthropicProvider
 from app.llm.breaker import BreakerPolicy, BreakerRegistry
+from app.llm.clients import SdkClients
 from app.llm.keys import SecretResolver
 from app.llm.local import LocalProvider
 from app.llm.openai_chat import OpenAIProvider
@@ -35,7 +36,10 @@ def chain_policy(settings: LlmSettings) -> ChainPolicy:
     )
 
 
-def _provider(entry: ChainEntry, resolver: SecretResolver, settings: LlmSettings) -> Provider:
+def provider_for(
+    entry: ChainEntry, resolver: SecretResolver, settings: LlmSettings, clients: SdkClients
+) -> Provider:
+    """The provider serving one chain entry (`UnavailableProvider` when it cannot be built)."""
     if entry.provider == "local":
         return LocalProvider()
     if entry.secret is None:
@@ -48,6 +52,7 @@ def _provider(entry: ChainEntry, resolver: SecretResolver, settings: LlmSettings
         return kinds[entry.provider](
             entry,
             resolver,
+            clients=clients,
             connect_timeout=settings.connect_timeout_seconds,
             max_output_tokens=settings.max_output_tokens,
         )
@@ -62,14 +67,21 @@ def build_chain(
     settings: LlmSettings,
     breakers: BreakerRegistry,
     capture_content: bool = False,
+    clients: SdkClients | None = None,
 ) -> ProviderChain:
-    """The tenant's chain: SDK-backed providers with its keys, `local` as the last resort."""
-    links = [ChainLink(entry, _provider(entry, resolver, settings)) for entry in entries]
+    """The tenant's chain: SDK-backed providers with its keys, `local` as the last resort.
+
+    `clients` is the process's shared `SdkClients`; without one the chain gets its own, and
+    closes it with the chain.
+    """
+    shared = clients if clients is not None else SdkClients()
+    links = [ChainLink(entry, provider_for(entry, resolver, settings, shared)) for entry in entries]
     return ProviderChain(
         links,
         policy=chain_policy(settings),
         breakers=breakers,
         capture_content=capture_content,
+        owned_clients=None if clients is not None else shared,
     )
 
 

@@ -9,10 +9,11 @@ import httpx2
 import openai
 from openai.types.chat import ChatCompletionMessageParam
 
+from app.llm.clients import SdkClients
 from app.llm.errors import classify
 from app.llm.keys import SecretResolver
 from app.llm.provider import Completion, CompletionRequest, ProviderError, StreamEvent
-from app.llm.remote import KeyedClients, conversation, endpoint_of, system_prompt
+from app.llm.remote import EntryKey, conversation, endpoint_of, system_prompt
 
 if TYPE_CHECKING:
     from app.secrets.values import SecretValue
@@ -30,29 +31,20 @@ class OpenAIProvider:
         entry: ChainEntry,
         resolver: SecretResolver,
         *,
+        clients: SdkClients,
         connect_timeout: float,
         max_output_tokens: int,
     ) -> None:
-        self._keys: KeyedClients[openai.AsyncOpenAI] = KeyedClients(entry, resolver)
+        self._keys = EntryKey(entry, resolver)
+        self._clients = clients
         self._connect_timeout = connect_timeout
         self._max_output_tokens = max_output_tokens
         self.endpoint = endpoint_of(entry.base_url, "api.openai.com")
 
-    def _client(self, key: SecretValue) -> openai.AsyncOpenAI:
-        client = self._keys.client(key)
-        if client is None:
-            # The router owns retries and timeouts: the SDK must not retry behind its back.
-            client = self._keys.remember(
-                key,
-                openai.AsyncOpenAI(
-                    api_key=key.reveal(),
-                    base_url=self._keys.entry.base_url,
-                    max_retries=0,
-                    organization=None,
-                    project=None,
-                ),
-            )
-        return client
+    def _client(self, key: SecretValue, scope: TenantScope) -> openai.AsyncOpenAI:
+        return self._clients.openai(
+            tenant_id=scope.tenant_id, base_url=self._keys.entry.base_url, key=key
+        )
 
     def _messages(self, request: CompletionRequest) -> list[ChatCompletionMessageParam]:
         messages: list[ChatCompletionMessageParam] = [
@@ -75,7 +67,7 @@ class OpenAIProvider:
         """
         key = await self._keys.key(scope=scope)
         try:
-            response = await self._client(key).chat.completions.create(
+            response = await self._client(key, scope).chat.completions.create(
                 model=request.model,
                 messages=self._messages(request),
                 max_completion_tokens=self._max_output_tokens,
@@ -110,7 +102,7 @@ class OpenAIProvider:
         response_id = model = finish = ""
         input_tokens = output_tokens = 0
         try:
-            stream = await self._client(key).chat.completions.create(
+            stream = await self._client(key, scope).chat.completions.create(
                 model=request.model,
                 messages=self._messages(request),
                 max_completion_tokens=self._max_output_tokens,
@@ -152,6 +144,4 @@ class OpenAIProvider:
         await self._keys.invalidate(scope=scope)
 
     async def aclose(self) -> None:
-        """Close the SDK clients (their connection pools)."""
-        for client in self._keys.made():
-            await client.close()
+        """Nothing to release: the connection pools belong to `SdkClients`."""

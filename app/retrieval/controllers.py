@@ -2,26 +2,28 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
-from litestar import Controller, delete, get, post
+from litestar import Controller, Request, delete, get, post
 from litestar.di import NamedDependency
 from litestar.params import JSONBody, Parameter
 from litestar.status_codes import HTTP_201_CREATED, HTTP_204_NO_CONTENT
 
 from app.identity.guards import ensure_own_tenant, requires
+from app.problems import UnsupportedMediaType
 from app.retrieval.schemas import (
     Acl,
     DocumentOut,
     DocumentPage,
     IngestedDocument,
-    IngestRequest,
     IngestResponse,
     SearchRequest,
     SearchResponse,
     SearchResult,
+    decode_ingest_request,
 )
 from app.retrieval.service import DocumentService
+from app.retrieval.uploads import read_bounded_body, read_upload, upload_documents
 from app.tenancy.scope import Role, TenantScope
 
 
@@ -30,18 +32,41 @@ class DocumentController(Controller):
 
     path = "/v1/documents"
 
-    @post(guards=[requires(Role.INGEST)], status_code=HTTP_201_CREATED)
+    # No framework-wide body limit here: JSON and multipart have different ones, which
+    # `uploads` enforces while the body streams in (413 before it is buffered).
+    @post(guards=[requires(Role.INGEST)], status_code=HTTP_201_CREATED, request_max_body_size=None)
     async def ingest(
         self,
-        data: JSONBody[IngestRequest],
+        request: Request[Any, Any, Any],
         caller: NamedDependency[TenantScope],
         documents: NamedDependency[DocumentService],
     ) -> IngestResponse:
-        """Ingest a batch of JSON documents (all or nothing)."""
-        ensure_own_tenant(caller, data.tenant_id)
-        for document in data.documents:
+        """Ingest JSON documents or uploaded files (all or nothing)."""
+        media_type, options = request.content_type
+        limits = documents.limits
+        if media_type == "multipart/form-data":
+            form = await read_upload(
+                request.headers,
+                request.stream(),
+                boundary=options.get("boundary", ""),
+                limits=limits,
+            )
+            tenant_id, incoming = await upload_documents(form, limits=limits)
+            ensure_own_tenant(caller, tenant_id)
+        elif media_type == "application/json" or media_type.endswith("+json"):
+            body = await read_bounded_body(
+                request.headers, request.stream(), limit=limits.max_request_bytes
+            )
+            data = decode_ingest_request(body)
+            ensure_own_tenant(caller, data.tenant_id)
+            incoming = data.documents
+        else:
+            raise UnsupportedMediaType(
+                f"{media_type or 'no content type'}: send application/json or multipart/form-data"
+            )
+        for document in incoming:
             ensure_own_tenant(caller, document.tenant_id)
-        prepared = documents.prepare(data.documents)
+        prepared = documents.prepare(incoming)
         written = await documents.ingest(scope=caller, documents=prepared)
         return IngestResponse([IngestedDocument(id=i, chunks=n) for i, n in written])
 
@@ -92,10 +117,14 @@ class SearchController(Controller):
     async def search(
         self,
         data: JSONBody[SearchRequest],
-        caller: NamedDependency[TenantScope],
+        request: Request[TenantScope, Any, Any],
         documents: NamedDependency[DocumentService],
     ) -> SearchResponse:
         """Retrieve the best chunks for a query within the caller's tenant and groups."""
+        # The caller comes from the request, not the `caller` dependency: with two dependencies
+        # Litestar resolves them in an anyio TaskGroup per request (litestar#4563), ~8% of a
+        # search. The value is the same (`provide_scope` returns `request.user`).
+        caller = request.user
         ensure_own_tenant(caller, data.tenant_id)
         hits = await documents.search(
             scope=caller, query=data.query, top_k=data.top_k, raw_filter=data.filter

@@ -29,6 +29,18 @@ class ChunkRecord:
     metadata: dict[str, Any] = field(default_factory=dict)
     acl_groups: tuple[str, ...] | None = None
     """None: visible to the whole tenant."""
+    dense: list[float] | None = None
+    """The chunk's dense vector, for a tenant whose embedder has one (None: BM25 only)."""
+
+
+@dataclass(frozen=True, slots=True)
+class DocumentVersion:
+    """A version of a document to publish, with the ACL its chunks get once visible."""
+
+    document_id: str
+    version: int
+    acl_groups: tuple[str, ...] | None
+    """None: visible to the whole tenant."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,8 +59,22 @@ class Hit:
 class VectorIndex(Protocol):
     """A tenant-isolating vector store."""
 
-    async def upsert(self, *, scope: TenantScope, chunks: list[ChunkRecord]) -> None:
-        """Index `chunks` as the scope's tenant's."""
+    async def upsert(
+        self, *, scope: TenantScope, chunks: list[ChunkRecord], pending: bool = False
+    ) -> None:
+        """Index `chunks` as the scope's tenant's.
+
+        `pending` chunks stay hidden until `publish` and replace whatever an unpublished
+        earlier attempt left at the same (document, version).
+        """
+        ...
+
+    async def publish(self, *, scope: TenantScope, versions: list[DocumentVersion]) -> None:
+        """Reveal pending document versions and remove their documents' older versions.
+
+        Readers must never see a document twice, nor not at all: the switch of the whole batch
+        is atomic to searches.
+        """
         ...
 
     async def search(
@@ -58,8 +84,28 @@ class VectorIndex(Protocol):
         query: str,
         top_k: int,
         matches: tuple[MetadataMatch, ...] = (),
+        dense: list[float] | None = None,
+        lexical: bool = True,
     ) -> list[Hit]:
-        """Best `top_k` chunks of the scope's tenant (and ACL groups) for `query`."""
+        """Best `top_k` chunks of the scope's tenant (and ACL groups) for `query`.
+
+        With `dense`, the query's dense vector: nearest neighbours only when `lexical` is
+        False, else dense and BM25 candidates fused with Reciprocal Rank Fusion (hybrid).
+        """
+        ...
+
+    async def scroll_chunks(
+        self, *, scope: TenantScope, offset: str | None, limit: int
+    ) -> tuple[list[ChunkRecord], str | None]:
+        """A page of the tenant's stored chunks (all ACL groups), and the next page's offset."""
+        ...
+
+    async def existing_ids(self, *, scope: TenantScope, chunk_ids: list[str]) -> set[str]:
+        """Which of `chunk_ids` the tenant already has."""
+        ...
+
+    async def delete_chunks(self, *, scope: TenantScope, chunk_ids: list[str]) -> None:
+        """Remove the tenant's chunks with these ids."""
         ...
 
     async def delete_document(

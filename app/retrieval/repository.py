@@ -26,29 +26,45 @@ class DocumentRow:
 _COLUMNS = "id, title, metadata, acl_groups, chunk_count, version, created_at, updated_at"
 
 
-async def current_version(connection: Connection, document_id: str) -> int | None:
-    """The stored version of a document, locking its row until the transaction ends."""
-    value: int | None = await connection.fetchval(
-        "SELECT version FROM documents WHERE id = $1 FOR UPDATE", document_id
-    )
-    return value
+async def lock_versions(connection: Connection, document_ids: list[str]) -> dict[str, int]:
+    """Lock the documents (existing or not) until the transaction ends; their stored versions.
 
-
-async def save(
-    connection: Connection,
-    *,
-    tenant_id: str,
-    document_id: str,
-    title: str,
-    metadata: dict[str, Any],
-    acl_groups: list[str] | None,
-    chunk_count: int,
-    content_sha256: str,
-    version: int,
-    created_by: str,
-) -> None:
-    """Insert a document or replace it with a new version."""
+    Advisory locks keyed on (tenant, id), taken in id order: they also cover ids with no row yet
+    (two first ingests of one id queue instead of racing), and a fixed order means two batches
+    that share documents cannot deadlock.
+    """
     await connection.execute(
+        """
+        SELECT pg_advisory_xact_lock(
+            hashtextextended(current_setting('bulkhead.tenant_id') || '/' || id, 0))
+        FROM (SELECT DISTINCT unnest($1::text[]) AS id ORDER BY 1) AS ids
+        """,
+        document_ids,
+    )
+    rows = await connection.fetch(
+        "SELECT id, version FROM documents WHERE id = ANY($1::text[])", document_ids
+    )
+    return {row["id"]: row["version"] for row in rows}
+
+
+@dataclass(frozen=True, slots=True)
+class DocumentVersionRow:
+    """The row of one new document version."""
+
+    document_id: str
+    title: str
+    metadata: dict[str, Any]
+    acl_groups: list[str] | None
+    chunk_count: int
+    content_sha256: str
+    version: int
+
+
+async def save_all(
+    connection: Connection, *, tenant_id: str, created_by: str, rows: list[DocumentVersionRow]
+) -> None:
+    """Insert documents or replace them with new versions (one pipelined statement)."""
+    await connection.executemany(
         """
         INSERT INTO documents (tenant_id, id, title, metadata, acl_groups, chunk_count,
                                content_sha256, version, created_by)
@@ -59,15 +75,20 @@ async def save(
             content_sha256 = EXCLUDED.content_sha256, version = EXCLUDED.version,
             updated_at = now()
         """,
-        tenant_id,
-        document_id,
-        title,
-        metadata,
-        acl_groups,
-        chunk_count,
-        content_sha256,
-        version,
-        created_by,
+        [
+            (
+                tenant_id,
+                row.document_id,
+                row.title,
+                row.metadata,
+                row.acl_groups,
+                row.chunk_count,
+                row.content_sha256,
+                row.version,
+                created_by,
+            )
+            for row in rows
+        ],
     )
 
 

@@ -6,6 +6,8 @@ from typing import Annotated, Any
 
 import msgspec
 
+from app.problems import ValidationFailed
+
 DocumentId = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")]
 Group = Annotated[str, msgspec.Meta(min_length=1, max_length=100)]
 
@@ -33,6 +35,22 @@ class IngestRequest(msgspec.Struct, forbid_unknown_fields=True):
 
     documents: Annotated[list[DocumentIn], msgspec.Meta(min_length=1)]
     tenant_id: str | None = None
+
+
+def decode_ingest_request(body: bytes) -> IngestRequest:
+    """Decode and validate a JSON `POST /v1/documents` body.
+
+    Raises:
+        ValidationFailed: Not JSON, or not the documented shape.
+    """
+    try:
+        return msgspec.json.decode(body, type=IngestRequest)
+    except msgspec.ValidationError as exc:
+        raise ValidationFailed(
+            f"the request body is not valid: {exc}", errors=[{"message": str(exc)}]
+        ) from exc
+    except msgspec.DecodeError as exc:
+        raise ValidationFailed(f"the request body is not JSON: {exc}") from exc
 
 
 class IngestedDocument(msgspec.Struct):

@@ -5,6 +5,8 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import re
+import unicodedata
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -14,19 +16,33 @@ import asyncpg
 
 from app.config import ChunkingSettings, LimitSettings
 from app.db.pool import tenant_transaction
+from app.llm.embeddings import OpenAIEmbedder
 from app.privacy.redact import RedactionKind, redact_fields
 from app.problems import NotFound, PayloadTooLarge, ValidationFailed
 from app.retrieval import repository
 from app.retrieval.chunking import chunk_text
 from app.retrieval.edge import EdgeIndex
+from app.retrieval.embedders import TenantEmbedders, chunk_embedding_text
 from app.retrieval.filters import check_metadata_key, parse_filter
-from app.retrieval.index import ChunkRecord, Hit, VectorIndex
+from app.retrieval.index import ChunkRecord, DocumentVersion, Hit, VectorIndex
 from app.retrieval.schemas import DocumentIn
 from app.telemetry.spans import scoped_span
 from app.tenancy.scope import TenantScope
 
 MAX_METADATA_LIST = 100
 MAX_METADATA_STRING = 1_000
+# C0/C1 control characters other than tab and newline: never text, and NUL breaks Postgres.
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def normalise_text(text: str) -> str:
+    """The form of a document's text that is hashed, chunked and indexed.
+
+    Every ingestion path (JSON, uploads, the sample corpus) goes through here exactly once,
+    so a transformation of document text belongs in this function.
+    """
+    text = text.replace("\r\n", "\n").replace("\r", "\n")
+    return _CONTROL.sub("", unicodedata.normalize("NFC", text))
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,12 +69,19 @@ class DocumentService:
         limits: LimitSettings,
         chunking: ChunkingSettings,
         redaction: Callable[[str], frozenset[RedactionKind]] = lambda _: frozenset(),
+        embedders: TenantEmbedders | None = None,
     ) -> None:
         self._pool = pool
         self._redaction = redaction
         self._index = index
+        self._embedders = embedders
         self._limits = limits
         self._chunking = chunking
+
+    @property
+    def limits(self) -> LimitSettings:
+        """The input bounds this service enforces."""
+        return self._limits
 
     def prepare(self, documents: list[DocumentIn]) -> list[PreparedDocument]:
         """Validate and chunk a batch before anything is written.
@@ -76,7 +99,8 @@ class DocumentService:
         seen: set[str] = set()
         for position, document in enumerate(documents):
             where = f"documents[{position}]"
-            if len(document.text) > limits.max_document_chars:
+            text = normalise_text(document.text)
+            if len(text) > limits.max_document_chars:
                 raise PayloadTooLarge(
                     f"{where}.text: at most {limits.max_document_chars} characters"
                 )
@@ -84,13 +108,15 @@ class DocumentService:
                 raise ValidationFailed(
                     f"{where}.title: at most {limits.max_title_chars} characters"
                 )
+            if "\x00" in document.title:
+                raise ValidationFailed(f"{where}.title: NUL characters are not allowed")
             _check_metadata(document.metadata, where=f"{where}.metadata", limits=limits)
             document_id = document.id or uuid.uuid4().hex
             if document_id in seen:
                 raise ValidationFailed(f"{where}.id: {document_id!r} appears twice in this request")
             seen.add(document_id)
             chunks = chunk_text(
-                document.text,
+                text,
                 target_chars=self._chunking.target_chars,
                 overlap_chars=self._chunking.overlap_chars,
             )
@@ -102,7 +128,7 @@ class DocumentService:
                     title=document.title,
                     metadata=document.metadata,
                     acl_groups=tuple(sorted(set(document.acl.groups))) if document.acl else None,
-                    content_sha256=hashlib.sha256(document.text.encode()).hexdigest(),
+                    content_sha256=hashlib.sha256(text.encode()).hexdigest(),
                     chunks=[(c.index, c.section, c.text) for c in chunks],
                 )
             )
@@ -113,50 +139,55 @@ class DocumentService:
     ) -> list[tuple[str, int]]:
         """Write a prepared batch: all of it or, on failure, none of it.
 
-        New versions are indexed first and their rows committed in one transaction; only then
-        are the superseded versions' chunks removed, so search never sees an empty document.
+        Each document's new version is indexed *pending* (invisible to search) and its row
+        saved in one transaction that holds the documents' locks; after the commit the batch is
+        published: its versions revealed and their predecessors removed in one step for
+        searches, so a re-ingested document is never seen twice nor missing. A dense embedder
+        embeds every chunk before anything is written.
 
         Returns:
             (document id, chunk count) per document.
+
+        Raises:
+            ProvidersUnavailable: The tenant's embeddings model failed (nothing was written).
+            ProviderRejected: The embeddings model refused the input (nothing was written).
         """
         with scoped_span(
             "ingest documents", scope=scope, attributes={"bulkhead.documents": len(documents)}
         ):
             # Before anything is indexed: credentials pasted into a document never reach
-            # the vector store (manifest `privacy.redact`).
+            # the vector store or an embeddings provider (manifest `privacy.redact`).
             documents = redact_fields(documents, self._redaction(scope.tenant_id))
-            written: list[tuple[str, int]] = []
+            index, embedder, _ = self._route(scope)
+            vectors = None
+            if embedder is not None:
+                texts = [text for document in documents for text in _chunk_texts(document)]
+                vectors = (await embedder.embed(texts, scope=scope)).vectors
             async with tenant_transaction(self._pool, scope=scope) as connection:
-                for document in documents:
-                    version = (await repository.current_version(connection, document.id) or 0) + 1
-                    written.append((document.id, version))
+                stored = await repository.lock_versions(connection, [d.id for d in documents])
+                written = [(d, stored.get(d.id, 0) + 1) for d in documents]
                 try:
-                    for document, (_, version) in zip(documents, written, strict=True):
-                        await self._index.upsert(
-                            scope=scope, chunks=_records(scope, document, version)
-                        )
-                        await repository.save(
-                            connection,
-                            tenant_id=scope.tenant_id,
-                            document_id=document.id,
-                            title=document.title,
-                            metadata=document.metadata,
-                            acl_groups=list(document.acl_groups) if document.acl_groups else None,
-                            chunk_count=len(document.chunks),
-                            content_sha256=document.content_sha256,
-                            version=version,
-                            created_by=scope.subject,
-                        )
+                    await index.upsert(
+                        scope=scope,
+                        chunks=_batch_records(scope, written, vectors),
+                        pending=True,
+                    )
+                    await repository.save_all(
+                        connection,
+                        tenant_id=scope.tenant_id,
+                        created_by=scope.subject,
+                        rows=[_row(d, v) for d, v in written],
+                    )
                 except BaseException:
-                    for document_id, version in written:
-                        await self._index.delete_document(
-                            scope=scope, document_id=document_id, version=version
+                    for document, version in written:
+                        await index.delete_document(
+                            scope=scope, document_id=document.id, version=version
                         )
                     raise
-            for document_id, version in written:
-                await self._index.delete_document(
-                    scope=scope, document_id=document_id, keep_version=version
-                )
+            await index.publish(
+                scope=scope,
+                versions=[DocumentVersion(d.id, v, d.acl_groups) for d, v in written],
+            )
         return [(d.id, len(d.chunks)) for d in documents]
 
     async def list_page(
@@ -186,7 +217,8 @@ class DocumentService:
                 raise NotFound(f"no document {document_id!r}")
             # Vectors go before the row commits: if this fails the row stays and the
             # client can retry; the reverse order could leave orphaned vectors.
-            await self._index.delete_document(scope=scope, document_id=document_id)
+            index, _, _ = self._route(scope)
+            await index.delete_document(scope=scope, document_id=document_id)
 
     async def search(
         self,
@@ -208,20 +240,50 @@ class DocumentService:
         if not 1 <= k <= limits.max_top_k:
             raise ValidationFailed(f"top_k: between 1 and {limits.max_top_k}")
         matches = parse_filter(raw_filter)
+        index, embedder, kind = self._route(scope)
         with scoped_span(
-            "retrieval bm25",
+            f"retrieval {kind}",
             scope=scope,
             attributes={
                 "bulkhead.retrieval.top_k": k,
                 "bulkhead.retrieval.filtered": bool(matches),
             },
         ) as span:
-            hits = await self._index.search(scope=scope, query=query, top_k=k, matches=matches)
+            if embedder is None:
+                hits = await index.search(scope=scope, query=query, top_k=k, matches=matches)
+            else:
+                dense = (await embedder.embed([query], scope=scope)).vectors[0]
+                hits = await index.search(
+                    scope=scope,
+                    query=query,
+                    top_k=k,
+                    matches=matches,
+                    dense=dense,
+                    lexical=kind == "hybrid",
+                )
             span.set_attribute("bulkhead.retrieval.hits", len(hits))
         return hits
 
+    def _route(self, scope: TenantScope) -> tuple[VectorIndex, OpenAIEmbedder | None, str]:
+        """The tenant's index, its dense embedder (None: BM25 only) and the embedder kind."""
+        if self._embedders is None:
+            return self._index, None, "bm25"
+        route = self._embedders.route(scope)
+        return route.index, route.embedder, route.spec.kind
 
-def _records(scope: TenantScope, document: PreparedDocument, version: int) -> list[ChunkRecord]:
+
+def _chunk_texts(document: PreparedDocument) -> list[str]:
+    return [
+        chunk_embedding_text(document.title, section, text) for _, section, text in document.chunks
+    ]
+
+
+def _records(
+    scope: TenantScope,
+    document: PreparedDocument,
+    version: int,
+    dense: list[list[float]] | None = None,
+) -> list[ChunkRecord]:
     return [
         ChunkRecord(
             chunk_id=EdgeIndex.point_id(scope.tenant_id, document.id, version, index),
@@ -233,9 +295,34 @@ def _records(scope: TenantScope, document: PreparedDocument, version: int) -> li
             text=text,
             metadata=document.metadata,
             acl_groups=document.acl_groups,
+            dense=dense[position] if dense is not None else None,
         )
-        for index, section, text in document.chunks
+        for position, (index, section, text) in enumerate(document.chunks)
     ]
+
+
+def _batch_records(
+    scope: TenantScope,
+    written: list[tuple[PreparedDocument, int]],
+    vectors: list[list[float]] | None,
+) -> list[ChunkRecord]:
+    records: list[ChunkRecord] = []
+    for document, version in written:
+        dense = vectors[len(records) : len(records) + len(document.chunks)] if vectors else None
+        records += _records(scope, document, version, dense)
+    return records
+
+
+def _row(document: PreparedDocument, version: int) -> repository.DocumentVersionRow:
+    return repository.DocumentVersionRow(
+        document_id=document.id,
+        title=document.title,
+        metadata=document.metadata,
+        acl_groups=list(document.acl_groups) if document.acl_groups else None,
+        chunk_count=len(document.chunks),
+        content_sha256=document.content_sha256,
+        version=version,
+    )
 
 
 def _check_metadata(metadata: dict[str, Any], *, where: str, limits: LimitSettings) -> None:
@@ -246,7 +333,7 @@ def _check_metadata(metadata: dict[str, Any], *, where: str, limits: LimitSettin
         values = value if isinstance(value, list) else [value]
         if len(values) > MAX_METADATA_LIST or not all(_is_metadata_scalar(v) for v in values):
             raise ValidationFailed(
-                f"{where}.{key}: a string (≤ {MAX_METADATA_STRING} chars), number, boolean,"
+                f"{where}.{key}: a string (≤ {MAX_METADATA_STRING} chars, no NUL), number, boolean,"
                 f" or a list of up to {MAX_METADATA_LIST} of them",
                 errors=[{"key": f"{where}.{key}", "message": "invalid value"}],
             )
@@ -254,7 +341,8 @@ def _check_metadata(metadata: dict[str, Any], *, where: str, limits: LimitSettin
 
 def _is_metadata_scalar(value: Any) -> bool:
     if isinstance(value, str):
-        return len(value) <= MAX_METADATA_STRING
+        # Postgres text and jsonb cannot hold NUL.
+        return len(value) <= MAX_METADATA_STRING and "\x00" not in value
     return isinstance(value, bool | int | float)
 
 

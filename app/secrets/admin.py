@@ -44,7 +44,12 @@ def _admin_scope(ref: SecretRef) -> tuple[TenantScope, frozenset[str]]:
     return scope, frozenset({str(ref)}) if ref.tenant_id is None else frozenset()
 
 
-def _read_value(from_env: str | None) -> SecretValue:
+def read_secret_value(from_env: str | None) -> SecretValue:
+    """A secret value from the environment variable `from_env`, else stdin (never argv).
+
+    Raises:
+        click.ClickException: The variable is unset or the value is empty.
+    """
     if from_env:
         text = os.environ.get(from_env, "")
         if not text:
@@ -61,7 +66,12 @@ def _read_value(from_env: str | None) -> SecretValue:
 
 
 @asynccontextmanager
-async def _backend(settings: Settings) -> AsyncIterator[SecretsBackend]:
+async def open_backend(settings: Settings) -> AsyncIterator[SecretsBackend]:
+    """The configured backend for admin commands (runtime-role pool for the local one).
+
+    Yields:
+        The open backend; closed (with its pool) on exit.
+    """
     # Imported here: resources imports the whole service (Litestar, Qdrant) for one helper.
     from app.resources import app_dsn
 
@@ -89,7 +99,7 @@ async def _backend(settings: Settings) -> AsyncIterator[SecretsBackend]:
 
 def _run(action: Callable[[SecretsBackend], Awaitable[_T]]) -> _T:
     async def main() -> _T:
-        async with _backend(get_settings()) as backend:
+        async with open_backend(get_settings()) as backend:
             try:
                 return await action(backend)
             except (SecretAccessDenied, SecretNotFound, SecretsReadOnly, LookupError) as exc:
@@ -103,7 +113,12 @@ def secrets() -> None:
     """Store, rotate, list and delete secrets; rotate the key-encryption key."""
 
 
-def _refuse_argv_values(extra: tuple[str, ...]) -> None:
+def refuse_argv_values(extra: tuple[str, ...]) -> None:
+    """Refuse a value given as a command-line argument, without echoing it.
+
+    Raises:
+        click.UsageError: `extra` is not empty.
+    """
     # Click would echo an unexpected argument back ("Got unexpected extra argument (sk-...)").
     if extra:
         raise click.UsageError(
@@ -128,9 +143,9 @@ _FROM_ENV = click.option(
 @_FROM_ENV
 def put(ref: str, extra: tuple[str, ...], from_env: str | None) -> None:
     """Store a new version of REF (tenants/<id>/<name>); value from stdin or --from-env."""
-    _refuse_argv_values(extra)
+    refuse_argv_values(extra)
     parsed = _ref(ref)
-    value = _read_value(from_env)
+    value = read_secret_value(from_env)
     scope, platform = _admin_scope(parsed)
     version = _run(lambda b: b.put(parsed, value, scope=scope, platform_refs=platform))
     click.echo(f"{parsed}: stored version {version}")
@@ -142,9 +157,9 @@ def put(ref: str, extra: tuple[str, ...], from_env: str | None) -> None:
 @_FROM_ENV
 def rotate(ref: str, extra: tuple[str, ...], from_env: str | None) -> None:
     """Replace an existing REF with a new version; replicas serve it within the cache TTL."""
-    _refuse_argv_values(extra)
+    refuse_argv_values(extra)
     parsed = _ref(ref)
-    value = _read_value(from_env)
+    value = read_secret_value(from_env)
     scope, platform = _admin_scope(parsed)
 
     async def action(backend: SecretsBackend) -> int:

@@ -115,15 +115,14 @@ def ensure_ref_allowed(
 
 
 def opted_in_platform_refs(manifest: TenantManifest | None) -> frozenset[str]:
-    """The platform refs a manifest opts into: those its LLM chain names explicitly.
+    """The platform refs a manifest opts into: those its LLM chain or embedder names explicitly.
 
     A tenant whose manifest says `secret: platform/openai` has chosen the platform's key; no
     other platform ref is resolvable for it.
     """
     if manifest is None:
         return frozenset()
-    return frozenset(
-        entry.secret
-        for entry in manifest.llm.chain
-        if entry.secret is not None and entry.secret.startswith("platform/")
-    )
+    named = [entry.secret for entry in manifest.llm.chain]
+    if manifest.retrieval.openai is not None:
+        named.append(manifest.retrieval.openai.secret)
+    return frozenset(ref for ref in named if ref is not None and ref.startswith("platform/"))

@@ -1,20 +1,28 @@
-"""OpenBao / HashiCorp Vault backend: KV v2 through hvac, token or AppRole auth.
+"""OpenBao / HashiCorp Vault backend: KV v2 reads on the event loop, the rest through hvac.
 
-hvac is synchronous (requests), so every call runs in a worker thread, never on the event
-loop. A ref `tenants/acme/openai` is stored at `<mount>/data/tenants/acme/openai` as
-`{"value": ...}`, so a Vault policy on `tenants/acme/*` can mirror Bulkhead's own rule.
+The hot path, a KV v2 read on a secret cache miss, is one GET on a persistent keep-alive
+`httpx.AsyncClient`: no worker-thread hop, no per-call setup (`python -m benchmarks.secrets`
+shows it next to the hvac-in-a-thread read and the server's floor). hvac (synchronous,
+requests) keeps everything else: token lookup, AppRole login and renewal, writes, deletes,
+listing, Transit; those run in a worker thread, never on the event loop.
+
+A ref `tenants/acme/openai` is stored at `<mount>/data/tenants/acme/openai` as `{"value": ...}`,
+so a Vault policy on `tenants/acme/*` can mirror Bulkhead's own rule.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import ssl
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from typing import TYPE_CHECKING, Any, TypeVar
 
+import httpx
 import hvac
 import hvac.exceptions
 import requests
@@ -23,7 +31,7 @@ from app.secrets.backend import SecretNotFound, SecretsBackendUnavailable
 from app.secrets.values import SecretRef, SecretValue, ensure_ref_allowed
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Iterator
 
     from app.config import VaultSettings
     from app.tenancy.scope import TenantScope
@@ -68,15 +76,12 @@ class VaultSecretsBackend:
             SecretsBackendUnavailable: Vault is unreachable, sealed, or refuses our token.
         """
         ensure_ref_allowed(ref, scope=scope, platform_refs=platform_refs)
-        response = await self._call(
-            lambda c: c.secrets.kv.v2.read_secret_version(
-                path=str(ref),
-                version=version,
-                mount_point=self._mount,
-                raise_on_deleted_version=True,
-            ),
-            ref=ref,
+        response = await self.connection.read(
+            f"{self._mount}/data/{ref}", params={"version": version} if version else None
         )
+        # KV v2 answers 404 for a missing ref and for a deleted or destroyed version alike.
+        if response is None:
+            raise SecretNotFound(f"no secret stored under '{ref}'")
         data = response["data"]["data"] or {}
         if "value" not in data:
             raise SecretNotFound(f"no secret stored under '{ref}'")
@@ -211,6 +216,56 @@ class VaultConnection:
         self._renewable = False
         self._authenticated = False
         self._executor = ThreadPoolExecutor(max_workers=8, thread_name_prefix="bulkhead-vault")
+        # Built on the first KV read (the Transit wrapper shares this class and never reads).
+        self._http: httpx.AsyncClient | None = None
+
+    def _reader(self) -> httpx.AsyncClient:
+        if self._http is None:
+            settings = self._settings
+            headers = {"X-Vault-Namespace": settings.namespace} if settings.namespace else {}
+            self._http = httpx.AsyncClient(
+                base_url=f"{self.client.adapter.base_uri.rstrip('/')}/v1/",
+                headers=headers,
+                timeout=settings.timeout_seconds,
+                verify=ssl.create_default_context(cafile=settings.ca_cert)
+                if settings.ca_cert
+                else True,
+            )
+        return self._http
+
+    async def read(self, path: str, *, params: dict[str, int] | None = None) -> Any:
+        """GET `/v1/<path>` on the event loop with a live token; None when Vault answers 404.
+
+        Raises:
+            SecretsBackendUnavailable: Vault is unreachable, sealed, failing, or refuses our
+                token (after one fresh AppRole login, when AppRole is configured).
+        """
+        if not self._token_fresh():
+            with _outages():
+                await self.run(lambda _: self._ensure_token())
+        response = await self._get(path, params)
+        if response.status_code == httpx.codes.FORBIDDEN and self._can_login():
+            # The token may have been revoked or expired under us: log in again, once.
+            with _outages():
+                await self.run(lambda _: self._login())
+            response = await self._get(path, params)
+        if response.status_code == httpx.codes.NOT_FOUND:
+            return None
+        if response.status_code == httpx.codes.FORBIDDEN:
+            raise SecretsBackendUnavailable(f"vault refused the token: Forbidden (GET {path})")
+        if response.status_code != httpx.codes.OK:
+            raise SecretsBackendUnavailable(
+                f"vault unavailable: HTTP {response.status_code} (GET {path})"
+            )
+        return response.json()
+
+    async def _get(self, path: str, params: dict[str, int] | None) -> httpx.Response:
+        try:
+            return await self._reader().get(
+                path, params=params, headers={"X-Vault-Token": self.client.token or ""}
+            )
+        except (httpx.HTTPError, OSError) as exc:
+            raise SecretsBackendUnavailable(f"vault unreachable: {type(exc).__name__}") from None
 
     async def call(self, operation: Callable[[hvac.Client], _T]) -> _T:
         """Run `operation(client)` in a worker thread with a live token.
@@ -220,15 +275,8 @@ class VaultConnection:
             hvac.exceptions.InvalidRequest: Refused as invalid (callers map it).
             SecretsBackendUnavailable: Any outage, including a refused token.
         """
-        try:
+        with _outages():
             return await self.run(partial(self._authenticated_call, operation))
-        except hvac.exceptions.Forbidden as exc:
-            # Our own token was refused even after a fresh login: an outage of our access.
-            raise SecretsBackendUnavailable(f"vault refused the token: {_status(exc)}") from None
-        except (hvac.exceptions.VaultDown, hvac.exceptions.InternalServerError) as exc:
-            raise SecretsBackendUnavailable(f"vault unavailable: {_status(exc)}") from None
-        except _TRANSPORT as exc:
-            raise SecretsBackendUnavailable(f"vault unreachable: {type(exc).__name__}") from None
 
     async def run(self, function: Callable[[hvac.Client], _T]) -> _T:
         """Run `function(client)` in a worker thread, without touching the token."""
@@ -236,9 +284,11 @@ class VaultConnection:
         return await loop.run_in_executor(self._executor, function, self.client)
 
     async def close(self) -> None:
-        """Stop the worker threads and close the HTTP session."""
+        """Stop the worker threads and close the HTTP sessions."""
         self._executor.shutdown(wait=False, cancel_futures=True)
         self.client.adapter.close()
+        if self._http is not None:
+            await self._http.aclose()
 
     def _authenticated_call(
         self, operation: Callable[[hvac.Client], _T], client: hvac.Client
@@ -256,8 +306,11 @@ class VaultConnection:
     def _can_login(self) -> bool:
         return bool(self._settings.role_id and self._settings.secret_id)
 
+    def _token_fresh(self) -> bool:
+        return self._authenticated and (self.expires_at is None or not self._due())
+
     def _ensure_token(self) -> None:
-        if self._authenticated and (self.expires_at is None or not self._due()):
+        if self._token_fresh():
             return
         with self._auth_lock:
             if not self._authenticated:
@@ -301,6 +354,20 @@ class VaultConnection:
         self._renewable = renewable
         self._ttl = float(ttl)
         self.expires_at = time.monotonic() + ttl if ttl > 0 else None
+
+
+@contextlib.contextmanager
+def _outages() -> Iterator[None]:
+    """Map hvac and transport failures to `SecretsBackendUnavailable` (not found passes)."""
+    try:
+        yield
+    except hvac.exceptions.Forbidden as exc:
+        # Our own token was refused even after a fresh login: an outage of our access.
+        raise SecretsBackendUnavailable(f"vault refused the token: {_status(exc)}") from None
+    except (hvac.exceptions.VaultDown, hvac.exceptions.InternalServerError) as exc:
+        raise SecretsBackendUnavailable(f"vault unavailable: {_status(exc)}") from None
+    except _TRANSPORT as exc:
+        raise SecretsBackendUnavailable(f"vault unreachable: {type(exc).__name__}") from None
 
 
 def _status(exc: hvac.exceptions.VaultError) -> str:

@@ -14,6 +14,9 @@ import jsonschema
 import msgspec
 import yaml
 
+from app.retrieval.embedder_spec import EmbedderSpec
+from app.tenancy.sourcemap import YamlSourceMap
+
 SCHEMA_FILE = "manifest.schema.json"
 
 
@@ -39,11 +42,29 @@ class IdentitySpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     issuers: tuple[IssuerSpec, ...] = ()
 
 
+class EmbeddingEndpoint(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Where a dense embedder's requests go, and with which of the tenant's keys."""
+
+    secret: str
+    base_url: str | None = None
+
+
 class RetrievalSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    """Vector isolation and embedder, fixed at onboarding."""
+    """Vector isolation and embedder, fixed at onboarding (`bulkhead reindex` changes it)."""
 
     isolation: Literal["shared", "dedicated"] = "shared"
     embedder: str = "bm25"
+    openai: EmbeddingEndpoint | None = None
+    """Default for a dense embedder: the first `openai` entry of the LLM chain."""
+
+    def embedding_endpoint(self, chain: tuple[ChainEntry, ...]) -> EmbeddingEndpoint | None:
+        """The endpoint dense embeddings use, or None when the manifest names none."""
+        if self.openai is not None:
+            return self.openai
+        for entry in chain:
+            if entry.provider == "openai" and entry.secret:
+                return EmbeddingEndpoint(secret=entry.secret, base_url=entry.base_url)
+        return None
 
 
 class ChainEntry(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -121,20 +142,48 @@ def manifest_schema() -> dict[str, Any]:
     return schema
 
 
-def parse_manifest(data: Any, *, source: str) -> TenantManifest:
+def _at(
+    source: str,
+    lines: YamlSourceMap | None,
+    path: list[str | int],
+    line_path: list[str | int] | None = None,
+) -> str:
+    """`file:line: field/path` for an error message (no line without a source map)."""
+    line = lines.line(line_path or path) if lines is not None else None
+    where = "/".join(str(p) for p in path) or "(top level)"
+    return f"{source}:{line}: {where}" if line is not None else f"{source}: {where}"
+
+
+def _line_path(error: jsonschema.ValidationError) -> list[str | int]:
+    """Where to look up the line: the failing field, or for an unknown field the key itself."""
+    path: list[str | int] = list(error.absolute_path)
+    if error.validator == "additionalProperties" and isinstance(error.instance, dict):
+        known = error.schema.get("properties", {}) if isinstance(error.schema, dict) else {}
+        unknown = [key for key in error.instance if key not in known]
+        if unknown:
+            path.append(str(unknown[0]))
+    return path
+
+
+def parse_manifest(data: Any, *, source: str, lines: YamlSourceMap | None = None) -> TenantManifest:
     """Validate raw manifest data against the schema and return the typed manifest.
 
+    Args:
+        data: The decoded manifest.
+        source: Where it came from (a file name), for error messages.
+        lines: Node positions of the YAML text, so errors name the line too.
+
     Raises:
-        ManifestError: The data does not satisfy the schema; the message names the field.
+        ManifestError: The data does not satisfy the schema; the message names the field
+            (and its line when `lines` is given).
     """
     validator = jsonschema.Draft202012Validator(manifest_schema())
     errors = sorted(validator.iter_errors(data), key=lambda e: list(e.absolute_path))
     if errors:
-        lines = []
-        for error in errors:
-            where = "/".join(str(p) for p in error.absolute_path) or "(top level)"
-            lines.append(f"{source}: {where}: {error.message}")
-        raise ManifestError("\n".join(lines))
+        located = [_at(source, lines, list(e.absolute_path), _line_path(e)) for e in errors]
+        raise ManifestError(
+            "\n".join(f"{at}: {e.message}" for at, e in zip(located, errors, strict=True))
+        )
     try:
         manifest = msgspec.convert(data, TenantManifest)
     except msgspec.ValidationError as exc:
@@ -144,15 +193,41 @@ def parse_manifest(data: Any, *, source: str) -> TenantManifest:
         secret = entry.secret or ""
         if secret.startswith("tenants/") and not secret.startswith(f"tenants/{manifest.id}/"):
             raise ManifestError(
-                f"{source}: llm/chain/{index}/secret: a tenant may name only its own"
+                f"{_at(source, lines, ['llm', 'chain', index, 'secret'])}: a tenant may name"
+                " only its own"
                 f" secrets (tenants/{manifest.id}/...) or platform/... refs"
             )
+    _check_embedder(manifest, source)
     for index, cidr in enumerate(manifest.network.allowed_cidrs):
         try:
             ipaddress.ip_network(cidr, strict=False)
         except ValueError as exc:
-            raise ManifestError(f"{source}: network/allowed_cidrs/{index}: {exc}") from exc
+            at = _at(source, lines, ["network", "allowed_cidrs", index])
+            raise ManifestError(f"{at}: {exc}") from exc
     return manifest
+
+
+def _check_embedder(manifest: TenantManifest, source: str) -> None:
+    retrieval = manifest.retrieval
+    try:
+        spec = EmbedderSpec.parse(retrieval.embedder)
+    except ValueError as exc:
+        raise ManifestError(f"{source}: retrieval/embedder: {exc}") from exc
+    if not spec.dense:
+        return
+    endpoint = retrieval.embedding_endpoint(manifest.llm.chain)
+    if endpoint is None:
+        raise ManifestError(
+            f"{source}: retrieval/openai: {retrieval.embedder} needs a key: set"
+            " retrieval.openai.secret or list an openai entry with a secret in llm.chain"
+        )
+    if endpoint.secret.startswith("tenants/") and not endpoint.secret.startswith(
+        f"tenants/{manifest.id}/"
+    ):
+        raise ManifestError(
+            f"{source}: retrieval/openai/secret: a tenant may name only its own secrets"
+            f" (tenants/{manifest.id}/...) or platform/... refs"
+        )
 
 
 def load_manifest(path: Path) -> TenantManifest:
@@ -162,7 +237,9 @@ def load_manifest(path: Path) -> TenantManifest:
         ManifestError: Unreadable YAML or a schema violation.
     """
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8")
+        data = yaml.safe_load(text)
+        lines = YamlSourceMap.parse(text)
     except yaml.YAMLError as exc:
         raise ManifestError(f"{path}: not valid YAML: {exc}") from exc
-    return parse_manifest(data, source=str(path))
+    return parse_manifest(data, source=str(path), lines=lines)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -58,6 +59,11 @@ class TenantRegistry:
         self._dsn = ""
         self._closing = False
         self._reconnecting: asyncio.Task[None] | None = None
+        self._on_removed: list[Callable[[str], Awaitable[None]]] = []
+
+    def on_removed(self, callback: Callable[[str], Awaitable[None]]) -> None:
+        """Run `callback(tenant_id)` after a reload finds an onboarded tenant gone (offboarded)."""
+        self._on_removed.append(callback)
 
     async def load(self) -> None:
         """Read every tenant and issuer from the platform tables."""
@@ -80,8 +86,15 @@ class TenantRegistry:
         for row in issuer_rows:
             binding = IssuerBinding(**dict(row))
             bindings.setdefault(binding.issuer, []).append(binding)
+        removed = self._tenants.keys() - tenants.keys()
         self._tenants = tenants
         self._bindings = {issuer: tuple(items) for issuer, items in bindings.items()}
+        for tenant_id in sorted(removed):
+            for callback in self._on_removed:
+                try:
+                    await callback(tenant_id)
+                except Exception:  # one failing cleanup must not stop the others
+                    _log.exception("cleanup after tenant %r was removed failed", tenant_id)
 
     async def listen(self, dsn: str) -> None:
         """Reload on every `NOTIFY bulkhead_tenants` until `close()`.

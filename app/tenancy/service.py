@@ -58,7 +58,9 @@ async def apply_manifest(
     result = ApplyResult(tenant_id=manifest.id)
     async with connection.transaction():
         current = await connection.fetchrow(
-            "SELECT name, manifest_sha256 FROM tenants WHERE id = $1 FOR UPDATE", manifest.id
+            "SELECT name, manifest_sha256, manifest->'retrieval'->>'embedder' AS embedder"
+            " FROM tenants WHERE id = $1 FOR UPDATE",
+            manifest.id,
         )
         digest = manifest.sha256()
         if current is None:
@@ -71,6 +73,7 @@ async def apply_manifest(
                 digest,
             )
         elif current["manifest_sha256"] != digest:
+            _check_embedder_unchanged(manifest, current["embedder"] or "bm25")
             result.changed.append("manifest")
             await connection.execute(
                 "UPDATE tenants SET name = $2, manifest = $3, manifest_sha256 = $4,"
@@ -87,6 +90,17 @@ async def apply_manifest(
         if not result.unchanged:
             await connection.execute("SELECT pg_notify($1, $2)", CHANNEL, manifest.id)
     return result
+
+
+def _check_embedder_unchanged(manifest: TenantManifest, current: str) -> None:
+    # Stored vectors were made by the current embedder: a manifest edit alone would leave
+    # search comparing new query vectors with old chunk vectors.
+    if manifest.retrieval.embedder != current:
+        raise ManifestError(
+            f"{manifest.id}: retrieval.embedder is {current!r} and is fixed at onboarding;"
+            f" change it with `bulkhead reindex --tenant {manifest.id}"
+            f" --embedder {manifest.retrieval.embedder}`"
+        )
 
 
 async def _replace_issuers(connection: Connection, manifest: TenantManifest) -> None:

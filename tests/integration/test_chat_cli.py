@@ -90,3 +90,38 @@ def test_export_then_forget(
     unknown = runner.invoke(main, ["export", "--tenant", "no-such-tenant", "--user", "u-1"])
     assert unknown.exit_code != 0
     assert "no tenant" in unknown.output
+
+
+def test_forget_and_export_stay_inside_the_named_tenant(
+    settings: Settings,
+    database_url: str,
+    kek: bytes,
+    make_tenant: TenantFactory,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The same subject in two tenants: the commands touch only the tenant they name.
+
+    The owner role of the test server is a superuser, which RLS does not bind; this fails if the
+    commands go back to running as the owner with only a `user_id` condition.
+    """
+    monkeypatch.setattr(chat_cli, "get_settings", lambda: settings)
+    monkeypatch.setattr(identity_cli, "get_settings", lambda: settings)
+    mine, theirs = asyncio.run(make_tenant("gdpr-a")), asyncio.run(make_tenant("gdpr-b"))
+    cipher = ConversationCipher.from_settings(settings, kek)
+    for tenant in (mine, theirs):
+        asyncio.run(_store(database_url, cipher, tenant, "alice"))
+    runner = CliRunner()
+
+    exported = runner.invoke(main, ["export", "--tenant", mine, "--user", "alice"])
+    assert exported.exit_code == 0, exported.output
+    records = [json.loads(line) for line in exported.stdout.splitlines()]
+    assert [r["type"] for r in records] == ["user", "conversation"]
+
+    forgotten = runner.invoke(main, ["forget", "--tenant", mine, "--user", "alice", "--yes"])
+    assert forgotten.exit_code == 0, forgotten.output
+    assert "1 conversations deleted" in forgotten.output
+    survivor = runner.invoke(main, ["export", "--tenant", theirs, "--user", "alice"])
+    assert [json.loads(line)["type"] for line in survivor.stdout.splitlines()] == [
+        "user",
+        "conversation",
+    ]

@@ -320,3 +320,98 @@ def test_hadolint_is_clean() -> None:
     output = (completed.stdout + completed.stderr).strip()
     assert completed.returncode == 0, output
     assert output == ""
+
+
+# ------------------------------------------------------------------- docker-compose.yml
+
+COMPOSE = ROOT / "docker-compose.yml"
+# Read under their conventional names by app/config.py (besides the BULKHEAD_* ones).
+CONVENTIONAL_ENV = frozenset({"DATABASE_URL", "OTEL_EXPORTER_OTLP_ENDPOINT"})
+
+
+def _compose() -> dict[str, Any]:
+    config = yaml.safe_load(COMPOSE.read_text(encoding="utf-8"))
+    assert isinstance(config, dict)
+    return config
+
+
+def _settings_path_exists(name: str) -> bool:
+    """Whether `BULKHEAD_A__B` names a field `a.b` of app.config.Settings."""
+    from pydantic import BaseModel
+
+    from app.config import Settings
+
+    model: type[BaseModel] = Settings
+    parts = name.removeprefix("BULKHEAD_").lower().split("__")
+    for index, part in enumerate(parts):
+        field = model.model_fields.get(part)
+        if field is None:
+            return False
+        annotation = field.annotation
+        if index < len(parts) - 1:
+            if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+                return False
+            model = annotation
+    return True
+
+
+def test_compose_has_the_production_like_stack() -> None:
+    services = _compose()["services"]
+    for name in ("postgres", "openbao", "qdrant", "otel-collector", "jaeger", "bulkhead"):
+        assert name in services, name
+
+
+def test_compose_images_are_pinned() -> None:
+    for name, service in _compose()["services"].items():
+        if "build" in service:
+            continue
+        image = service["image"]
+        repository, _, tag = image.rpartition(":")
+        assert repository, f"{name}: {image} has no tag"
+        assert tag != "latest", f"{name}: {image}"
+        assert re.search(r"\d+\.\d+", tag), f"{name}: {image} is not a pinned version"
+
+
+@pytest.mark.parametrize("service", ["bulkhead", "migrate"])
+def test_compose_bulkhead_env_names_are_real_settings(service: str) -> None:
+    env = _compose()["services"][service]["environment"]
+    unknown = [
+        name
+        for name in env
+        if name not in CONVENTIONAL_ENV
+        and not (name.startswith("BULKHEAD_") and _settings_path_exists(name))
+    ]
+    assert not unknown, f"{service}: settings nothing reads: {unknown}"
+
+
+def test_settings_check_rejects_unknown_names() -> None:
+    assert _settings_path_exists("BULKHEAD_SECRETS__VAULT__ADDR")
+    assert not _settings_path_exists("BULKHEAD_SECRETS__VAULT__ADRESS")
+    assert not _settings_path_exists("BULKHEAD_PORT__X")
+
+
+def test_compose_holds_no_secret_values() -> None:
+    for name, service in _compose()["services"].items():
+        for key, value in (service.get("environment") or {}).items():
+            leaf = key.rsplit("__", 1)[-1]
+            if re.search(r"PASSWORD|TOKEN|SECRET_ID|PEPPER|^MASTER_KEY$", leaf):
+                assert str(value).startswith("${"), f"{name}.{key} is a literal"
+            for secret in re.findall(r"://[^:/]+:([^@]+)@", str(value)):
+                assert secret.startswith("${"), f"{name}.{key} embeds a literal password"
+
+
+def test_compose_feeds_the_collector_every_env_it_reads() -> None:
+    wanted = set(re.findall(r"\$\{env:([A-Z_]+)", COLLECTOR_CONFIG.read_text(encoding="utf-8")))
+    collector = _compose()["services"]["otel-collector"]
+    assert wanted <= set(collector["environment"])
+    assert any(v.startswith("./otel-collector.yaml:") for v in collector["volumes"])
+    bulkhead = _compose()["services"]["bulkhead"]["environment"]
+    assert bulkhead["OTEL_EXPORTER_OTLP_ENDPOINT"] == "http://otel-collector:4318"
+
+
+def test_traces_go_to_the_backend_and_metrics_to_prometheus() -> None:
+    # Jaeger and Tempo accept traces only: metrics sent there are rejected and retried forever.
+    pipelines = _pipelines()
+    assert "otlp/backend" in pipelines["traces"]["exporters"]
+    assert "otlp/backend" not in pipelines["metrics"]["exporters"]
+    assert _collector()["exporters"]["prometheus"]["endpoint"].endswith(":8889")

@@ -165,7 +165,9 @@ def test_bad_embedder_string_is_refused(embedder: str) -> None:
     assert ": retrieval/embedder: " in _error(data)
 
 
-@pytest.mark.parametrize("embedder", ["bm25", "openai:text-embedding-3-large", "hybrid:openai:m.1"])
+@pytest.mark.parametrize(
+    "embedder", ["bm25", "openai:text-embedding-3-large", "hybrid:openai:m.1/256"]
+)
 def test_good_embedder_strings_are_accepted(embedder: str) -> None:
     data = _full()
     data["retrieval"]["embedder"] = embedder
@@ -234,7 +236,7 @@ def test_schema_error_in_file_names_the_file(tmp_path: Path) -> None:
     path.write_text("id: acme\nname: Acme\nextra: 1\n", encoding="utf-8")
     with pytest.raises(ManifestError) as info:
         load_manifest(path)
-    assert str(info.value).startswith(f"{path}: (top level): ")
+    assert str(info.value).startswith(f"{path}:3: (top level): ")
 
 
 # --- digest and JSON form ------------------------------------------------------------------

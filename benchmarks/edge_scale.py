@@ -1,0 +1,254 @@
+"""In-process Qdrant Edge at scale: BM25 ingestion rate, filtered vs unfiltered top-10, RSS.
+
+    python -m benchmarks.edge_scale --chunks 1000000 --tenants 1000     # `make bench-1m`
+    python -m benchmarks.edge_scale --chunks 100000 --tenants 100       # a quicker look
+
+1. The seeded synthetic corpus (`benchmarks/corpus.py`) is written through `EdgeIndex.upsert`
+   (BM25 embedding and indexing, the ingestion path) in batches of 1,000; the rate counts only
+   time inside `upsert`, not text generation.
+2. The shard is closed and reopened as the service opens it (one search thread), and the
+   process's resident memory is read before opening (the baseline: Python, the libraries) and
+   after opening, and again after the queries.
+3. Top-10 BM25 queries are timed one at a time on one thread: *filtered* is the service's
+   search (`EdgeIndex.search`: forced tenant and ACL filter, payload of the hit fields) for a
+   random tenant; *unfiltered* is the same query and payload over the whole shard, with no
+   filter, through the engine directly: the baseline of the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import platform
+import random
+import statistics
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import qdrant_edge as qe
+
+from app.retrieval.edge import BM25_VECTOR, EdgeIndex
+from app.tenancy.scope import Role, TenantScope
+from benchmarks.corpus import Vocabulary, chunk_quota, load_corpus, tenant_ids
+from benchmarks.report import RESULTS_DIR
+
+P99_TARGET_MS = 10.0
+INGEST_TARGET = 3_000
+HIT_FIELDS = ["document_id", "title", "section", "text", "metadata"]
+
+
+def rss_mib() -> float:
+    """This process's resident memory (VmRSS) in MiB."""
+    for line in Path("/proc/self/status").read_text(encoding="ascii").splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def percentiles(samples: list[float]) -> dict[str, float]:
+    """p50/p95/p99/max in milliseconds."""
+    ordered = sorted(samples)
+
+    def at(q: float) -> float:
+        return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000
+
+    return {
+        "p50_ms": at(0.50),
+        "p95_ms": at(0.95),
+        "p99_ms": at(0.99),
+        "max_ms": ordered[-1] * 1000,
+        "mean_ms": statistics.fmean(ordered) * 1000,
+    }
+
+
+async def time_queries(
+    index: EdgeIndex, vocabulary: Vocabulary, tenants: list[str], queries: int, seed: int
+) -> tuple[dict[str, float], dict[str, float], float]:
+    """(filtered, unfiltered) latency percentiles and the mean hits of filtered queries."""
+    rng = random.Random(seed)
+    shard = index._shard
+    bm25 = qe.Bm25()
+    filtered: list[float] = []
+    unfiltered: list[float] = []
+    hits = 0
+    for n in range(queries):
+        text = vocabulary.query(rng)
+        scope = TenantScope(
+            tenant_id=rng.choice(tenants), subject="bench", roles=frozenset({Role.SEARCH})
+        )
+        # Alternate which goes first so neither always runs on a warmer cache.
+        order = (True, False) if n % 2 else (False, True)
+        for with_filter in order:
+            started = time.perf_counter()
+            if with_filter:
+                found = await index.search(scope=scope, query=text, top_k=10)
+                filtered.append(time.perf_counter() - started)
+                hits += len(found)
+            else:
+                shard.query(
+                    qe.QueryRequest(
+                        limit=10,
+                        query=qe.Query.Nearest(bm25.embed_query(text), using=BM25_VECTOR),
+                        with_payload=HIT_FIELDS,
+                    )
+                )
+                unfiltered.append(time.perf_counter() - started)
+    return percentiles(filtered), percentiles(unfiltered), hits / queries
+
+
+async def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
+    vocabulary = Vocabulary()
+    tenants = tenant_ids(args.tenants)
+    quotas = dict(zip(tenants, chunk_quota(args.chunks, args.tenants), strict=True))
+    path = workdir / "shard"
+    rss_start = rss_mib()
+    print(f"loading {args.chunks:,} chunks across {args.tenants:,} tenants into {path}")
+    stats = await load_corpus(path, vocabulary, quotas, progress=print)
+    rss_after_load = rss_mib()
+    index = EdgeIndex.open(path, search_threads=1)
+    try:
+        rss_open = rss_mib()
+        segments = index._shard.info().segments_count
+        print(f"timing {args.queries:,} filtered and unfiltered top-10 queries")
+        await time_queries(index, vocabulary, tenants, min(200, args.queries), seed=1)  # warm-up
+        filtered, unfiltered, mean_hits = await time_queries(
+            index, vocabulary, tenants, args.queries, seed=2
+        )
+        rss_searched = rss_mib()
+        optimized = await _optimized(index, vocabulary, tenants, args) if args.optimize else None
+    finally:
+        await index.close()
+    return {
+        "benchmark": "edge_scale",
+        "timestamp": datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ"),
+        "machine": {"python": platform.python_version(), "cpus": _cpus()},
+        "chunks": stats.chunks,
+        "tenants": args.tenants,
+        "ingest": {
+            "chunks_per_second": round(stats.chunks_per_second),
+            "upsert_seconds": round(stats.upsert_seconds, 1),
+            "wall_seconds": round(stats.wall_seconds, 1),
+            "close_seconds": round(stats.close_seconds, 1),
+            "target": INGEST_TARGET,
+        },
+        "search": {
+            "queries": args.queries,
+            "filtered": filtered,
+            "unfiltered": unfiltered,
+            "filtered_over_unfiltered_p50": filtered["p50_ms"] / unfiltered["p50_ms"],
+            "filtered_over_unfiltered_p99": filtered["p99_ms"] / unfiltered["p99_ms"],
+            "mean_filtered_hits": mean_hits,
+            "p99_target_ms": P99_TARGET_MS,
+            "segments": segments,
+        },
+        "after_optimize": optimized,
+        "rss_mib": {
+            "process_start": round(rss_start),
+            "after_load_and_close": round(rss_after_load),
+            "shard_open": round(rss_open),
+            "after_queries": round(rss_searched),
+        },
+        "disk_mib": round(sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) / 2**20),
+    }
+
+
+async def _optimized(
+    index: EdgeIndex, vocabulary: Vocabulary, tenants: list[str], args: argparse.Namespace
+) -> dict[str, Any]:
+    """Run the engine's optimizers (the service never does), then time the queries again."""
+    shard = index._shard
+    print("optimizing segments")
+    started = time.perf_counter()
+    shard.optimize()
+    seconds = time.perf_counter() - started
+    await time_queries(index, vocabulary, tenants, min(200, args.queries), seed=3)
+    filtered, unfiltered, _ = await time_queries(index, vocabulary, tenants, args.queries, seed=4)
+    return {
+        "optimize_seconds": round(seconds, 1),
+        "segments": shard.info().segments_count,
+        "filtered": filtered,
+        "unfiltered": unfiltered,
+        "rss_mib": round(rss_mib()),
+    }
+
+
+def _cpus() -> int:
+    import os
+
+    return len(os.sched_getaffinity(0))
+
+
+def report(record: dict[str, Any]) -> str:
+    """A short human summary of `record`."""
+    ingest, search, rss = record["ingest"], record["search"], record["rss_mib"]
+    f, u = search["filtered"], search["unfiltered"]
+    verdict_ingest = "ok" if ingest["chunks_per_second"] >= INGEST_TARGET else "BELOW TARGET"
+    verdict_p99 = "ok" if f["p99_ms"] <= P99_TARGET_MS else "ABOVE TARGET"
+    return "\n".join(
+        [
+            f"chunks {record['chunks']:,} across {record['tenants']:,} tenants",
+            f"BM25 ingestion: {ingest['chunks_per_second']:,} chunks/s"
+            f" (target >= {INGEST_TARGET:,}: {verdict_ingest}),"
+            f" wall {ingest['wall_seconds']} s incl. text generation",
+            f"filtered top-10:   p50 {f['p50_ms']:.2f} ms  p95 {f['p95_ms']:.2f} ms"
+            f"  p99 {f['p99_ms']:.2f} ms  max {f['max_ms']:.2f} ms"
+            f" (p99 target <= {P99_TARGET_MS} ms: {verdict_p99})",
+            f"unfiltered top-10: p50 {u['p50_ms']:.2f} ms  p95 {u['p95_ms']:.2f} ms"
+            f"  p99 {u['p99_ms']:.2f} ms  max {u['max_ms']:.2f} ms",
+            f"filtered / unfiltered: p50 x{search['filtered_over_unfiltered_p50']:.2f},"
+            f" p99 x{search['filtered_over_unfiltered_p99']:.2f};"
+            f" mean filtered hits {search['mean_filtered_hits']:.1f}",
+            f"RSS MiB: start {rss['process_start']}, shard open {rss['shard_open']},"
+            f" after queries {rss['after_queries']}; on disk {record['disk_mib']} MiB;"
+            f" {search['segments']} segments",
+            *_optimized_lines(record.get("after_optimize")),
+        ]
+    )
+
+
+def _optimized_lines(optimized: dict[str, Any] | None) -> list[str]:
+    if not optimized:
+        return []
+    f, u = optimized["filtered"], optimized["unfiltered"]
+    return [
+        f"after optimize ({optimized['optimize_seconds']} s, {optimized['segments']} segments,"
+        f" RSS {optimized['rss_mib']} MiB):",
+        f"  filtered p50 {f['p50_ms']:.2f} ms p99 {f['p99_ms']:.2f} ms;"
+        f" unfiltered p50 {u['p50_ms']:.2f} ms p99 {u['p99_ms']:.2f} ms",
+    ]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run, print the summary, write `benchmarks/results/edge-scale-<time>.json`."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--chunks", type=int, default=1_000_000)
+    parser.add_argument("--tenants", type=int, default=1_000)
+    parser.add_argument("--queries", type=int, default=5_000)
+    parser.add_argument(
+        "--optimize",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="then run the engine's optimizers and time the queries again",
+    )
+    parser.add_argument("--dir", type=Path, default=None, help="work dir (default: a temp dir)")
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix="bulkhead-edge-scale-", dir=args.dir) as workdir:
+        record = asyncio.run(run(args, Path(workdir)))
+    print(report(record))
+    RESULTS_DIR.mkdir(exist_ok=True)
+    out = RESULTS_DIR / f"edge-scale-{record['timestamp']}.json"
+    out.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+    print(f"written {out}")
+    ok = (
+        record["search"]["filtered"]["p99_ms"] <= P99_TARGET_MS
+        and record["ingest"]["chunks_per_second"] >= INGEST_TARGET
+    )
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,101 @@
+"""`bulkhead` as an operator runs it: CLI commands and a `bulkhead dev` server, as subprocesses.
+
+Each stack has its own database on the test Postgres server, its own data dir (master key,
+dev issuer, Qdrant Edge shard) and its own tenants dir.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import IO
+
+import httpx
+
+from app.db.embedded import ensure_database
+from app.db.urls import with_database
+from tests.servers import free_port
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+class DevStack:
+    """One Bulkhead deployment on the embedded default, driven through its CLI."""
+
+    def __init__(self, server_url: str, root: Path, extra_env: dict[str, str] | None = None):
+        name = f"bulkhead_e2e_{uuid.uuid4().hex[:10]}"
+        asyncio.run(ensure_database(server_url, name))
+        self.database_url = with_database(server_url, name)
+        self.data_dir = root / "data"
+        self.tenants_dir = root / "tenants"
+        self.tenants_dir.mkdir(parents=True)
+        self.port = free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        self.log_path = root / "server.log"
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("BULKHEAD_", "OTEL_"))}
+        self.env = env | {
+            "DATABASE_URL": self.database_url,
+            "BULKHEAD_DATA_DIR": str(self.data_dir),
+            "BULKHEAD_TENANTS_DIR": str(self.tenants_dir),
+            # The operator's commands run beside `bulkhead dev`, which generates the master key.
+            "BULKHEAD_DEV": "1",
+        }
+        self.env |= extra_env or {}
+        self._process: subprocess.Popen[bytes] | None = None
+        self._log: IO[str] | None = None
+
+    def cli(self, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+        """Run `bulkhead ARGS` to completion."""
+        return subprocess.run(  # noqa: S603 - our own CLI
+            [sys.executable, "-m", "app.cli", *args],
+            cwd=REPO,
+            env=self.env,
+            input=stdin,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+
+    def start(self) -> None:
+        """Start `bulkhead dev` and wait (up to 90 s) until /readyz answers 200."""
+        self._log = self.log_path.open("w")
+        self._process = subprocess.Popen(  # noqa: S603 - our own CLI, fixed arguments
+            [sys.executable, "-m", "app.cli", "dev", "--port", str(self.port)],
+            cwd=REPO,
+            env=self.env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + 90
+        while True:
+            if self._process.poll() is not None:
+                raise RuntimeError(f"bulkhead dev exited:\n{self.log_path.read_text()}")
+            try:
+                if httpx.get(f"{self.base}/readyz", timeout=1).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"bulkhead dev never got ready:\n{self.log_path.read_text()}")
+            time.sleep(0.25)
+
+    def stop(self) -> None:
+        """Stop the server (SIGINT, then kill after 30 s)."""
+        if self._process is not None:
+            self._process.send_signal(signal.SIGINT)
+            try:
+                self._process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self._process.kill()
+                self._process.wait()
+            self._process = None
+        if self._log is not None:
+            self._log.close()
+            self._log = None

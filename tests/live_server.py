@@ -1,0 +1,105 @@
+"""A second Bulkhead process on a loopback port, for tests that need real HTTP concurrency.
+
+Litestar's AsyncTestClient runs each request to completion through a blocking portal, so two
+requests never overlap; this server does, as production does. It shares the test database,
+master key and dev issuer key with the in-process app (tokens and tenants work on both), and
+has its own Qdrant Edge shard (a shard has exactly one owner process).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from app.config import Settings
+from app.identity.dev_issuer import DevIssuer
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@pytest.fixture(scope="session")
+def live_server(
+    settings: Settings, tmp_root: Path, kek: bytes, dev_issuer: DevIssuer
+) -> Iterator[str]:
+    """Base URL of a uvicorn-served Bulkhead (dev mode, no demo corpus), stopped afterwards."""
+    data_dir = tmp_root / "live-server"
+    data_dir.mkdir(exist_ok=True)
+    port = _free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("BULKHEAD_", "OTEL_"))}
+    env |= {
+        "DATABASE_URL": str(settings.db.url),
+        "BULKHEAD_DEV": "true",
+        "BULKHEAD_DATA_DIR": str(data_dir),
+        "BULKHEAD_TENANTS_DIR": str(settings.tenants_dir),
+        "BULKHEAD_SECRETS__MASTER_KEY_FILE": str(settings.master_key_path.resolve()),
+        "BULKHEAD_AUTH__DEV_SIGNING_KEY_FILE": str(settings.dev_signing_key_path.resolve()),
+    }
+    log_path = data_dir / "server.log"
+    with log_path.open("w") as log:
+        process = subprocess.Popen(  # noqa: S603 - fixed arguments, our own app
+            [
+                sys.executable,
+                "-m",
+                "uvicorn",
+                "--factory",
+                "app.main:create_app",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--no-access-log",
+                "--log-level",
+                "warning",
+            ],
+            cwd=REPO,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        base = f"http://127.0.0.1:{port}"
+        try:
+            deadline = time.monotonic() + 60
+            while True:
+                if process.poll() is not None:
+                    pytest.fail(f"live server exited:\n{log_path.read_text()}")
+                try:
+                    if httpx.get(f"{base}/readyz", timeout=1).status_code == 200:
+                        break
+                except httpx.TransportError:
+                    pass
+                if time.monotonic() > deadline:
+                    pytest.fail(f"live server never got ready:\n{log_path.read_text()}")
+                time.sleep(0.1)
+            yield base
+        finally:
+            process.terminate()
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+async def wait_until_known(http: httpx.AsyncClient, headers: dict[str, str]) -> None:
+    """Wait (up to 10 s) until the live server has seen a new tenant (its NOTIFY)."""
+    deadline = time.monotonic() + 10
+    while (await http.get("/v1/documents", headers=headers)).status_code == 401:
+        if time.monotonic() > deadline:
+            pytest.fail("the live server never learnt about the tenant")
+        await asyncio.sleep(0.05)
