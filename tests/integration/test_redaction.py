@@ -16,7 +16,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 from app.secrets.local import LocalSecretsBackend
 from app.secrets.values import SecretRef, SecretValue
-from app.tenancy.manifest import ChainEntry, LlmSpec, PrivacySpec
+from app.tenancy.manifest import ChainEntry, EmbeddingEndpoint, LlmSpec, PrivacySpec, RetrievalSpec
 from app.tenancy.scope import TenantScope
 from scripts.provider_emulator import EmulatorServer
 from tests.conftest import AuthHeaders, TenantFactory, wait_for_tenant
@@ -186,3 +186,48 @@ async def test_completions_history_and_instructions_are_redacted(
     prompt = json.dumps(json.loads(sent)["messages"])
     assert "my deploy key is [REDACTED:credentials]" in prompt
     assert "Reply to [REDACTED:email] if unsure." in prompt
+
+
+async def test_embeddings_provider_receives_redacted_document_text(
+    client: Client,
+    app: Litestar,
+    make_tenant: TenantFactory,
+    auth: AuthHeaders,
+    app_pool: asyncpg.Pool,
+    kek: bytes,
+    emulator: EmulatorServer,
+) -> None:
+    tenant = f"red-{uuid.uuid4().hex[:10]}"
+    await make_tenant(
+        tenant_id=tenant,
+        retrieval=RetrievalSpec(
+            embedder="openai:text-embedding-3-small/256",
+            openai=EmbeddingEndpoint(
+                secret=f"tenants/{tenant}/openai", base_url=emulator.url + "/v1"
+            ),
+        ),
+        privacy=PrivacySpec(redact=("credentials", "email")),
+    )
+    await wait_for_tenant(app, tenant)
+    scope = TenantScope(tenant_id=tenant, subject="ops", roles=frozenset())
+    await LocalSecretsBackend(app_pool, kek).put(
+        SecretRef(tenant, "openai"), SecretValue(OPENAI_KEY), scope=scope
+    )
+    nonce = uuid.uuid4().hex
+    text = f"Runbook {nonce}: deploy with {PASTED_KEY}, escalate to oncall@acme.example."
+    ingested = await client.post(
+        "/v1/documents",
+        json={"documents": [{"id": "runbook", "title": "Runbook", "text": text}]},
+        headers=auth(tenant),
+    )
+    assert ingested.status_code == 201, ingested.text
+    sent = [b.decode() for path, b in emulator.app.bodies if nonce.encode() in b]
+    assert sent, "the embeddings request never reached the emulator"
+    assert all(
+        path.endswith("/embeddings") for path, b in emulator.app.bodies if nonce.encode() in b
+    )
+    for body in sent:
+        assert PASTED_KEY not in body
+        assert "oncall@acme.example" not in body
+        assert "[REDACTED:credentials]" in body
+        assert "[REDACTED:email]" in body
