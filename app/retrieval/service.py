@@ -252,7 +252,9 @@ class DocumentService:
             if embedder is None:
                 hits = await index.search(scope=scope, query=query, top_k=k, matches=matches)
             else:
-                dense = (await embedder.embed([query], scope=scope)).vectors[0]
+                # The query leaves for the embeddings provider: redact it (BM25 stays local).
+                sent = redact_fields(query, self._redaction(scope.tenant_id))
+                dense = (await embedder.embed([sent], scope=scope)).vectors[0]
                 hits = await index.search(
                     scope=scope,
                     query=query,

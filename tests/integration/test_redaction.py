@@ -231,3 +231,15 @@ async def test_embeddings_provider_receives_redacted_document_text(
         assert "oncall@acme.example" not in body
         assert "[REDACTED:credentials]" in body
         assert "[REDACTED:email]" in body
+
+    asked = uuid.uuid4().hex
+    searched = await client.post(
+        "/v1/search",
+        json={"query": f"deploy runbook {asked} for mallory@evil.example"},
+        headers=auth(tenant),
+    )
+    assert searched.status_code == 200, searched.text
+    queries = [b.decode() for _, b in emulator.app.bodies if asked.encode() in b]
+    assert len(queries) == 1, "the query is embedded by the provider exactly once"
+    assert "mallory@evil.example" not in queries[0]
+    assert "[REDACTED:email]" in queries[0]
