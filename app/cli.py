@@ -9,6 +9,7 @@ from pathlib import Path
 
 import click
 
+from app.audit.cli import audit
 from app.chat.cli import export as chat_export
 from app.chat.cli import forget as chat_forget
 from app.config import Settings, get_settings
@@ -178,6 +179,7 @@ main.add_command(secrets_group)
 main.add_command(ingest)
 
 main.add_command(keys)
+main.add_command(audit)
 
 main.add_command(tenants)
 

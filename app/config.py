@@ -245,6 +245,8 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
     tenants_dir: Path = Path("tenants")
+    redis_url: str | None = None
+    """`BULKHEAD_REDIS_URL`: rate-limit counters in Redis instead of Postgres."""
 
     db: DatabaseSettings = DatabaseSettings()
     vectors: VectorSettings = VectorSettings()

@@ -10,7 +10,7 @@ from litestar.di import Provide
 from litestar.middleware import DefineMiddleware
 from litestar.plugins.opentelemetry import OpenTelemetryConfig, OpenTelemetryPlugin
 
-from app.audit.controllers import UsageController
+from app.audit.controllers import AuditController, UsageController
 from app.audit.middleware import AuditMiddleware
 from app.chat.completions import CompletionsController
 from app.chat.controllers import ChatController
@@ -20,6 +20,7 @@ from app.health import DevJwksController, HealthController
 from app.identity.controllers import ApiKeyController, ServiceJwksController, TokenController
 from app.identity.guards import provide_scope, tenant_header_guard
 from app.identity.middleware import BearerAuthMiddleware
+from app.limits.middleware import RateLimitMiddleware
 from app.problems import EXCEPTION_HANDLERS
 from app.resources import open_resources, provide_chat, provide_documents
 from app.retrieval.controllers import DocumentController, SearchController
@@ -55,6 +56,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
     routes = [HealthController, DocumentController, SearchController, ChatController]
     routes += [CompletionsController, ConversationController, UserDataController]
     routes += [ApiKeyController, TokenController, ServiceJwksController, UsageController]
+    routes.append(AuditController)
     if settings.dev:
         routes.append(DevJwksController)
     return Litestar(
@@ -67,6 +69,8 @@ def create_app(settings: Settings | None = None) -> Litestar:
                 exclude=PUBLIC_PATHS,
                 max_header_bytes=settings.auth.max_authorization_header_bytes,
             ),
+            # After authentication, before any handler work: the caller is known, nothing spent.
+            DefineMiddleware(RateLimitMiddleware),
         ],
         plugins=[
             OpenTelemetryPlugin(

@@ -26,8 +26,11 @@ from app.identity.key_store import ApiKeyStore
 from app.identity.network import ClientAddressResolver
 from app.identity.service_tokens import ServiceTokenIssuer
 from app.identity.tokens import JwtVerifier
+from app.limits.middleware import RequestLimiter
+from app.limits.store import CounterStore, PostgresCounters, RedisCounters
 from app.llm.breaker import BreakerRegistry
 from app.llm.chains import chain_policy
+from app.privacy.redact import RedactionKind, parse_kinds
 from app.retrieval.embedders import TenantEmbedders, VectorSpaces
 from app.retrieval.index import VectorIndex
 from app.retrieval.qdrant_server import Isolation
@@ -65,6 +68,7 @@ class Resources:
     authenticator: Authenticator
     auth_failures: AuthFailureLog
     client_addresses: ClientAddressResolver
+    limiter: RequestLimiter
 
 
 def app_dsn(settings: Settings) -> str:
@@ -164,6 +168,7 @@ async def open_resources(settings: Settings) -> AsyncIterator[Resources]:
             index=index,
             limits=settings.limits,
             chunking=settings.chunking,
+            redaction=lambda tenant_id: _redaction(registry, tenant_id),
             embedders=embedders,
         )
         chat = ChatService(
@@ -177,6 +182,12 @@ async def open_resources(settings: Settings) -> AsyncIterator[Resources]:
             chat=settings.chat,
         )
         stack.push_async_callback(chat.aclose)
+        counters: CounterStore = (
+            RedisCounters.from_url(settings.redis_url, pool)
+            if settings.redis_url
+            else PostgresCounters(pool)
+        )
+        stack.push_async_callback(counters.aclose)
         yield Resources(
             pool=pool,
             registry=registry,
@@ -194,12 +205,18 @@ async def open_resources(settings: Settings) -> AsyncIterator[Resources]:
             authenticator=authenticator,
             auth_failures=identity.auth_failures,
             client_addresses=ClientAddressResolver(settings.auth.trusted_proxies),
+            limiter=RequestLimiter(counters, registry),
         )
 
 
 def _isolation(registry: TenantRegistry, tenant_id: str) -> Isolation:
     record = registry.tenant(tenant_id)
     return record.manifest.retrieval.isolation if record else "shared"
+
+
+def _redaction(registry: TenantRegistry, tenant_id: str) -> frozenset[RedactionKind]:
+    record = registry.tenant(tenant_id)
+    return parse_kinds(record.manifest.privacy.redact) if record else frozenset()
 
 
 async def _purge_vectors(spaces: VectorSpaces, tenant_id: str) -> None:

@@ -132,3 +132,62 @@ def moto_server() -> Iterator[str]:
         yield f"http://127.0.0.1:{port}"
     finally:
         server.stop()
+
+
+def find_redis_server() -> str | None:
+    """The `redis-server` binary (Debian's package), or None when it is not installed."""
+    return shutil.which("redis-server")
+
+
+@contextmanager
+def redis_server(binary: str, *, startup_timeout: float = 10.0) -> Iterator[str]:
+    """Start `redis-server` on a free loopback port, no persistence; yield its URL.
+
+    Raises:
+        RuntimeError: The server does not answer PING in time.
+    """
+    port = free_port()
+    with tempfile.TemporaryDirectory(prefix="bulkhead-redis-") as home:
+        process = subprocess.Popen(  # noqa: S603 - fixed argv, the system's binary
+            [
+                binary,
+                "--port",
+                str(port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                home,
+                "--loglevel",
+                "warning",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.STDOUT,
+            cwd=home,
+        )
+        try:
+            deadline = time.monotonic() + startup_timeout
+            while True:
+                if process.poll() is not None:
+                    raise RuntimeError(f"redis-server exited with {process.returncode}")
+                try:
+                    with socket.create_connection(("127.0.0.1", port), timeout=1) as sock:
+                        sock.sendall(b"PING\r\n")
+                        if sock.recv(16).startswith(b"+PONG"):
+                            break
+                except OSError:
+                    pass
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"redis-server did not answer in {startup_timeout} s")
+                time.sleep(0.05)
+            yield f"redis://127.0.0.1:{port}/0"
+        finally:
+            process.terminate()
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()

@@ -1,19 +1,22 @@
-"""`GET /v1/admin/usage`: the tenant's usage ledger, totalled by day, user, provider, model."""
+"""`GET /v1/admin/usage` (usage ledger totals) and `GET /v1/admin/audit` (NDJSON export)."""
 
 from __future__ import annotations
 
-from datetime import date
-from typing import Any
+from datetime import UTC, date, datetime
+from typing import Annotated, Any
 
 import msgspec
-from litestar import Controller, get
+from litestar import Controller, Request, get
 from litestar.datastructures import State
 from litestar.di import NamedDependency
-from litestar.params import FromQuery
+from litestar.params import FromQuery, Parameter
+from litestar.response import Stream
 
+from app.audit.export import export_ndjson
 from app.audit.usage import usage_report
 from app.db.pool import tenant_transaction
 from app.identity.guards import requires
+from app.problems import ValidationFailed
 from app.tenancy.scope import Role, TenantScope
 
 
@@ -60,3 +63,43 @@ class UsageController(Controller):
                 connection, since=since, until=until, user_id=user, provider=provider, model=model
             )
         return UsageReport(usage=[msgspec.convert(row, UsageRow) for row in rows])
+
+
+MAX_AUDIT_EXPORT_ROWS = 100_000
+
+
+class AuditController(Controller):
+    """`/v1/admin/audit`."""
+
+    path = "/v1/admin/audit"
+
+    @get(guards=[requires(Role.ADMIN)])
+    async def export(
+        self,
+        request: Request[TenantScope, Any, Any],
+        state: State,
+        caller: NamedDependency[TenantScope],
+        since: FromQuery[datetime | None] = None,
+        until: FromQuery[datetime | None] = None,
+        limit: Annotated[int, Parameter(ge=1, le=MAX_AUDIT_EXPORT_ROWS)] = 1_000,
+    ) -> Stream:
+        """The caller's tenant's audit rows in chain order as NDJSON (`since` ≤ t < `until`)."""
+        unknown = sorted(set(request.query_params) - {"since", "until", "limit"})
+        if unknown:
+            raise ValidationFailed(f"unknown query parameters: {', '.join(unknown)}")
+        since, until = _utc(since), _utc(until)
+        if since is not None and until is not None and since >= until:
+            raise ValidationFailed("since: must be earlier than until")
+        return Stream(
+            export_ndjson(
+                state.resources.pool, scope=caller, since=since, until=until, limit=limit
+            ),
+            media_type="application/x-ndjson",
+        )
+
+
+def _utc(moment: datetime | None) -> datetime | None:
+    """A naive time is taken as UTC."""
+    if moment is None or moment.tzinfo is not None:
+        return moment
+    return moment.replace(tzinfo=UTC)

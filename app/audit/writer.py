@@ -1,23 +1,25 @@
 """The audit trail: one row per authenticated request, written off the hot path.
 
 Rows go into a bounded in-memory queue that a background task drains in batches (one
-transaction per tenant, so RLS checks every row). When the queue is full, `record` waits:
-requests slow down rather than lose audit rows. That is a deliberate choice: an audit trail
-with silent gaps is worse than back-pressure, and a full queue means Postgres is already the
-bottleneck. `close()` drains everything before the service exits.
+transaction per tenant, so RLS checks every row), each row hash-chained to the tenant's
+previous one under a per-tenant advisory lock (`app/audit/chain.py`). When the queue is
+full, `record` waits: requests slow down rather than lose audit rows. That is a deliberate
+choice: an audit trail with silent gaps is worse than back-pressure, and a full queue means
+Postgres is already the bottleneck. `close()` drains everything before the service exits.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass
+from dataclasses import asdict, astuple, dataclass
 from datetime import datetime
 from itertools import groupby
 
 import asyncpg
 
 from app.audit.batching import BatchWriter
+from app.audit.chain import append_lock, link
 from app.db.pool import set_tenant
 
 _log = logging.getLogger(__name__)
@@ -80,27 +82,22 @@ class AuditWriter(BatchWriter[AuditRow]):
             for tenant_id, rows in groupby(ordered, key=lambda r: r.tenant_id):
                 async with connection.transaction():
                     await set_tenant(connection, tenant_id)
+                    seq, prev = await append_lock(connection, tenant_id)
+                    records = []
+                    for row in rows:
+                        seq += 1
+                        values = asdict(row) | {"seq": seq}
+                        row_hash = link(prev, values)
+                        records.append((*astuple(row), seq, prev, row_hash))
+                        prev = row_hash
                     await connection.executemany(
                         """
                         INSERT INTO audit_events (tenant_id, occurred_at, principal,
-                            credential_id, method, route, status, latency_ms, source_ip, trace_id)
-                        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+                            credential_id, method, route, status, latency_ms, source_ip, trace_id,
+                            seq, prev_hash, row_hash)
+                        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
                         """,
-                        [
-                            (
-                                r.tenant_id,
-                                r.occurred_at,
-                                r.principal,
-                                r.credential_id,
-                                r.method,
-                                r.route,
-                                r.status,
-                                r.latency_ms,
-                                r.source_ip,
-                                r.trace_id,
-                            )
-                            for r in rows
-                        ],
+                        records,
                     )
 
 

@@ -36,6 +36,7 @@ from app.llm.chains import estimate_cost
 from app.llm.keys import SecretResolver, scrub
 from app.llm.provider import Completion, CompletionRequest, HistoryTurn, ProviderError
 from app.llm.router import ProviderChain, ProviderRejected, ProvidersUnavailable
+from app.privacy.redact import parse_kinds, redact_fields
 from app.problems import NotFound, ValidationFailed
 from app.retrieval.index import Hit
 from app.retrieval.service import DocumentService
@@ -126,9 +127,12 @@ class ChatService:
     def _outgoing(self, scope: TenantScope, request: CompletionRequest) -> CompletionRequest:
         """The request as it leaves for a provider: question, history and passages.
 
-        The seam for transformations that must see everything sent (redaction).
+        The seam for transformations that must see everything sent: the tenant's
+        `privacy.redact` kinds are redacted here (counts on the `chat` span).
         """
-        return request
+        tenant = self._registry.tenant(scope.tenant_id)
+        kinds = parse_kinds(tenant.manifest.privacy.redact) if tenant else frozenset()
+        return redact_fields(request, kinds)
 
     async def _ground(self, scope: TenantScope, ask: Ask) -> _Grounded:
         if len(ask.message) > self._max_message_chars:

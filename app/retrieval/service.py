@@ -8,6 +8,7 @@ import hashlib
 import re
 import unicodedata
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,6 +17,7 @@ import asyncpg
 from app.config import ChunkingSettings, LimitSettings
 from app.db.pool import tenant_transaction
 from app.llm.embeddings import OpenAIEmbedder
+from app.privacy.redact import RedactionKind, redact_fields
 from app.problems import NotFound, PayloadTooLarge, ValidationFailed
 from app.retrieval import repository
 from app.retrieval.chunking import chunk_text
@@ -66,9 +68,11 @@ class DocumentService:
         index: VectorIndex,
         limits: LimitSettings,
         chunking: ChunkingSettings,
+        redaction: Callable[[str], frozenset[RedactionKind]] = lambda _: frozenset(),
         embedders: TenantEmbedders | None = None,
     ) -> None:
         self._pool = pool
+        self._redaction = redaction
         self._index = index
         self._embedders = embedders
         self._limits = limits
@@ -151,6 +155,9 @@ class DocumentService:
         with scoped_span(
             "ingest documents", scope=scope, attributes={"bulkhead.documents": len(documents)}
         ):
+            # Before anything is indexed: credentials pasted into a document never reach
+            # the vector store or an embeddings provider (manifest `privacy.redact`).
+            documents = redact_fields(documents, self._redaction(scope.tenant_id))
             index, embedder, _ = self._route(scope)
             vectors = None
             if embedder is not None:
@@ -245,7 +252,9 @@ class DocumentService:
             if embedder is None:
                 hits = await index.search(scope=scope, query=query, top_k=k, matches=matches)
             else:
-                dense = (await embedder.embed([query], scope=scope)).vectors[0]
+                # The query leaves for the embeddings provider: redact it (BM25 stays local).
+                sent = redact_fields(query, self._redaction(scope.tenant_id))
+                dense = (await embedder.embed([sent], scope=scope)).vectors[0]
                 hits = await index.search(
                     scope=scope,
                     query=query,

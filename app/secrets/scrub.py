@@ -14,6 +14,8 @@ import traceback
 from collections import OrderedDict
 from typing import TYPE_CHECKING, Final
 
+from app.secrets.patterns import CREDENTIAL_LABELS, CREDENTIAL_SHAPES, LABELLED_CREDENTIAL
+
 if TYPE_CHECKING:
     from app.secrets.values import SecretValue
 
@@ -24,37 +26,6 @@ _MIN_REGISTERED_CHARS: Final = 6
 # Each registered value costs a substring search per scrubbed text (~0.1 us); values in use
 # are re-registered on every fetch, so the oldest evicted are ones no longer fetched.
 _MAX_REGISTERED: Final = 2_000
-
-_PATTERNS: Final = re.compile(
-    "|".join(
-        (
-            # PEM private keys (RSA, EC, OPENSSH, PKCS#8, encrypted), whole block.
-            r"-----BEGIN [A-Z0-9 ]*PRIVATE KEY-----[\s\S]*?"
-            r"(?:-----END [A-Z0-9 ]*PRIVATE KEY-----|$)",
-            # OpenAI / Anthropic keys, including the masked echo "sk-proj-****abcd".
-            r"\bsk-(?:ant-|proj-|svcacct-|admin-)?[A-Za-z0-9_*\-]{8,}",
-            # AWS access key ids, and secret keys where they are labelled as such.
-            r"\b(?:AKIA|ASIA|AGPA|AIDA|AROA|ANPA|ANVA|AIPA)[0-9A-Z]{16}\b",
-            # JWTs, Vault/OpenBao tokens, Bulkhead API keys, GitHub and Slack tokens.
-            r"\beyJ[A-Za-z0-9_\-]{5,}\.[A-Za-z0-9_\-]{5,}\.[A-Za-z0-9_\-]*",
-            r"\bhv[sbr]\.[A-Za-z0-9_\-]{20,}",
-            r"\b[sbr]\.[A-Za-z0-9]{24,}\b",
-            r"\bbk_[A-Za-z0-9_\-]{16,}",
-            r"\bgh[pousr]_[A-Za-z0-9]{30,}",
-            r"\bxox[abpors]-[A-Za-z0-9\-]{10,}",
-        )
-    )
-)
-
-# A label kept as it is (group 1) and the credential after it: authorization schemes, and
-# "api_key=...", "password: ...", "aws_secret_access_key = ..." in configs and messages.
-_LABELLED: Final = re.compile(
-    r"(?i)(\b(?:bearer|basic|token)\s+)[A-Za-z0-9._~+/=\-]{8,}"
-    r"|((?:aws_secret_access_key|api[_-]?key|password|passwd|secret_key|client_secret)"
-    r"[\"']?\s*[:=]\s*[\"']?)[^\s\"',;}&]{6,}"
-)
-
-_LABELS: Final = ("bearer", "basic", "token", "key", "pass", "secret")
 
 _lock = threading.Lock()
 _registered: OrderedDict[str, None] = OrderedDict()
@@ -102,11 +73,10 @@ def scrub(text: str) -> str:
     for value in _registered_snapshot:
         if value in text:
             text = text.replace(value, REDACTED)
-    text = _PATTERNS.sub(REDACTED, text)
-    # The labelled pattern is case-insensitive and slow; most texts have none of its labels.
+    text = CREDENTIAL_SHAPES.sub(REDACTED, text)
     lowered = text.lower()
-    if any(label in lowered for label in _LABELS):
-        text = _LABELLED.sub(_keep_label, text)
+    if any(label in lowered for label in CREDENTIAL_LABELS):
+        text = LABELLED_CREDENTIAL.sub(_keep_label, text)
     return text
 
 

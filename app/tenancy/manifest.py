@@ -83,10 +83,16 @@ class LlmSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
 
 class LimitsSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    """Rate limits and quotas."""
+    """Rate limits and quotas, shared by all replicas (see `app/limits/`)."""
 
     requests_per_minute: int = 600
+    """Requests per minute for the whole tenant (chat, search, documents)."""
     tokens_per_day: int = 2_000_000
+    """LLM tokens (input + output) per UTC day for the whole tenant."""
+    requests_per_minute_per_user: int | None = None
+    """Requests per minute for one user (JWT subject); None: only the tenant limit applies."""
+    requests_per_minute_per_key: int | None = None
+    """Requests per minute for one API key (and its service tokens); None: tenant limit only."""
 
 
 class NetworkSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):

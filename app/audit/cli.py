@@ -1,0 +1,55 @@
+"""`bulkhead audit verify --tenant X`: check a tenant's audit hash chain (owner role).
+
+Exit status 0 when the chain is intact, 1 at the first broken position (printed with the row
+id and the reason), so it fits a cron job or a CI check.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import click
+
+from app.audit.chain import Verification, verify
+from app.config import get_settings
+from app.db.pool import connect, set_tenant
+
+
+@click.group()
+def audit() -> None:
+    """Audit trail operations (DATABASE_URL: the owner role)."""
+
+
+@audit.command("verify")
+@click.option("--tenant", required=True, help="Tenant id.")
+def verify_command(tenant: str) -> None:
+    """Verify TENANT's audit hash chain; exit 1 at the first modified, missing or moved row."""
+    settings = get_settings()
+    if not settings.db.url:
+        raise click.ClickException("set DATABASE_URL (the owner role's connection)")
+    result = asyncio.run(_verify(settings.db.url, tenant))
+    if result is None:
+        raise click.ClickException(f"no tenant {tenant!r}")
+    legacy = f" ({result.legacy_rows} rows predate the chain)" if result.legacy_rows else ""
+    if result.broken is None:
+        click.echo(f"{tenant}: {result.rows} rows verified, head {result.head.hex()}{legacy}")
+        return
+    broken = result.broken
+    click.echo(
+        f"{tenant}: chain broken at position {broken.position} (row id {broken.row_id}):"
+        f" {broken.reason}; {result.rows} rows verified before it{legacy}",
+        err=True,
+    )
+    raise SystemExit(1)
+
+
+async def _verify(url: str, tenant: str) -> Verification | None:
+    connection = await connect(url)
+    try:
+        async with connection.transaction(isolation="repeatable_read", readonly=True):
+            if not await connection.fetchval("SELECT 1 FROM tenants WHERE id = $1", tenant):
+                return None
+            await set_tenant(connection, tenant)
+            return await verify(connection, tenant)
+    finally:
+        await connection.close()

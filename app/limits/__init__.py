@@ -1,0 +1,1 @@
+"""Rate limits and token quotas shared across replicas (manifest `limits`)."""

@@ -1,0 +1,1 @@
+"""Privacy: redaction of credentials and personal data before text leaves for a provider."""

@@ -1,0 +1,70 @@
+"""Credential shapes shared by scrubbing and redaction.
+
+Log/span scrubbing (`app.secrets.scrub`) and prompt/document redaction (`app.privacy.redact`)
+recognise exactly the same keys and tokens.
+"""
+
+from __future__ import annotations
+
+import re
+from functools import lru_cache
+from typing import Final
+
+# (hint, pattern): a text can match a pattern only if its hint matches too. Hints are tiny
+# patterns that start with a literal, which the regex engine finds with a fast scan.
+_SHAPES: Final = (
+    # PEM private keys (RSA, EC, OPENSSH, PKCS#8, encrypted), whole block.
+    (
+        r"-----BEGIN ",
+        r"-----BEGIN [A-Z0-9 ]*PRIVATE KEY-----[\s\S]*?(?:-----END [A-Z0-9 ]*PRIVATE KEY-----|$)",
+    ),
+    # OpenAI / Anthropic keys, including the masked echo "sk-proj-****abcd".
+    (r"sk-", r"\bsk-(?:ant-|proj-|svcacct-|admin-)?[A-Za-z0-9_*\-]{8,}"),
+    # AWS access key ids, and secret keys where they are labelled as such.
+    (
+        r"A(?:KIA|SIA|GPA|IDA|ROA|NPA|NVA|IPA)",
+        r"\b(?:AKIA|ASIA|AGPA|AIDA|AROA|ANPA|ANVA|AIPA)[0-9A-Z]{16}\b",
+    ),
+    # JWTs, Vault/OpenBao tokens, Bulkhead API keys, GitHub and Slack tokens.
+    (r"eyJ", r"\beyJ[A-Za-z0-9_\-]{5,}\.[A-Za-z0-9_\-]{5,}\.[A-Za-z0-9_\-]*"),
+    (r"hv[sbr]\.", r"\bhv[sbr]\.[A-Za-z0-9_\-]{20,}"),
+    (r"\.[A-Za-z0-9]{24}", r"\b[sbr]\.[A-Za-z0-9]{24,}\b"),
+    (r"bk_", r"\bbk_[A-Za-z0-9_\-]{16,}"),
+    (r"gh[pousr]_", r"\bgh[pousr]_[A-Za-z0-9]{30,}"),
+    (r"xox", r"\bxox[abpors]-[A-Za-z0-9\-]{10,}"),
+)
+
+CREDENTIAL_SHAPES: Final = re.compile("|".join(pattern for _, pattern in _SHAPES))
+"""Credentials recognisable by their shape alone."""
+
+LABELLED_CREDENTIAL: Final = re.compile(
+    r"(?i)(\b(?:bearer|basic|token)\s+)[A-Za-z0-9._~+/=\-]{8,}"
+    r"|((?:aws_secret_access_key|api[_-]?key|password|passwd|secret_key|client_secret)"
+    r"[\"']?\s*[:=]\s*[\"']?)[^\s\"',;}&]{6,}"
+)
+"""A label kept as it is (group 1 or 2) and the credential after it: authorization schemes,
+and "api_key=...", "password: ...", "aws_secret_access_key = ..." in configs and messages."""
+
+CREDENTIAL_LABELS: Final = ("bearer", "basic", "token", "api", "pass", "secret")
+"""Lower-case words at least one of which a text must contain for `LABELLED_CREDENTIAL` to
+match: the labelled pattern is case-insensitive and slow, most texts have none of these."""
+
+
+def shapes_for(text: str) -> re.Pattern[str] | None:
+    """`CREDENTIAL_SHAPES` cut down to the alternatives `text` could match, or None.
+
+    Python's regex engine tries every alternative at every position; checking each shape's
+    hint first (a literal-led pattern: a fast scan, ~0.3 us per 800 characters, cheaper than
+    `in`) makes a text without credentials ~6x cheaper, which matters on the chat path.
+    Matches are the same as `CREDENTIAL_SHAPES`'s.
+    """
+    present = tuple(i for i, hint in enumerate(_HINTS) if hint.search(text))
+    return _combined(present) if present else None
+
+
+_HINTS: Final = tuple(re.compile(hint) for hint, _ in _SHAPES)
+
+
+@lru_cache(maxsize=512)
+def _combined(indexes: tuple[int, ...]) -> re.Pattern[str]:
+    return re.compile("|".join(_SHAPES[i][1] for i in indexes))
