@@ -17,6 +17,7 @@ from app.identity.cli import keys
 from app.identity.dev_issuer import DevIssuer
 from app.retrieval.cli import reindex
 from app.retrieval.ingest_cli import ingest
+from app.retrieval.vectors_cli import vectors
 from app.secrets.admin import secrets as secrets_group
 from app.secrets.kek import MasterKeyError, load_master_key
 from app.secrets.scrub import install_scrubbing
@@ -186,6 +187,7 @@ main.add_command(tenants)
 main.add_command(chat_export)
 main.add_command(chat_forget)
 main.add_command(reindex)
+main.add_command(vectors)
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
-from contextlib import AsyncExitStack, asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager, suppress
 from dataclasses import dataclass
 
 import asyncpg
@@ -34,6 +35,7 @@ from app.privacy.redact import RedactionKind, parse_kinds
 from app.retrieval.embedders import TenantEmbedders, VectorSpaces
 from app.retrieval.index import VectorIndex
 from app.retrieval.qdrant_server import Isolation
+from app.retrieval.reconcile import ReconcileReport, reconcile_at_start
 from app.retrieval.service import DocumentService
 from app.retrieval.setup import open_vector_index
 from app.secrets.backend import SecretsBackend
@@ -69,6 +71,8 @@ class Resources:
     auth_failures: AuthFailureLog
     client_addresses: ClientAddressResolver
     limiter: RequestLimiter
+    reconciled: asyncio.Task[ReconcileReport | None]
+    """The start-up vector reconcile pass (in the background: readiness does not wait)."""
 
 
 def app_dsn(settings: Settings) -> str:
@@ -127,6 +131,9 @@ async def open_resources(settings: Settings) -> AsyncIterator[Resources]:
         )
         stack.push_async_callback(spaces.close)
         registry.on_removed(lambda tenant_id: _purge_vectors(spaces, tenant_id))
+        # Crash leftovers: committed versions never published, removed tenants' points.
+        reconciled = asyncio.create_task(reconcile_at_start(pool, spaces))
+        stack.push_async_callback(_cancel, reconciled)
         dev_issuer = (
             DevIssuer.load_or_create(
                 settings.dev_signing_key_path,
@@ -206,7 +213,14 @@ async def open_resources(settings: Settings) -> AsyncIterator[Resources]:
             auth_failures=identity.auth_failures,
             client_addresses=ClientAddressResolver(settings.auth.trusted_proxies),
             limiter=RequestLimiter(counters, registry),
+            reconciled=reconciled,
         )
+
+
+async def _cancel(task: asyncio.Task[ReconcileReport | None]) -> None:
+    task.cancel()
+    with suppress(asyncio.CancelledError):
+        await task
 
 
 def _isolation(registry: TenantRegistry, tenant_id: str) -> Isolation:

@@ -37,6 +37,7 @@ from app.retrieval.scoping import (
     AnyOf,
     Clause,
     FieldBelow,
+    FieldEmpty,
     FieldEquals,
     FieldIn,
     HasId,
@@ -45,6 +46,7 @@ from app.retrieval.scoping import (
     chunk_payload,
     forced_condition,
     hit_from_payload,
+    other_tenants,
     point_id,
     publish_plan,
     stale_pending,
@@ -102,6 +104,8 @@ def _edge_clause(clause: Clause) -> Any:
         return qe.FieldCondition(clause.key, match=qe.MatchAny(values))
     if isinstance(clause, FieldBelow):
         return qe.FieldCondition(clause.key, range=qe.RangeFloat(lt=float(clause.limit)))
+    if isinstance(clause, FieldEmpty):
+        return qe.IsEmptyCondition(clause.key)
     if isinstance(clause, HasId):
         return qe.HasIdCondition(set(clause.ids))
     if isinstance(clause, AnyOf):
@@ -381,6 +385,37 @@ class EdgeIndex:
         """Every point stored for the scope's tenant, whatever its ACL."""
         count: int = self._shard.count(qe.CountRequest(filter=_scoped_filter(scope, reading=False)))
         return count
+
+    async def pending_versions(
+        self, *, scope: TenantScope, offset: str | None, limit: int
+    ) -> tuple[set[tuple[str, int]], str | None]:
+        """(document, version) of a page of the tenant's pending points, and the next offset."""
+        condition = _edge_filter(forced_condition(scope, reading=False, pending=True))
+        request = qe.ScrollRequest(
+            offset=offset,
+            limit=limit,
+            filter=condition,
+            with_payload=[DOCUMENT_FIELD, VERSION_FIELD],
+            with_vector=False,
+        )
+        records, next_offset = await asyncio.to_thread(self._shard.scroll, request)
+        versions = {
+            (str(payload[DOCUMENT_FIELD]), int(payload[VERSION_FIELD]))
+            for record in records
+            if (payload := record.payload) is not None
+        }
+        return versions, str(next_offset) if next_offset is not None else None
+
+    async def stored_tenants(self, *, exclude: list[str], limit: int) -> list[str]:
+        """Up to `limit` tenant ids with points here, not in `exclude`.
+
+        A facet on the tenant index: no point is read.
+        """
+        request = qe.FacetRequest(
+            TENANT_FIELD, limit=limit, exact=True, filter=_edge_filter(other_tenants(exclude))
+        )
+        response = await asyncio.to_thread(self._shard.facet, request)
+        return [str(hit.value) for hit in response.hits]
 
     async def health(self) -> bool:
         """The shard answers an info call."""

@@ -81,12 +81,19 @@ class VectorSpaces:
         Every dense space is swept, not only the tenant's current one: a reindex leaves the old
         space's copy behind for a grace period.
         """
-        deleted = await self.bm25.delete_tenant(scope=scope)
+        deleted = 0
+        for index in self.stored():
+            deleted += await index.delete_tenant(scope=scope)
+        return deleted
+
+    def stored(self) -> list[VectorIndex]:
+        """The BM25 index and every dense space on disk (opened), whatever tenant uses it."""
+        indexes: list[VectorIndex] = [self.bm25]
         if self._dense_root is not None and self._dense_root.is_dir():
             for directory in sorted(self._dense_root.iterdir()):
                 if (directory / "edge_config.json").exists():
-                    deleted += await self._space(directory.name).delete_tenant(scope=scope)
-        return deleted
+                    indexes.append(self._space(directory.name))
+        return indexes
 
     async def close(self) -> None:
         """Flush and close every open shard."""

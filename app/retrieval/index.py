@@ -131,6 +131,22 @@ class VectorIndex(Protocol):
         """Every point stored for the scope's tenant, whatever its ACL."""
         ...
 
+    async def pending_versions(
+        self, *, scope: TenantScope, offset: str | None, limit: int
+    ) -> tuple[set[tuple[str, int]], str | None]:
+        """(document id, version) of a page of the tenant's pending points, and the next offset.
+
+        A page holds at most `limit` points, so a version may show on several pages.
+        """
+        ...
+
+    async def stored_tenants(self, *, exclude: list[str], limit: int) -> list[str] | None:
+        """Up to `limit` tenant ids that have points here and are not in `exclude`.
+
+        None: this store cannot list them cheaply (see the adapter).
+        """
+        ...
+
     async def health(self) -> bool:
         """Whether the store answers."""
         ...

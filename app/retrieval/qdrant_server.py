@@ -39,13 +39,16 @@ from app.retrieval.scoping import (
     ACL_FIELD,
     BM25_VECTOR,
     DENSE_VECTOR,
+    DOCUMENT_FIELD,
     HIT_FIELDS,
     HYBRID_CANDIDATES,
     RRF_K,
+    VERSION_FIELD,
     AllOf,
     AnyOf,
     Clause,
     FieldBelow,
+    FieldEmpty,
     FieldEquals,
     FieldIn,
     HasId,
@@ -361,6 +364,38 @@ class QdrantServerIndex:
         async with self._gate.reading():
             return await self._count(scope, forced_condition(scope, reading=True))
 
+    async def pending_versions(
+        self, *, scope: TenantScope, offset: str | None, limit: int
+    ) -> tuple[set[tuple[str, int]], str | None]:
+        """(document, version) of a page of the tenant's pending points, and the next offset."""
+        collection = self.collection(scope)
+        condition = _client_filter(forced_condition(scope, reading=False, pending=True))
+        records, next_offset = await self._clients.run(
+            scope,
+            lambda client: client.scroll(
+                collection,
+                scroll_filter=condition,
+                limit=limit,
+                offset=offset,
+                with_payload=[DOCUMENT_FIELD, VERSION_FIELD],
+                with_vectors=False,
+            ),
+        )
+        versions = {
+            (str(record.payload[DOCUMENT_FIELD]), int(record.payload[VERSION_FIELD]))
+            for record in records
+            if record.payload is not None
+        }
+        return versions, str(next_offset) if next_offset is not None else None
+
+    async def stored_tenants(self, *, exclude: list[str], limit: int) -> list[str] | None:
+        """None: not listed here.
+
+        Every request goes through a tenant's scoped key, and a removed tenant has none (its
+        dedicated collection, or its points in the shared one, need the cluster key).
+        """
+        return None
+
     async def health(self) -> bool:
         """The server answers."""
         return await self._clients.health()
@@ -384,6 +419,8 @@ def _client_clause(clause: Clause) -> models.Condition:
         return models.FieldCondition(key=clause.key, match=models.MatchAny(any=list(clause.values)))
     if isinstance(clause, FieldBelow):
         return models.FieldCondition(key=clause.key, range=models.Range(lt=clause.limit))
+    if isinstance(clause, FieldEmpty):
+        return models.IsEmptyCondition(is_empty=models.PayloadField(key=clause.key))
     if isinstance(clause, HasId):
         return models.HasIdCondition(has_id=list(clause.ids))
     if isinstance(clause, AnyOf):

@@ -33,6 +33,14 @@ async def lock_versions(connection: Connection, document_ids: list[str]) -> dict
     (two first ingests of one id queue instead of racing), and a fixed order means two batches
     that share documents cannot deadlock.
     """
+    committed = await lock_committed(connection, document_ids)
+    return {document_id: version for document_id, (version, _) in committed.items()}
+
+
+async def lock_committed(
+    connection: Connection, document_ids: list[str]
+) -> dict[str, tuple[int, list[str] | None]]:
+    """`lock_versions`, with each stored document's ACL groups beside its version."""
     await connection.execute(
         """
         SELECT pg_advisory_xact_lock(
@@ -42,9 +50,9 @@ async def lock_versions(connection: Connection, document_ids: list[str]) -> dict
         document_ids,
     )
     rows = await connection.fetch(
-        "SELECT id, version FROM documents WHERE id = ANY($1::text[])", document_ids
+        "SELECT id, version, acl_groups FROM documents WHERE id = ANY($1::text[])", document_ids
     )
-    return {row["id"]: row["version"] for row in rows}
+    return {row["id"]: (row["version"], row["acl_groups"]) for row in rows}
 
 
 @dataclass(frozen=True, slots=True)

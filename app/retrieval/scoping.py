@@ -65,6 +65,13 @@ class FieldBelow:
 
 
 @dataclass(frozen=True, slots=True)
+class FieldEmpty:
+    """`payload[key]` is an empty list (or missing)."""
+
+    key: str
+
+
+@dataclass(frozen=True, slots=True)
 class HasId:
     """The point's id is one of `ids`."""
 
@@ -86,7 +93,7 @@ class AnyOf:
     should: tuple[Clause, ...]
 
 
-Clause = FieldEquals | FieldIn | FieldBelow | HasId | AllOf | AnyOf
+Clause = FieldEquals | FieldIn | FieldBelow | FieldEmpty | HasId | AllOf | AnyOf
 
 
 def forced_condition(
@@ -100,6 +107,7 @@ def forced_condition(
     before_version: int | None = None,
     except_version: int | None = None,
     chunk_ids: tuple[str, ...] | None = None,
+    pending: bool = False,
 ) -> AllOf:
     """The condition of every query, count, delete and conditional upsert for `scope`.
 
@@ -113,6 +121,7 @@ def forced_condition(
         before_version: Restrict to versions older than this one.
         except_version: Exclude one version of it.
         chunk_ids: Restrict to these point ids (another tenant's ids then match nothing).
+        pending: Restrict to pending (unpublished) points, whose ACL is `PENDING_ACL`.
 
     Returns:
         `AllOf(must=(tenant, [acl], [AllOf(narrowing..., must_not=...)]))`: the tenant clause
@@ -132,6 +141,8 @@ def forced_condition(
         narrowing.append(FieldBelow(VERSION_FIELD, before_version))
     if chunk_ids is not None:
         narrowing.append(HasId(chunk_ids))
+    if pending:
+        narrowing.append(FieldEmpty(ACL_FIELD))
     must_not: tuple[Clause, ...] = ()
     if except_version is not None:
         must_not = (FieldEquals(VERSION_FIELD, except_version),)
@@ -283,3 +294,14 @@ def publish_plan(scope: TenantScope, versions: Sequence[DocumentVersion]) -> Pub
             for version, ids in retire.items()
         ),
     )
+
+
+def other_tenants(known: Sequence[str]) -> AllOf:
+    """Points of every tenant *not* in `known`: the one condition that is not tenant-scoped.
+
+    Only the reconcile pass uses it, to find the tenant ids of offboarded tenants (which it then
+    deletes one by one through `forced_condition`, by exact id); it never reads or writes points.
+    """
+    if not known:
+        return AllOf()
+    return AllOf(must_not=(FieldIn(TENANT_FIELD, tuple(known)),))
