@@ -307,6 +307,15 @@ def run(
         f" (target >= {TARGET_RPS:.0f}); added p50 {added[''][0]:.2f} ms,"
         f" p99 {added[''][1]:.2f} ms (queueing included: mean latency = concurrency / rps)"
     )
+    cpu_ms = {
+        name: 1000 * by_name[name].server_cpu / by_name[name].rps
+        for name in ("chat", "emulator")
+        if by_name[name].rps
+    }
+    say(
+        f"server CPU per request (closed loop): chat {cpu_ms.get('chat', 0):.2f} ms,"
+        f" emulator {cpu_ms.get('emulator', 0):.3f} ms (Postgres's not counted)"
+    )
     say(
         f"chat alone (concurrency 1): added p50 {added['@1'][0]:.2f} ms,"
         f" added p99 {added['@1'][1]:.2f} ms"
@@ -333,6 +342,7 @@ def run(
         "added_ms": {name or "concurrent": figures for name, figures in added.items()},
         "rates": list(rates),
         "targets_met": met,
+        "server_cpu_ms_per_request": cpu_ms,
         "profile": summary,
         "environment": harness.environment(bool(os.environ.get("DATABASE_URL"))),
     }
