@@ -27,7 +27,11 @@ from app.retrieval.controllers import DocumentController, SearchController
 from app.retrieval.corpus import seed_demo_corpus
 from app.secrets.scrub import install_scrubbing
 from app.telemetry.headers import add_trace_header
-from app.telemetry.setup import configure_metrics, configure_tracing
+from app.telemetry.setup import (
+    configure_metrics,
+    configure_tracing,
+    quiet_per_request_loggers,
+)
 
 PUBLIC_PATHS = ["^/healthz$", "^/readyz$", "^/dev/jwks.json$", "^/.well-known/jwks.json$"]
 
@@ -36,6 +40,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
     """Build the Bulkhead ASGI application."""
     settings = settings or get_settings()
     install_scrubbing()
+    quiet_per_request_loggers()
     provider = configure_tracing(settings.telemetry)
     configure_metrics(settings.telemetry)
 

@@ -48,6 +48,8 @@ class RunConfig:
     concurrency: int
     max_requests: int
     keep: bool
+    rate: float = 0.0
+    """Open loop: requests per second on a fixed schedule (0: closed loop at `concurrency`)."""
 
 
 def parse_args(argv: list[str] | None) -> RunConfig:
@@ -201,17 +203,21 @@ def run(config: RunConfig, workdir: Path, *, database_url: str | None, started: 
 def start_servers(
     workdir: Path, owner_url: str, cleanup: contextlib.ExitStack
 ) -> dict[str, stack.ServerProcess]:
-    """Start Bulkhead and the floor app, one uvicorn worker each; stopped by `cleanup`."""
+    """Start Bulkhead (`bulkhead serve`) and the floor, same uvicorn flags; stopped by `cleanup`."""
     env = stack.clean_environment()
     tenants_dir = workdir / "no-tenants"  # empty: the demo corpus is not seeded
     tenants_dir.mkdir()
     logs = workdir / "logs"
     logs.mkdir()
+    port = stack.free_port()
     bulkhead = stack.ServerProcess(
         "bulkhead",
-        stack.uvicorn_command("app.main:create_app", stack.free_port()),
+        stack.serve_command(),
+        port=port,
         env={
             **env,
+            "BULKHEAD_HOST": "127.0.0.1",
+            "BULKHEAD_PORT": str(port),
             "BULKHEAD_DEV": "true",
             "BULKHEAD_DATA_DIR": str(workdir),
             "BULKHEAD_TENANTS_DIR": str(tenants_dir),
@@ -274,8 +280,12 @@ def measure(target: Target, server: stack.ServerProcess, config: RunConfig) -> r
         duration_seconds=config.duration,
         max_requests=config.max_requests,
         server_pid=server.pid,
+        rate=config.rate,
     )
-    say(f"measuring {target.name}: {config.warmup:g} s warm-up + {config.duration:g} s ...")
+    load = f"{config.rate:g}/s paced" if config.rate else f"concurrency {config.concurrency}"
+    say(
+        f"measuring {target.name} ({load}): {config.warmup:g} s warm-up + {config.duration:g} s ..."
+    )
     completed = subprocess.run(
         [sys.executable, "-m", "benchmarks.loadgen"],
         input=json.dumps(asdict(plan)),

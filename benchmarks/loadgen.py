@@ -1,9 +1,19 @@
-"""Closed-loop HTTP load generator, run in its own process (`python -m benchmarks.loadgen`).
+"""HTTP load generator, run in its own process (`python -m benchmarks.loadgen`).
 
 It reads one `LoadPlan` as JSON on stdin and writes one `LoadResult` as JSON on stdout.
-`concurrency` workers each hold one keep-alive HTTP/1.1 connection and send their next request
-as soon as the previous answer is read (a closed loop, like `wrk`). Requests started during the
-warm-up are not counted. The run is bounded by both its duration and `max_requests`.
+
+- Closed loop (`rate` 0, the default): `concurrency` workers each hold one keep-alive HTTP/1.1
+  connection and send their next request as soon as the previous answer is read (like `wrk`).
+  Throughput and latency are tied (`rps ~= concurrency / mean latency`).
+- Open loop (`rate` > 0): requests are sent on a fixed schedule, one every `1 / rate` seconds,
+  whatever the server's pace, each on an idle keep-alive connection (a new one when none is
+  idle, up to `max_connections`). Latency is taken from the *scheduled* send time, so a
+  request that waited for a connection, or behind a late timer, counts that wait (no
+  coordinated omission). Two servers offered the same rate can be compared latency for
+  latency; an overloaded server shows up as completed rps below `rate` and growing latency.
+
+Requests started (or scheduled) during the warm-up are not counted. The run is bounded by both
+its duration and `max_requests`.
 
 The default client is `benchmarks.http1` (see there for why); `client="httpx"` uses
 `httpx.AsyncClient` instead, with a pool of `concurrency` connections, for cross-checking.
@@ -47,7 +57,9 @@ class LoadPlan:
         duration_seconds: Measured load.
         max_requests: Hard cap on requests sent, warm-up included.
         server_pid: The serving process, whose CPU time is sampled while measuring.
-        client: `raw` (benchmarks.http1) or `httpx`.
+        client: `raw` (benchmarks.http1) or `httpx` (closed loop only).
+        rate: Open loop: requests per second sent on a fixed schedule (0: closed loop).
+        max_connections: Open loop: connections open at most (requests beyond wait for one).
     """
 
     base_url: str
@@ -61,6 +73,8 @@ class LoadPlan:
     max_requests: int = 1_000_000
     server_pid: int | None = None
     client: Literal["raw", "httpx"] = "raw"
+    rate: float = 0.0
+    max_connections: int = 256
 
 
 @dataclass(slots=True)
@@ -211,6 +225,63 @@ async def _httpx_worker(run: _Run, client: httpx.AsyncClient) -> None:
         run.record(started, str(response.status_code), detail)
 
 
+async def _paced_request(run: _Run, request: bytes, scheduled: float, pool: _Connections) -> None:
+    async with pool.slots:
+        connection = pool.idle.pop() if pool.idle else None
+        try:
+            if connection is None or not connection.reusable:
+                if connection is not None:
+                    connection.close()
+                connection = await http1.Connection.open(pool.host, pool.port)
+            async with asyncio.timeout(REQUEST_TIMEOUT_SECONDS):
+                status, body = await connection.request(request)
+        except OSError as exc:
+            if connection is not None:
+                connection.close()
+            run.record(scheduled, type(exc).__name__, str(exc) or "timed out")
+            return
+        pool.idle.append(connection)
+    ok = 200 <= status < 300
+    run.record(scheduled, str(status), None if ok else body.decode("utf-8", "replace"))
+
+
+@dataclass(slots=True)
+class _Connections:
+    host: str
+    port: int
+    slots: asyncio.Semaphore
+    idle: list[http1.Connection] = field(default_factory=list)
+
+
+async def _paced(run: _Run, requests: list[bytes]) -> None:
+    """Send request k at `start + k / rate`, without waiting for earlier answers."""
+    plan = run.plan
+    url = urlsplit(plan.base_url)
+    pool = _Connections(
+        url.hostname or "127.0.0.1", url.port or 80, asyncio.Semaphore(plan.max_connections)
+    )
+    interval = 1.0 / plan.rate
+    start = time.perf_counter()
+    in_flight: set[asyncio.Task[None]] = set()
+    try:
+        while (k := run.next_request()) is not None:
+            scheduled = start + k * interval
+            if scheduled >= run.stop_at:
+                break
+            delay = scheduled - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            task = asyncio.create_task(
+                _paced_request(run, requests[k % len(requests)], scheduled, pool)
+            )
+            in_flight.add(task)
+            task.add_done_callback(in_flight.discard)
+        await asyncio.gather(*in_flight)
+    finally:
+        for connection in pool.idle:
+            connection.close()
+
+
 def _raw_requests(plan: LoadPlan) -> list[bytes]:
     """Every (token, body) pairing the run cycles through, serialised once up front."""
     host = urlsplit(plan.base_url).netloc
@@ -234,6 +305,8 @@ async def generate_load(plan: LoadPlan) -> LoadResult:
     window = _CpuWindow(plan.server_pid)
     marker = asyncio.create_task(window.open_after(plan.warmup_seconds))
     if plan.client == "httpx":
+        if plan.rate > 0:
+            raise ValueError("the open loop (rate > 0) uses the raw client only")
         limits = httpx.Limits(
             max_connections=plan.concurrency, max_keepalive_connections=plan.concurrency
         )
@@ -242,6 +315,9 @@ async def generate_load(plan: LoadPlan) -> LoadResult:
         ) as client:
             await asyncio.gather(*(_httpx_worker(run, client) for _ in range(plan.concurrency)))
             client_cpu, server_cpu = window.close()
+    elif plan.rate > 0:
+        await _paced(run, _raw_requests(plan))
+        client_cpu, server_cpu = window.close()
     else:
         requests = _raw_requests(plan)
         await asyncio.gather(*(_raw_worker(run, requests) for _ in range(plan.concurrency)))

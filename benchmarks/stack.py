@@ -114,7 +114,7 @@ async def onboard(owner_url: str, tenant_ids: list[str], *, kek: bytes) -> None:
 
 
 def uvicorn_command(app_factory: str, port: int) -> list[str]:
-    """One uvicorn worker serving `app_factory` on 127.0.0.1 without access logs."""
+    """One uvicorn worker serving `app_factory` on 127.0.0.1, with `bulkhead serve`'s flags."""
     return [
         sys.executable,
         "-m",
@@ -125,10 +125,17 @@ def uvicorn_command(app_factory: str, port: int) -> list[str]:
         "127.0.0.1",
         "--port",
         str(port),
-        "--no-access-log",
-        "--log-level",
-        "warning",
+        *SERVE_FLAGS,
     ]
+
+
+# What `bulkhead serve` passes to uvicorn.run (app/cli.py), as command-line flags.
+SERVE_FLAGS = ("--no-access-log", "--no-proxy-headers", "--no-server-header", "--log-level", "info")
+
+
+def serve_command() -> list[str]:
+    """`bulkhead serve`, as the README runs it; host and port come from the environment."""
+    return [sys.executable, "-m", "app.cli", "serve"]
 
 
 def clean_environment() -> dict[str, str]:
@@ -143,10 +150,19 @@ def clean_environment() -> dict[str, str]:
 class ServerProcess:
     """A uvicorn subprocess with its log in a file, its memory and CPU read from /proc."""
 
-    def __init__(self, name: str, command: list[str], *, env: dict[str, str], log: Path) -> None:
+    def __init__(
+        self,
+        name: str,
+        command: list[str],
+        *,
+        env: dict[str, str],
+        log: Path,
+        port: int | None = None,
+    ) -> None:
+        """Start `command`; its port is `port`, or else the value of its `--port` flag."""
         self.name = name
         self.log = log
-        self.port = int(command[command.index("--port") + 1])
+        self.port = port if port is not None else int(command[command.index("--port") + 1])
         self.base_url = f"http://127.0.0.1:{self.port}"
         self._log_file: IO[bytes] = log.open("wb")
         self._process = subprocess.Popen(  # noqa: S603 - our own interpreter and arguments

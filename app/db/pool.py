@@ -23,6 +23,21 @@ async def _init_connection(connection: asyncpg.Connection) -> None:
     )
 
 
+async def _release_without_reset_query(connection: asyncpg.Connection) -> None:
+    """The pool's release hook: no `RESET ALL` round trip, because nothing here needs one.
+
+    Before this hook runs, asyncpg's pool has already rolled back a transaction left open
+    (a cancelled or failed request) and dropped the connection's listener callbacks, so
+    `SET LOCAL bulkhead.tenant_id` (`set_tenant`) and `pg_advisory_xact_lock` are gone with
+    the transaction. asyncpg's default reset would add one more round trip per release
+    (`pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *; RESET ALL`) to undo session state that
+    Bulkhead never creates on pooled connections: no session-level settings, no session
+    advisory locks, no cursors held past a commit, and listeners only on dedicated
+    connections. `tests/db/test_pool_reset.py` attacks the transaction-local part and keeps
+    session-level state out of `app/`.
+    """
+
+
 async def connect(dsn: str) -> asyncpg.Connection[asyncpg.Record]:
     """A single connection (admin CLI, LISTEN) with the same codecs as the pool."""
     connection = await asyncpg.connect(dsn)
@@ -31,9 +46,17 @@ async def connect(dsn: str) -> asyncpg.Connection[asyncpg.Record]:
 
 
 async def create_pool(dsn: str, *, min_size: int, max_size: int) -> asyncpg.Pool:
-    """Open the asyncpg pool with JSONB decoded to Python values."""
+    """Open the asyncpg pool with JSONB decoded to Python values.
+
+    Released connections are not sent asyncpg's reset query (see
+    `_release_without_reset_query`): that saves a round trip on every checkout.
+    """
     return await asyncpg.create_pool(
-        dsn, min_size=min_size, max_size=max_size, init=_init_connection
+        dsn,
+        min_size=min_size,
+        max_size=max_size,
+        init=_init_connection,
+        reset=_release_without_reset_query,
     )
 
 

@@ -19,7 +19,7 @@ from typing import Any, Final, TypeVar
 
 from opentelemetry import trace
 
-from app.secrets.patterns import CREDENTIAL_LABELS, LABELLED_CREDENTIAL, shapes_for
+from app.secrets.patterns import LABELLED_CREDENTIAL, may_hold_labelled_credential, shapes_for
 
 
 class RedactionKind(StrEnum):
@@ -145,8 +145,7 @@ def _credentials(text: str, counts: Counter[str]) -> str:
     if shapes is not None:
         text = _sub(shapes, text, RedactionKind.CREDENTIALS, counts)
     replacement = marker(RedactionKind.CREDENTIALS)
-    lowered = text.lower()
-    if any(map(lowered.__contains__, CREDENTIAL_LABELS)):
+    if may_hold_labelled_credential(text):
 
         def keep_label(match: re.Match[str]) -> str:
             counts[RedactionKind.CREDENTIALS.value] += 1

@@ -14,7 +14,11 @@ import traceback
 from collections import OrderedDict
 from typing import TYPE_CHECKING, Final
 
-from app.secrets.patterns import CREDENTIAL_LABELS, CREDENTIAL_SHAPES, LABELLED_CREDENTIAL
+from app.secrets.patterns import (
+    CREDENTIAL_SHAPES,
+    LABELLED_CREDENTIAL,
+    may_hold_labelled_credential,
+)
 
 if TYPE_CHECKING:
     from app.secrets.values import SecretValue
@@ -74,8 +78,7 @@ def scrub(text: str) -> str:
         if value in text:
             text = text.replace(value, REDACTED)
     text = CREDENTIAL_SHAPES.sub(REDACTED, text)
-    lowered = text.lower()
-    if any(label in lowered for label in CREDENTIAL_LABELS):
+    if may_hold_labelled_credential(text):
         text = LABELLED_CREDENTIAL.sub(_keep_label, text)
     return text
 

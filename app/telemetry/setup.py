@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 from opentelemetry import metrics, trace
 from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
@@ -13,6 +15,17 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
 from app.config import TelemetrySettings
 from app.telemetry.scrubbing import ScrubbingSpanExporter
+
+# HTTP clients that log one INFO line per request they send (the provider SDKs' httpx2, and
+# httpx): every provider call would cost a log record and a wake-up of the log thread. The
+# call is on the `chat` span (and its outcome in the usage row) instead.
+PER_REQUEST_LOGGERS = ("httpx", "httpx2")
+
+
+def quiet_per_request_loggers() -> None:
+    """Raise the HTTP clients' loggers to WARNING: their failures still show, not every call."""
+    for name in PER_REQUEST_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
 
 
 def configure_tracing(settings: TelemetrySettings) -> TracerProvider:
