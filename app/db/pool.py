@@ -33,7 +33,7 @@ async def _release_without_reset_query(connection: asyncpg.Connection) -> None:
     (`pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *; RESET ALL`) to undo session state that
     Bulkhead never creates on pooled connections: no session-level settings, no session
     advisory locks, no cursors held past a commit, and listeners only on dedicated
-    connections. `tests/db/test_pool_reset.py` attacks the transaction-local part and keeps
+    connections. `tests/security/test_pool_reset.py` attacks the transaction-local part and keeps
     session-level state out of `app/`.
     """
 
