@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -22,15 +21,9 @@ import pytest
 
 from app.config import Settings
 from app.identity.dev_issuer import DevIssuer
+from tests.servers import free_port, wait_until_ready
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 @pytest.fixture(scope="session")
@@ -40,7 +33,7 @@ def live_server(
     """Base URL of a uvicorn-served Bulkhead (dev mode, no demo corpus), stopped afterwards."""
     data_dir = tmp_root / "live-server"
     data_dir.mkdir(exist_ok=True)
-    port = _free_port()
+    port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("BULKHEAD_", "OTEL_"))}
     env |= {
         "DATABASE_URL": str(settings.db.url),
@@ -74,18 +67,7 @@ def live_server(
         )
         base = f"http://127.0.0.1:{port}"
         try:
-            deadline = time.monotonic() + 60
-            while True:
-                if process.poll() is not None:
-                    pytest.fail(f"live server exited:\n{log_path.read_text()}")
-                try:
-                    if httpx.get(f"{base}/readyz", timeout=1).status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                if time.monotonic() > deadline:
-                    pytest.fail(f"live server never got ready:\n{log_path.read_text()}")
-                time.sleep(0.1)
+            wait_until_ready(process, base, log_path, timeout=60, name="live server")
             yield base
         finally:
             process.terminate()

