@@ -17,6 +17,7 @@ exact model string fail (retry-then-succeed). `--fault` sets a default for every
     401         authentication error whose message echoes the key, as the real APIs do
     disconnect  the connection drops mid-body / mid-stream
     malformed   a body / stream chunk that is not JSON
+    shape       a JSON body of the wrong shape (its lists, e.g. `choices`, become strings)
     context     400 context-length error;  400: another 400 (bad request)
 
 A key containing `revoked` is refused with 401 too. Connection refused is a port with nothing
@@ -433,6 +434,8 @@ async def _json(
     fault: str | None = None,
     headers: list[tuple[bytes, bytes]] | None = None,
 ) -> None:
+    if fault == "shape" and isinstance(payload, dict):
+        payload = {k: "?" if isinstance(v, list) else v for k, v in payload.items()}
     data = json.dumps(payload).encode()
     if fault == "malformed":
         data = b"{not json"

@@ -245,18 +245,19 @@ class CompletionsController(Controller):
     async def create(
         self,
         data: JSONBody[dict[str, Any]],
-        caller: NamedDependency[TenantScope],
+        request: Request[TenantScope, Any, Any],
         chat: NamedDependency[ChatService],
     ) -> ChatCompletion | EventStream:
         """Answer the last user message over the caller's documents, OpenAI-style."""
-        request = parse_request(data)
-        ensure_own_tenant(caller, request.tenant_id)
-        ask = to_ask(request)
-        if request.stream:
+        caller = request.user  # not the `caller` dependency: see ChatController.chat
+        params = parse_request(data)
+        ensure_own_tenant(caller, params.tenant_id)
+        ask = to_ask(params)
+        if params.stream:
             started = await chat.stream_answer(scope=caller, ask=ask)
-            include_usage = bool(request.stream_options and request.stream_options.include_usage)
+            include_usage = bool(params.stream_options and params.stream_options.include_usage)
             return EventStream(
-                _chunks(started, requested_model=request.model, include_usage=include_usage),
+                _chunks(started, requested_model=params.model, include_usage=include_usage),
                 headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
             )
         answer = await chat.answer(scope=caller, ask=ask)

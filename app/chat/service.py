@@ -34,9 +34,15 @@ from app.config import ChatSettings, LlmSettings
 from app.db.pool import Connection, tenant_transaction
 from app.llm.chains import estimate_cost
 from app.llm.keys import SecretResolver, scrub
-from app.llm.provider import Completion, CompletionRequest, HistoryTurn, ProviderError
+from app.llm.provider import (
+    Completion,
+    CompletionRequest,
+    ContextChunk,
+    HistoryTurn,
+    ProviderError,
+)
 from app.llm.router import ProviderChain, ProviderRejected, ProvidersUnavailable
-from app.privacy.redact import parse_kinds, redact_fields
+from app.privacy.redact import RedactionMemo, parse_kinds, redact_fields
 from app.problems import NotFound, ValidationFailed
 from app.retrieval.index import Hit
 from app.retrieval.service import DocumentService
@@ -119,6 +125,8 @@ class ChatService:
         self._settings = chat or ChatSettings()
         self.chains = TenantChains(registry, resolver=resolver, llm=self._llm)
         self.conversations = ConversationService(pool=pool, cipher=cipher)
+        # Retrieved passages recur across questions; their redaction is remembered per tenant.
+        self._redactions = RedactionMemo((ContextChunk,))
 
     async def aclose(self) -> None:
         """Close every chain's provider connections."""
@@ -132,7 +140,7 @@ class ChatService:
         """
         tenant = self._registry.tenant(scope.tenant_id)
         kinds = parse_kinds(tenant.manifest.privacy.redact) if tenant else frozenset()
-        return redact_fields(request, kinds)
+        return redact_fields(request, kinds, memo=self._redactions, partition=scope.tenant_id)
 
     async def _ground(self, scope: TenantScope, ask: Ask) -> _Grounded:
         if len(ask.message) > self._max_message_chars:

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 
 import anthropic
 import httpx2
+import msgspec
 from anthropic.types import MessageParam
 
 from app.llm.clients import SdkClients
@@ -19,6 +20,29 @@ if TYPE_CHECKING:
     from app.secrets.values import SecretValue
     from app.tenancy.manifest import ChainEntry
     from app.tenancy.scope import TenantScope
+
+
+class _Block(msgspec.Struct):
+    type: str
+    text: str = ""
+
+
+class _Usage(msgspec.Struct):
+    input_tokens: int | None = None
+    output_tokens: int | None = None
+
+
+class _Message(msgspec.Struct):
+    """The fields of a Messages answer Bulkhead reads; the rest is ignored."""
+
+    content: list[_Block]
+    id: str = ""
+    model: str = ""
+    stop_reason: str | None = None
+    usage: _Usage | None = None
+
+
+_decode_message = msgspec.json.Decoder(_Message).decode
 
 
 class AnthropicProvider:
@@ -65,22 +89,27 @@ class AnthropicProvider:
         """
         key = await self._keys.key(scope=scope)
         try:
-            message = await self._client(key, scope).messages.create(
+            # The raw answer, decoded by msgspec into the fields used: their types are checked
+            # (the SDK's own model is built without validation, so a body of the wrong shape
+            # used to surface as an AttributeError, a 500), and it costs less.
+            raw = await self._client(key, scope).messages.with_raw_response.create(
                 model=request.model,
                 system=system_prompt(request),
                 messages=self._messages(request),
                 max_tokens=self._max_output_tokens,
                 timeout=httpx2.Timeout(time_budget, connect=self._connect_timeout),
             )
+            message = _decode_message(await raw.read())
         except Exception as exc:
             raise classify(exc, key=key.reveal()) from None
         text = "".join(block.text for block in message.content if block.type == "text")
+        usage = message.usage
         return Completion(
             text=text,
             provider=self.name,
-            model=message.model,
-            input_tokens=message.usage.input_tokens,
-            output_tokens=message.usage.output_tokens,
+            model=message.model or request.model,
+            input_tokens=(usage.input_tokens or 0) if usage else 0,
+            output_tokens=(usage.output_tokens or 0) if usage else 0,
             finish_reason=message.stop_reason or "end_turn",
             response_id=message.id,
         )

@@ -3,6 +3,11 @@
 Both SDKs raise the same shapes (status errors with a response, timeout and connection
 errors), but a stream broken mid-body can surface as a bare `httpx2` transport error and a
 malformed chunk as a bare `JSONDecodeError`, so those are handled here too.
+
+The connection pools use the SDKs' aiohttp transport (`app/llm/clients.py`), whose vendored
+exception map turns every `aiohttp.ClientConnectionError` into `httpx2.ConnectTimeout`, a
+refused connection and a server hanging up included. So the root cause decides first: a
+refused connection, a connection dropped mid-response, then a real timeout.
 """
 
 from __future__ import annotations
@@ -11,8 +16,10 @@ import email.utils
 import json
 import time
 
+import aiohttp
 import anthropic
 import httpx2
+import msgspec
 import openai
 import pydantic
 
@@ -22,8 +29,11 @@ from app.llm.provider import ProviderError
 _STATUS_ERRORS = (openai.APIStatusError, anthropic.APIStatusError)
 _TIMEOUTS = (openai.APITimeoutError, anthropic.APITimeoutError, httpx2.TimeoutException)
 _CONNECTION = (openai.APIConnectionError, anthropic.APIConnectionError, httpx2.TransportError)
+# The connection went away after the request was sent: before the headers or mid-body.
+_CUT = (httpx2.RemoteProtocolError, aiohttp.ServerDisconnectedError, aiohttp.ClientPayloadError)
 _MALFORMED = (
     json.JSONDecodeError,
+    msgspec.DecodeError,
     pydantic.ValidationError,
     openai.APIResponseValidationError,
     anthropic.APIResponseValidationError,
@@ -54,7 +64,9 @@ def retry_after_seconds(headers: httpx2.Headers) -> float | None:
         return max(0.0, parsed.timestamp() - time.time()) if parsed else None
 
 
-def _caused_by(exc: BaseException, kind: type[BaseException]) -> bool:
+def _caused_by(
+    exc: BaseException, kind: type[BaseException] | tuple[type[BaseException], ...]
+) -> bool:
     seen: set[int] = set()
     current: BaseException | None = exc
     while current is not None and id(current) not in seen:
@@ -92,15 +104,16 @@ def classify(exc: BaseException, *, key: str) -> ProviderError:
             retry_after=retry_after_seconds(exc.response.headers),
             status=status,
         )
-    if isinstance(exc, _TIMEOUTS) or _caused_by(exc, TimeoutError):
-        return ProviderError("the provider did not answer in time", reason="timeout")
-    if isinstance(exc, _CONNECTION):
+    if isinstance(exc, _TIMEOUTS + _CONNECTION):
         if _caused_by(exc, ConnectionRefusedError):
             return ProviderError("connection refused", reason="connection_refused")
-        if _caused_by(exc, httpx2.RemoteProtocolError):
+        if _caused_by(exc, _CUT):
             return ProviderError(
                 "the provider closed the connection mid-response", reason="stream_interrupted"
             )
+    if isinstance(exc, _TIMEOUTS) or _caused_by(exc, TimeoutError):
+        return ProviderError("the provider did not answer in time", reason="timeout")
+    if isinstance(exc, _CONNECTION):
         return ProviderError(scrub(f"connection error: {exc}", key), reason="connection_error")
     if isinstance(exc, _MALFORMED):
         return ProviderError("the provider sent a malformed response", reason="malformed_response")

@@ -12,8 +12,8 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
-from collections import Counter
-from collections.abc import Iterable
+from collections import Counter, OrderedDict
+from collections.abc import Callable, Iterable
 from enum import StrEnum
 from typing import Any, Final, TypeVar
 
@@ -92,18 +92,78 @@ def redact_text(
     return text
 
 
-def redact_fields(value: T, kinds: frozenset[RedactionKind]) -> T:
+class RedactionMemo:
+    """Redactions already computed, for texts that recur: retrieved passages.
+
+    A bounded LRU of (partition, kinds, text) -> (redacted text, counts per kind), applied
+    only to the strings inside instances of `types` (for chat: `ContextChunk`, document text
+    that every question about the same topic retrieves again). Users' own words (questions,
+    history) are never kept. Callers partition by tenant, so whether a text is remembered (a
+    faster answer) never depends on another tenant's documents.
+    """
+
+    def __init__(self, types: tuple[type, ...], size: int = 4096) -> None:
+        if size < 1:
+            raise ValueError("size must be at least 1")
+        self.types = types
+        self._size = size
+        self._items: OrderedDict[
+            tuple[str, frozenset[RedactionKind], str], tuple[str, tuple[tuple[str, int], ...]]
+        ] = OrderedDict()
+
+    def redact(
+        self, partition: str, text: str, kinds: frozenset[RedactionKind], counts: Counter[str]
+    ) -> str:
+        """`redact_text(text, kinds, counts)`, remembered per `partition`."""
+        if not text:
+            return text
+        key = (partition, kinds, text)
+        known = self._items.get(key)
+        if known is not None:
+            self._items.move_to_end(key)
+            redacted, found = known
+        else:
+            tally: Counter[str] = Counter()
+            redacted = redact_text(text, kinds, tally)
+            found = tuple(tally.items())
+            self._items[key] = (redacted, found)
+            if len(self._items) > self._size:
+                self._items.popitem(last=False)
+        for kind, count in found:
+            counts[kind] += count
+        return redacted
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
+def redact_fields(
+    value: T,
+    kinds: frozenset[RedactionKind],
+    *,
+    memo: RedactionMemo | None = None,
+    partition: str = "",
+) -> T:
     """A copy of `value` (dataclass, str, dict, tuple, list) with its text redacted.
 
     Walks dataclass fields recursively, so fields added to a request later (history turns,
     tool messages) are covered without touching this function. Identifier fields (`model`,
     `document_id`, `chunk_id`, a message's `role`) are kept as they are. Counts per kind go
-    on the current span as `bulkhead.redaction.<kind>` and `bulkhead.redaction.count`.
+    on the current span as `bulkhead.redaction.<kind>` and `bulkhead.redaction.count`. With a
+    `memo`, the texts of its `types` seen before under the same `partition` (the tenant) are
+    not redacted again.
     """
     if not kinds:
         return value
     counts: Counter[str] = Counter()
-    redacted: T = _walk(value, kinds, counts)
+
+    def plain(text: str) -> str:
+        return redact_text(text, kinds, counts)
+
+    def remembered(text: str) -> str:
+        return plain(text) if memo is None else memo.redact(partition, text, kinds, counts)
+
+    redacted: T = _walk(value, plain, () if memo is None else memo.types, remembered)
     span = trace.get_current_span()
     span.set_attribute("bulkhead.redaction.count", sum(counts.values()))
     for kind in kinds:
@@ -111,22 +171,47 @@ def redact_fields(value: T, kinds: frozenset[RedactionKind]) -> T:
     return redacted
 
 
-def _walk(value: Any, kinds: frozenset[RedactionKind], counts: Counter[str]) -> Any:
+# Per dataclass type: the names of its fields that hold content (identifiers left out).
+_CONTENT_FIELDS: dict[type, tuple[str, ...]] = {}
+
+
+def _content_fields(kind: type) -> tuple[str, ...]:
+    names = _CONTENT_FIELDS.get(kind)
+    if names is None:
+        names = tuple(
+            field.name for field in dataclasses.fields(kind) if field.name not in _IDENTIFIER_FIELDS
+        )
+        _CONTENT_FIELDS[kind] = names
+    return names
+
+
+def _walk(
+    value: Any,
+    text: Callable[[str], str],
+    remembered_types: tuple[type, ...],
+    remembered: Callable[[str], str],
+) -> Any:
+    """`value` rebuilt with its strings passed through `text`, identifiers kept as they are.
+
+    Inside instances of `remembered_types`, strings go through `remembered` instead.
+    """
     if isinstance(value, str):
-        return redact_text(value, kinds, counts)
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        changes = {
-            field.name: _walk(getattr(value, field.name), kinds, counts)
-            for field in dataclasses.fields(value)
-            if field.name not in _IDENTIFIER_FIELDS
-        }
-        return dataclasses.replace(value, **changes)
+        return text(value)
+    if isinstance(value, tuple | list):
+        return type(value)(_walk(item, text, remembered_types, remembered) for item in value)
     if isinstance(value, dict):
         return {
-            k: v if k in _IDENTIFIER_FIELDS else _walk(v, kinds, counts) for k, v in value.items()
+            k: v if k in _IDENTIFIER_FIELDS else _walk(v, text, remembered_types, remembered)
+            for k, v in value.items()
         }
-    if isinstance(value, tuple | list):
-        return type(value)(_walk(item, kinds, counts) for item in value)
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        if isinstance(value, remembered_types):
+            text = remembered
+        changes = {
+            name: _walk(getattr(value, name), text, remembered_types, remembered)
+            for name in _content_fields(type(value))
+        }
+        return dataclasses.replace(value, **changes)
     return value
 
 

@@ -6,8 +6,15 @@ from collections import Counter
 
 import pytest
 
-from app.llm.provider import CompletionRequest, ContextChunk
-from app.privacy.redact import RedactionKind, luhn_valid, parse_kinds, redact_fields, redact_text
+from app.llm.provider import CompletionRequest, ContextChunk, HistoryTurn
+from app.privacy.redact import (
+    RedactionKind,
+    RedactionMemo,
+    luhn_valid,
+    parse_kinds,
+    redact_fields,
+    redact_text,
+)
 from app.secrets.patterns import CREDENTIAL_SHAPES, shapes_for
 
 ALL = parse_kinds(["credentials", "email", "credit_card"])
@@ -128,3 +135,48 @@ def test_no_kinds_changes_nothing() -> None:
 def test_hinted_shapes_match_exactly_what_the_full_pattern_matches(text: str) -> None:
     hinted = shapes_for(text)
     assert (hinted.findall(text) if hinted else []) == CREDENTIAL_SHAPES.findall(text)
+
+
+def _chunk(marker: int, text: str) -> ContextChunk:
+    return ContextChunk(marker, f"doc-{marker}", f"doc-{marker}:0", "", text, 0.5)
+
+
+def test_memo_gives_the_same_redaction_and_counts_as_none() -> None:
+    memo = RedactionMemo((ContextChunk,))
+    passage = f"ask bob@corp.example for {CREDENTIALS[0]}, card 4111 1111 1111 1111"
+    for _ in range(3):  # first a miss, then hits: same text and same counts each time
+        plain: Counter[str] = Counter()
+        remembered: Counter[str] = Counter()
+        expected = redact_text(passage, ALL, plain)
+        assert memo.redact("acme", passage, ALL, remembered) == expected
+        assert remembered == plain == Counter(credentials=1, email=1, credit_card=1)
+    request = CompletionRequest(
+        question=f"is {CREDENTIALS[1]} mine?",
+        context=(_chunk(1, passage), _chunk(2, "nothing to hide here")),
+        model="m",
+        history=(HistoryTurn("user", "my mail is carol@corp.example"),),
+    )
+    assert redact_fields(request, ALL, memo=memo, partition="acme") == redact_fields(request, ALL)
+
+
+def test_memo_keeps_passages_only_per_tenant_and_kinds_and_is_bounded() -> None:
+    memo = RedactionMemo((ContextChunk,), size=3)
+    request = CompletionRequest(
+        question="a question that is long enough to be worth remembering, were it a passage",
+        context=(_chunk(1, "first passage"), _chunk(2, "second passage")),
+        model="m",
+        history=(HistoryTurn("user", "an earlier question, also the user's own words"),),
+    )
+    redact_fields(request, ALL, memo=memo, partition="acme")
+    assert len(memo) == 2  # the passages' texts; never the question or the history
+    redact_fields(request, ALL, memo=memo, partition="globex")
+    assert len(memo) == 3  # another tenant's copy is its own entry (LRU: one evicted)
+    email_only = parse_kinds(["email"])
+    plain: Counter[str] = Counter()
+    # The same text under other kinds is redacted afresh, not served from the ALL entry.
+    card = "card 4111 1111 1111 1111"
+    memo.redact("acme", card, ALL, plain)
+    assert memo.redact("acme", card, email_only, plain) == card
+    assert len(memo) == 3
+    with pytest.raises(ValueError, match="at least 1"):
+        RedactionMemo((ContextChunk,), size=0)
