@@ -1,4 +1,7 @@
-"""The usage ledger: tokens, cost, provider, model, latency and outcome per chat request."""
+"""The usage ledger: tokens, cost, provider, model, latency and outcome per chat request.
+
+Rows are written with the turn they account for (`app.chat.repository.save_turn`).
+"""
 
 from __future__ import annotations
 
@@ -6,42 +9,6 @@ from datetime import date
 from typing import Any
 
 from app.db.pool import Connection
-
-
-async def record_usage(
-    connection: Connection,
-    *,
-    tenant_id: str,
-    user_id: str,
-    credential_id: str,
-    provider: str,
-    model: str,
-    input_tokens: int,
-    output_tokens: int,
-    latency_ms: float,
-    outcome: str,
-    trace_id: str,
-    cost_usd: float = 0.0,
-) -> None:
-    """Append one row to the usage ledger."""
-    await connection.execute(
-        """
-        INSERT INTO usage (tenant_id, user_id, credential_id, provider, model, input_tokens,
-                           output_tokens, latency_ms, outcome, trace_id, cost_usd)
-        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
-        """,
-        tenant_id,
-        user_id,
-        credential_id,
-        provider,
-        model,
-        input_tokens,
-        output_tokens,
-        latency_ms,
-        outcome,
-        trace_id,
-        cost_usd,
-    )
 
 
 async def usage_report(

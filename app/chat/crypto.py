@@ -43,11 +43,20 @@ def message_aad(
 
 
 class MessageSealer:
-    """Seals and opens one tenant's messages with its data key."""
+    """Seals and opens one tenant's messages with its data key.
 
-    def __init__(self, tenant_id: str, aead: AESGCM) -> None:
+    Attributes:
+        kek_id: The id of the KEK that wraps the data key ("" when not known).
+        wrapped_key: The data key as stored, wrapped: with `kek_id`, what identifies it.
+    """
+
+    def __init__(
+        self, tenant_id: str, aead: AESGCM, *, kek_id: str = "", wrapped_key: bytes = b""
+    ) -> None:
         self.tenant_id = tenant_id
         self._aead = aead
+        self.kek_id = kek_id
+        self.wrapped_key = wrapped_key
 
     def seal(
         self,
@@ -84,15 +93,19 @@ class MessageSealer:
 class ConversationCipher:
     """Hands out a tenant's `MessageSealer`, unwrapping its data key at most once per wrapping.
 
-    The wrapped key is read on every call (inside the caller's transaction, under RLS), and
-    the unwrapped key is cached by the wrapped bytes: a destroyed key stops working at once,
-    and a Vault Transit KEK is not asked again for every message.
+    `sealer` reads the wrapped key (inside the caller's transaction, under RLS), and the
+    unwrapped key is cached by the wrapped bytes: a destroyed key stops working at once, and a
+    Vault Transit KEK is not asked again for every message. `last_sealer` skips the read: its
+    user must check, in the transaction that stores the sealed rows, that the key is still the
+    tenant's (`bulkhead_save_turn` does), and call `forget` when it is not.
     """
 
     def __init__(self, wrapper: KeyWrapper, *, cache_size: int = 1_024) -> None:
         self._wrapper = wrapper
         self._cache: OrderedDict[tuple[str, str, bytes], AESGCM] = OrderedDict()
         self._cache_size = cache_size
+        # Per tenant, the slot of `_cache` its last `sealer` call found.
+        self._latest: dict[str, tuple[str, str, bytes]] = {}
 
     @classmethod
     def from_settings(cls, settings: Settings, kek: bytes) -> ConversationCipher:
@@ -120,4 +133,18 @@ class ConversationCipher:
                 self._cache.popitem(last=False)
         else:
             self._cache.move_to_end(slot)
-        return MessageSealer(tenant_id, aead)
+        self._latest[tenant_id] = slot
+        return MessageSealer(tenant_id, aead, kek_id=kek_id, wrapped_key=wrapped)
+
+    def last_sealer(self, tenant_id: str) -> MessageSealer | None:
+        """The sealer of the data key `sealer` last found for the tenant, if still cached."""
+        slot = self._latest.get(tenant_id)
+        aead = self._cache.get(slot) if slot is not None else None
+        if slot is None or aead is None:
+            self._latest.pop(tenant_id, None)
+            return None
+        return MessageSealer(tenant_id, aead, kek_id=slot[1], wrapped_key=slot[2])
+
+    def forget(self, tenant_id: str) -> None:
+        """Stop handing out the tenant's last key from `last_sealer` (it changed)."""
+        self._latest.pop(tenant_id, None)

@@ -62,53 +62,111 @@ async def conversation_exists(
     return found
 
 
-async def save_exchange(
-    connection: Connection,
+@dataclass(frozen=True, slots=True)
+class Exchange:
+    """A question and its answer, to be sealed and appended to a conversation.
+
+    Attributes:
+        citations: `{"marker","document_id","chunk_id"}` for each source the answer cites.
+        context: The retrieved passages the answer was grounded in.
+    """
+
+    conversation_id: uuid.UUID
+    question: str
+    answer_id: uuid.UUID
+    answer: str
+    citations: list[dict[str, Any]]
+    context: list[dict[str, Any]]
+
+
+@dataclass(frozen=True, slots=True)
+class TurnUsage:
+    """The usage ledger row of a turn (`usage`); `user_id` also owns the conversation."""
+
+    user_id: str
+    credential_id: str
+    provider: str
+    model: str
+    input_tokens: int
+    output_tokens: int
+    latency_ms: float
+    outcome: str
+    trace_id: str
+    cost_usd: float
+
+
+class DataKeyChanged(Exception):
+    """The data key the exchange was sealed with is no longer the tenant's (rotated, gone)."""
+
+
+_SAVE_TURN = """
+SELECT bulkhead_save_turn($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15,
+                          $16, $17, $18)
+"""
+
+
+async def save_turn(
+    executor: Connection | asyncpg.Pool,
     *,
-    sealer: MessageSealer,
-    conversation_id: uuid.UUID,
-    user_id: str,
-    question: str,
-    answer_id: uuid.UUID,
-    answer: str,
-    citations: list[dict[str, Any]],
-    context: list[dict[str, Any]],
-    provider: str,
-    model: str,
+    tenant_id: str,
+    usage: TurnUsage,
+    exchange: Exchange | None = None,
+    sealer: MessageSealer | None = None,
 ) -> None:
-    """Append a question and its answer to a conversation (creating it), both sealed."""
-    tenant_id = sealer.tenant_id
-    await connection.execute(
-        """
-        INSERT INTO conversations (id, tenant_id, user_id) VALUES ($1, $2, $3)
-        ON CONFLICT (id) DO UPDATE SET updated_at = now()
-        """,
-        conversation_id,
-        tenant_id,
-        user_id,
-    )
-    question_id = uuid.uuid4()
-    sealed_question = sealer.seal(
-        {"text": question}, conversation_id=conversation_id, message_id=question_id, role="user"
-    )
-    sealed_answer = sealer.seal(
-        {"text": answer, "citations": citations, "context": context},
-        conversation_id=conversation_id,
-        message_id=answer_id,
-        role="assistant",
-    )
-    # clock_timestamp() differs between the two rows, so the answer sorts after its question.
-    await connection.executemany(
-        """
-        INSERT INTO messages (id, tenant_id, conversation_id, role, sealed, provider, model,
-                              created_at)
-        VALUES ($1, $2, $3, $4, $5, $6, $7, clock_timestamp())
-        """,
-        [
-            (question_id, tenant_id, conversation_id, "user", sealed_question, None, None),
-            (answer_id, tenant_id, conversation_id, "assistant", sealed_answer, provider, model),
-        ],
-    )
+    """Append `exchange` (sealed by `sealer`) and record `usage`, in one statement.
+
+    `bulkhead_save_turn` (migration 0006) arms RLS for `tenant_id` itself, so `executor` may
+    be the pool or a connection outside any transaction (inside one, the tenant setting then
+    lasts until that transaction ends). Without `exchange`, only the usage row is written.
+
+    Raises:
+        DataKeyChanged: `sealer`'s key is not the tenant's any more; nothing was written.
+    """
+    sealed_question = sealed_answer = question_id = None
+    conversation_id = answer_id = None
+    if exchange is not None:
+        if sealer is None or sealer.tenant_id != tenant_id:
+            raise ValueError("an exchange needs the tenant's sealer")
+        conversation_id, answer_id = exchange.conversation_id, exchange.answer_id
+        question_id = uuid.uuid4()
+        sealed_question = sealer.seal(
+            {"text": exchange.question},
+            conversation_id=conversation_id,
+            message_id=question_id,
+            role="user",
+        )
+        sealed_answer = sealer.seal(
+            {"text": exchange.answer, "citations": exchange.citations, "context": exchange.context},
+            conversation_id=conversation_id,
+            message_id=answer_id,
+            role="assistant",
+        )
+    try:
+        await executor.execute(
+            _SAVE_TURN,
+            tenant_id,
+            usage.user_id,
+            usage.credential_id,
+            conversation_id,
+            sealer.kek_id if sealer and exchange else None,
+            sealer.wrapped_key if sealer and exchange else None,
+            question_id,
+            sealed_question,
+            answer_id,
+            sealed_answer,
+            usage.provider,
+            usage.model,
+            usage.input_tokens,
+            usage.output_tokens,
+            usage.latency_ms,
+            usage.outcome,
+            usage.trace_id,
+            usage.cost_usd,
+        )
+    except asyncpg.PostgresError as exc:
+        if exc.sqlstate == "BK001":
+            raise DataKeyChanged(f"tenant {tenant_id!r}: the data key changed") from None
+        raise
 
 
 def _turn(row: asyncpg.Record, sealer: MessageSealer) -> Turn:

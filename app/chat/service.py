@@ -16,7 +16,6 @@ from typing import Any
 import asyncpg
 from opentelemetry import trace
 
-from app.audit.usage import record_usage
 from app.chat import repository
 from app.chat.chains import AUTO_MODEL, TenantChains
 from app.chat.conversations import ConversationService
@@ -31,7 +30,7 @@ from app.chat.grounding import (
     stored_context,
 )
 from app.config import ChatSettings, LlmSettings
-from app.db.pool import Connection, tenant_transaction
+from app.db.pool import tenant_transaction
 from app.llm.chains import estimate_cost
 from app.llm.keys import SecretResolver, scrub
 from app.llm.provider import (
@@ -243,45 +242,51 @@ class ChatService:
         started: float,
         trace_id: str,
     ) -> None:
-        """Append the turn (unless the tenant or the endpoint opts out) and its usage."""
+        """Append the turn (unless the tenant or the endpoint opts out) and its usage.
+
+        One statement (`repository.save_turn`), sealed with the tenant's data key as last
+        read; if that key has changed since, it is read again and the turn sealed again.
+        """
         tenant = self._registry.tenant(scope.tenant_id)
         store = ask.store and tenant is not None and tenant.manifest.privacy.store_conversations
-        async with tenant_transaction(self._pool, scope=scope) as connection:
-            if store:
-                await repository.save_exchange(
-                    connection,
-                    sealer=await self._cipher.sealer(connection, tenant_id=scope.tenant_id),
-                    conversation_id=conversation_id,
-                    user_id=scope.subject,
-                    question=ask.message,
-                    answer_id=answer_id,
-                    answer=completion.text,
-                    citations=[
-                        {
-                            "marker": c.marker,
-                            "document_id": c.hit.document_id,
-                            "chunk_id": c.hit.chunk_id,
-                        }
-                        for c in citations
-                    ],
-                    context=stored_context(hits),
-                    provider=completion.provider,
-                    model=completion.model,
+        usage = self._usage(scope, completion, started, "ok", trace_id)
+        if not store:
+            await repository.save_turn(self._pool, tenant_id=scope.tenant_id, usage=usage)
+            return
+        exchange = repository.Exchange(
+            conversation_id=conversation_id,
+            question=ask.message,
+            answer_id=answer_id,
+            answer=completion.text,
+            citations=[
+                {"marker": c.marker, "document_id": c.hit.document_id, "chunk_id": c.hit.chunk_id}
+                for c in citations
+            ],
+            context=stored_context(hits),
+        )
+        sealer = self._cipher.last_sealer(scope.tenant_id)
+        if sealer is not None:
+            try:
+                await repository.save_turn(
+                    self._pool,
+                    tenant_id=scope.tenant_id,
+                    usage=usage,
+                    exchange=exchange,
+                    sealer=sealer,
                 )
-            await self._record(connection, scope, completion, started, "ok", trace_id)
+                return
+            except repository.DataKeyChanged:
+                self._cipher.forget(scope.tenant_id)
+        async with tenant_transaction(self._pool, scope=scope) as connection:
+            sealer = await self._cipher.sealer(connection, tenant_id=scope.tenant_id)
+            await repository.save_turn(
+                connection, tenant_id=scope.tenant_id, usage=usage, exchange=exchange, sealer=sealer
+            )
 
-    async def _record(
-        self,
-        connection: Connection,
-        scope: TenantScope,
-        completion: Completion,
-        started: float,
-        outcome: str,
-        trace_id: str,
-    ) -> None:
-        await record_usage(
-            connection,
-            tenant_id=scope.tenant_id,
+    def _usage(
+        self, scope: TenantScope, completion: Completion, started: float, outcome: str, trace: str
+    ) -> repository.TurnUsage:
+        return repository.TurnUsage(
             user_id=scope.subject,
             credential_id=scope.credential_id,
             provider=completion.provider,
@@ -290,7 +295,7 @@ class ChatService:
             output_tokens=completion.output_tokens,
             latency_ms=(time.perf_counter() - started) * 1000,
             outcome=outcome,
-            trace_id=trace_id,
+            trace_id=trace,
             cost_usd=estimate_cost(
                 self._llm.prices,
                 provider=completion.provider,
@@ -304,10 +309,8 @@ class ChatService:
         self, scope: TenantScope, outcome: str, started: float, trace_id: str | None = None
     ) -> None:
         nothing = Completion("", "none", "none", 0, 0, "error", "")
-        async with tenant_transaction(self._pool, scope=scope) as connection:
-            await self._record(
-                connection, scope, nothing, started, outcome, trace_id or current_trace_id()
-            )
+        usage = self._usage(scope, nothing, started, outcome, trace_id or current_trace_id())
+        await repository.save_turn(self._pool, tenant_id=scope.tenant_id, usage=usage)
 
     async def stream_answer(self, *, scope: TenantScope, ask: Ask) -> ChatStream:
         """Retrieve and start streaming an answer; returns once a provider has started.

@@ -26,19 +26,30 @@ async def _store(database_url: str, cipher: ConversationCipher, tenant: str, use
     try:
         async with connection.transaction():
             await set_tenant(connection, tenant)
-            await repository.save_exchange(
-                connection,
-                sealer=await cipher.sealer(connection, tenant_id=tenant),
-                conversation_id=uuid.uuid4(),
-                user_id=user,
-                question=f"question of {user}",
-                answer_id=uuid.uuid4(),
-                answer=f"answer for {user} [1]",
-                citations=[{"marker": 1, "document_id": "d", "chunk_id": "c"}],
-                context=[{"marker": 1, "document_id": "d", "chunk_id": "c", "title": "T"}],
-                provider="local",
-                model="extractive",
-            )
+            sealer = await cipher.sealer(connection, tenant_id=tenant)
+        exchange = repository.Exchange(
+            conversation_id=uuid.uuid4(),
+            question=f"question of {user}",
+            answer_id=uuid.uuid4(),
+            answer=f"answer for {user} [1]",
+            citations=[{"marker": 1, "document_id": "d", "chunk_id": "c"}],
+            context=[{"marker": 1, "document_id": "d", "chunk_id": "c", "title": "T"}],
+        )
+        usage = repository.TurnUsage(
+            user_id=user,
+            credential_id="jwt:k",
+            provider="local",
+            model="extractive",
+            input_tokens=1,
+            output_tokens=1,
+            latency_ms=1.0,
+            outcome="ok",
+            trace_id="0" * 32,
+            cost_usd=0.0,
+        )
+        await repository.save_turn(
+            connection, tenant_id=tenant, usage=usage, exchange=exchange, sealer=sealer
+        )
     finally:
         await connection.close()
 
@@ -62,8 +73,9 @@ def test_export_then_forget(
     ndjson = runner.invoke(main, ["export", "--tenant", tenant, "--user", "u-1"])
     assert ndjson.exit_code == 0, ndjson.output
     records = [json.loads(line) for line in ndjson.stdout.splitlines()]
-    assert [r["type"] for r in records] == ["user", "conversation", "conversation"]
-    assert {r["messages"][1]["content"] for r in records[1:]} == {"answer for u-1 [1]"}
+    types = [r["type"] for r in records]
+    assert types == ["user", "conversation", "conversation", "usage", "usage"]
+    assert {r["messages"][1]["content"] for r in records[1:3]} == {"answer for u-1 [1]"}
     assert records[1]["messages"][1]["context"][0]["title"] == "T"
 
     target = tmp_path / "u-1.json"
@@ -83,9 +95,14 @@ def test_export_then_forget(
     assert forgotten.exit_code == 0, forgotten.output
     assert "2 conversations deleted" in forgotten.output
     after = runner.invoke(main, ["export", "--tenant", tenant, "--user", "u-1"])
-    assert [json.loads(line)["type"] for line in after.stdout.splitlines()] == ["user"]
+    # The usage ledger (billing: tokens, model, latency; no content) outlives the conversations.
+    assert [json.loads(line)["type"] for line in after.stdout.splitlines()] == [
+        "user",
+        "usage",
+        "usage",
+    ]
     other = runner.invoke(main, ["export", "--tenant", tenant, "--user", "u-2"])
-    assert len(other.stdout.splitlines()) == 2
+    assert len(other.stdout.splitlines()) == 3
 
     unknown = runner.invoke(main, ["export", "--tenant", "no-such-tenant", "--user", "u-1"])
     assert unknown.exit_code != 0
@@ -115,7 +132,7 @@ def test_forget_and_export_stay_inside_the_named_tenant(
     exported = runner.invoke(main, ["export", "--tenant", mine, "--user", "alice"])
     assert exported.exit_code == 0, exported.output
     records = [json.loads(line) for line in exported.stdout.splitlines()]
-    assert [r["type"] for r in records] == ["user", "conversation"]
+    assert [r["type"] for r in records] == ["user", "conversation", "usage"]
 
     forgotten = runner.invoke(main, ["forget", "--tenant", mine, "--user", "alice", "--yes"])
     assert forgotten.exit_code == 0, forgotten.output
@@ -124,4 +141,5 @@ def test_forget_and_export_stay_inside_the_named_tenant(
     assert [json.loads(line)["type"] for line in survivor.stdout.splitlines()] == [
         "user",
         "conversation",
+        "usage",
     ]

@@ -20,6 +20,7 @@ from app.chat import repository
 from app.chat.crypto import ConversationCipher, ConversationDecryptionError
 from app.config import Settings
 from app.db.pool import tenant_transaction
+from app.secrets.wrapping import as_wrapper
 from app.tenancy.scope import Role, TenantScope
 from scripts.provider_emulator import EmulatorServer
 from tests.conftest import AuthHeaders
@@ -263,3 +264,73 @@ async def test_admin_exports_and_deletes_a_users_data(
     assert (await client.get("/v1/conversations", headers=alice)).json()["conversations"] == []
     bobs = (await client.get("/v1/conversations", headers=bob)).json()["conversations"]
     assert [c["id"] for c in bobs] == [kept["conversation_id"]]
+
+
+async def _counts(owner_pool: asyncpg.Pool, tenant: str) -> tuple[int, int]:
+    async with owner_pool.acquire() as connection:
+        messages = await connection.fetchval(
+            "SELECT count(*) FROM messages WHERE tenant_id = $1", tenant
+        )
+        usage = await connection.fetchval("SELECT count(*) FROM usage WHERE tenant_id = $1", tenant)
+    return messages, usage
+
+
+async def test_a_rewrapped_data_key_is_read_again_and_the_turn_kept(
+    client: Client,
+    tenant_pair: tuple[str, str],
+    auth: AuthHeaders,
+    owner_pool: asyncpg.Pool,
+    kek: bytes,
+) -> None:
+    """The service seals with the key it last read; a changed key row makes it read it again.
+
+    The data key is rewrapped under the same KEK (new wrapped bytes, same key), as a KEK
+    rotation does: the next turn must be stored, sealed, and readable.
+    """
+    tenant, _ = tenant_pair
+    alice = auth(tenant, user="alice")
+    await _seed(client, alice)
+    await _chat(client, alice, "How big is the bonus pool?")
+    wrapper = as_wrapper(kek)
+    async with owner_pool.acquire() as connection, connection.transaction():
+        await connection.execute("SELECT set_config('bulkhead.tenant_id', $1, true)", tenant)
+        row = await connection.fetchrow(
+            "SELECT kek_id, wrapped_key FROM tenant_keys WHERE tenant_id = $1", tenant
+        )
+        dek = await wrapper.unwrap(tenant, bytes(row["wrapped_key"]), row["kek_id"])
+        rewrapped = await wrapper.wrap(tenant, dek)
+        assert rewrapped != bytes(row["wrapped_key"])
+        await connection.execute(
+            "UPDATE tenant_keys SET wrapped_key = $2 WHERE tenant_id = $1", tenant, rewrapped
+        )
+    before = await _counts(owner_pool, tenant)
+    second = await _chat(client, alice, "Is the bonus pool large?")
+    assert await _counts(owner_pool, tenant) == (before[0] + 2, before[1] + 1)
+    stored = await client.get(f"/v1/conversations/{second['conversation_id']}", headers=alice)
+    assert stored.status_code == 200, stored.text
+    assert stored.json()["messages"][1]["content"] == second["answer"]
+
+
+async def test_a_destroyed_data_key_stores_nothing_more(
+    client: Client,
+    tenant_pair: tuple[str, str],
+    auth: AuthHeaders,
+    owner_pool: asyncpg.Pool,
+) -> None:
+    """Deleting the key row (as offboarding does) stops the next turn at once.
+
+    The service still holds the key it last read; the turn must fail and leave no row.
+    """
+    tenant, _ = tenant_pair
+    alice = auth(tenant, user="alice")
+    await _seed(client, alice)
+    await _chat(client, alice, "How big is the bonus pool?")
+    async with owner_pool.acquire() as connection:
+        await connection.execute("DELETE FROM tenant_keys WHERE tenant_id = $1", tenant)
+    before = await _counts(owner_pool, tenant)
+    response = await client.post(
+        "/v1/chat", json={"message": "Is the bonus pool large?"}, headers=alice
+    )
+    assert response.status_code >= 500
+    assert response.headers["content-type"].startswith("application/problem+json")
+    assert await _counts(owner_pool, tenant) == before

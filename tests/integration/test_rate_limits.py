@@ -20,7 +20,7 @@ from litestar import Litestar
 from litestar.testing import AsyncTestClient
 from redis.asyncio import Redis
 
-from app.audit.usage import record_usage
+from app.chat.repository import TurnUsage, save_turn
 from app.config import Settings
 from app.db.pool import tenant_transaction
 from app.limits.store import RedisCounters
@@ -232,20 +232,19 @@ async def test_redis_replica_reuses_the_token_total_for_at_most_its_ttl(
     store = RedisCounters.from_url(redis_url, app_pool, tokens_ttl=0.5)
     try:
         assert (await store.hit(tenant, ["tenant"], with_tokens=True)).tokens_today == 0
-        async with tenant_transaction(app_pool, scope=_ops(tenant)) as connection:
-            await record_usage(
-                connection,
-                tenant_id=tenant,
-                user_id="alice",
-                credential_id="jwt:k",
-                provider="openai",
-                model="m",
-                input_tokens=7,
-                output_tokens=5,
-                latency_ms=1.0,
-                outcome="ok",
-                trace_id="0" * 32,
-            )
+        usage = TurnUsage(
+            user_id="alice",
+            credential_id="jwt:k",
+            provider="openai",
+            model="m",
+            input_tokens=7,
+            output_tokens=5,
+            latency_ms=1.0,
+            outcome="ok",
+            trace_id="0" * 32,
+            cost_usd=0.0,
+        )
+        await save_turn(app_pool, tenant_id=tenant, usage=usage)
         assert (await store.hit(tenant, ["tenant"], with_tokens=True)).tokens_today == 0
         await asyncio.sleep(0.55)
         counts = await store.hit(tenant, ["tenant"], with_tokens=True)
@@ -253,7 +252,3 @@ async def test_redis_replica_reuses_the_token_total_for_at_most_its_ttl(
         assert counts.hits == {"tenant": 3}
     finally:
         await store.aclose()
-
-
-def _ops(tenant: str) -> TenantScope:
-    return TenantScope(tenant_id=tenant, subject="ops", roles=frozenset())
