@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import sys
 from pathlib import Path
@@ -114,13 +115,28 @@ def serve() -> None:
     _serve(settings)
 
 
+def _freeze_startup_heap() -> None:
+    """Exempt everything alive once the service has started from the cyclic GC's passes.
+
+    The modules, app, pools and caches built at start-up (~370,000 objects) never become
+    garbage, yet a full collection walks them all: 100-200 ms pauses under load, at 300
+    chats/s the whole p99. `gc.freeze` moves them to the permanent generation (they are still
+    freed by reference counting); only what the requests allocate is examined afterwards.
+    Only the served process does this: tests build and drop many apps in one process.
+    """
+    gc.collect()
+    gc.freeze()
+
+
 def _serve(settings: Settings) -> None:
     import uvicorn
 
     from app.main import create_app
 
+    app = create_app(settings)
+    app.on_startup.append(_freeze_startup_heap)
     uvicorn.run(
-        create_app(settings),
+        app,
         host=settings.host,
         port=settings.port,
         log_level="info",
