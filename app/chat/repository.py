@@ -17,6 +17,7 @@ import asyncpg
 
 from app.chat.crypto import MessageSealer
 from app.db.pool import Connection
+from app.tenancy.scope import TenantScope
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,10 +82,8 @@ class Exchange:
 
 @dataclass(frozen=True, slots=True)
 class TurnUsage:
-    """The usage ledger row of a turn (`usage`); `user_id` also owns the conversation."""
+    """The usage ledger row of a turn (`usage`), but for who asked (the caller's scope)."""
 
-    user_id: str
-    credential_id: str
     provider: str
     model: str
     input_tokens: int
@@ -108,20 +107,23 @@ SELECT bulkhead_save_turn($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13
 async def save_turn(
     executor: Connection | asyncpg.Pool,
     *,
-    tenant_id: str,
+    scope: TenantScope,
     usage: TurnUsage,
     exchange: Exchange | None = None,
     sealer: MessageSealer | None = None,
 ) -> None:
     """Append `exchange` (sealed by `sealer`) and record `usage`, in one statement.
 
-    `bulkhead_save_turn` (migration 0006) arms RLS for `tenant_id` itself, so `executor` may
-    be the pool or a connection outside any transaction (inside one, the tenant setting then
-    lasts until that transaction ends). Without `exchange`, only the usage row is written.
+    The tenant, the user (who owns the conversation and is charged) and the credential come
+    from `scope`. `bulkhead_save_turn` (migration 0006) arms RLS for the tenant itself, so
+    `executor` may be the pool or a connection outside any transaction (inside one, the tenant
+    setting then lasts until that transaction ends). Without `exchange`, only the usage row
+    is written.
 
     Raises:
         DataKeyChanged: `sealer`'s key is not the tenant's any more; nothing was written.
     """
+    tenant_id = scope.tenant_id
     sealed_question = sealed_answer = question_id = None
     conversation_id = answer_id = None
     if exchange is not None:
@@ -145,8 +147,8 @@ async def save_turn(
         await executor.execute(
             _SAVE_TURN,
             tenant_id,
-            usage.user_id,
-            usage.credential_id,
+            scope.subject,
+            scope.credential_id,
             conversation_id,
             sealer.kek_id if sealer and exchange else None,
             sealer.wrapped_key if sealer and exchange else None,

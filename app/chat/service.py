@@ -249,9 +249,9 @@ class ChatService:
         """
         tenant = self._registry.tenant(scope.tenant_id)
         store = ask.store and tenant is not None and tenant.manifest.privacy.store_conversations
-        usage = self._usage(scope, completion, started, "ok", trace_id)
+        usage = self._usage(completion, started, "ok", trace_id)
         if not store:
-            await repository.save_turn(self._pool, tenant_id=scope.tenant_id, usage=usage)
+            await repository.save_turn(self._pool, scope=scope, usage=usage)
             return
         exchange = repository.Exchange(
             conversation_id=conversation_id,
@@ -269,7 +269,7 @@ class ChatService:
             try:
                 await repository.save_turn(
                     self._pool,
-                    tenant_id=scope.tenant_id,
+                    scope=scope,
                     usage=usage,
                     exchange=exchange,
                     sealer=sealer,
@@ -280,15 +280,13 @@ class ChatService:
         async with tenant_transaction(self._pool, scope=scope) as connection:
             sealer = await self._cipher.sealer(connection, tenant_id=scope.tenant_id)
             await repository.save_turn(
-                connection, tenant_id=scope.tenant_id, usage=usage, exchange=exchange, sealer=sealer
+                connection, scope=scope, usage=usage, exchange=exchange, sealer=sealer
             )
 
     def _usage(
-        self, scope: TenantScope, completion: Completion, started: float, outcome: str, trace: str
+        self, completion: Completion, started: float, outcome: str, trace: str
     ) -> repository.TurnUsage:
         return repository.TurnUsage(
-            user_id=scope.subject,
-            credential_id=scope.credential_id,
             provider=completion.provider,
             model=completion.model,
             input_tokens=completion.input_tokens,
@@ -309,8 +307,8 @@ class ChatService:
         self, scope: TenantScope, outcome: str, started: float, trace_id: str | None = None
     ) -> None:
         nothing = Completion("", "none", "none", 0, 0, "error", "")
-        usage = self._usage(scope, nothing, started, outcome, trace_id or current_trace_id())
-        await repository.save_turn(self._pool, tenant_id=scope.tenant_id, usage=usage)
+        usage = self._usage(nothing, started, outcome, trace_id or current_trace_id())
+        await repository.save_turn(self._pool, scope=scope, usage=usage)
 
     async def stream_answer(self, *, scope: TenantScope, ask: Ask) -> ChatStream:
         """Retrieve and start streaming an answer; returns once a provider has started.

@@ -18,6 +18,7 @@ from app.cli import main
 from app.config import Settings
 from app.db.pool import connect, set_tenant
 from app.identity import cli as identity_cli
+from app.tenancy.scope import TenantScope
 from tests.conftest import TenantFactory
 
 
@@ -36,8 +37,6 @@ async def _store(database_url: str, cipher: ConversationCipher, tenant: str, use
             context=[{"marker": 1, "document_id": "d", "chunk_id": "c", "title": "T"}],
         )
         usage = repository.TurnUsage(
-            user_id=user,
-            credential_id="jwt:k",
             provider="local",
             model="extractive",
             input_tokens=1,
@@ -47,8 +46,9 @@ async def _store(database_url: str, cipher: ConversationCipher, tenant: str, use
             trace_id="0" * 32,
             cost_usd=0.0,
         )
+        scope = TenantScope(tenant_id=tenant, subject=user, roles=frozenset(), credential_id="k")
         await repository.save_turn(
-            connection, tenant_id=tenant, usage=usage, exchange=exchange, sealer=sealer
+            connection, scope=scope, usage=usage, exchange=exchange, sealer=sealer
         )
     finally:
         await connection.close()

@@ -233,8 +233,6 @@ async def test_redis_replica_reuses_the_token_total_for_at_most_its_ttl(
     try:
         assert (await store.hit(tenant, ["tenant"], with_tokens=True)).tokens_today == 0
         usage = TurnUsage(
-            user_id="alice",
-            credential_id="jwt:k",
             provider="openai",
             model="m",
             input_tokens=7,
@@ -244,7 +242,8 @@ async def test_redis_replica_reuses_the_token_total_for_at_most_its_ttl(
             trace_id="0" * 32,
             cost_usd=0.0,
         )
-        await save_turn(app_pool, tenant_id=tenant, usage=usage)
+        alice = TenantScope(tenant_id=tenant, subject="alice", roles=frozenset())
+        await save_turn(app_pool, scope=alice, usage=usage)
         assert (await store.hit(tenant, ["tenant"], with_tokens=True)).tokens_today == 0
         await asyncio.sleep(0.55)
         counts = await store.hit(tenant, ["tenant"], with_tokens=True)
