@@ -6,16 +6,19 @@ import asyncio
 import os
 import signal
 import sys
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+import uvicorn
 
 from app.tenancy.scope import Role
 from tests.conftest import AuthHeaders, TenantFactory
 from tests.live_server import REPO, wait_until_known
 from tests.samples import CORRUPT_PDF, make_pdf
+from tests.servers import free_port
 
 
 class Run:
@@ -62,19 +65,100 @@ async def run_cli(args: list[str], api_key: str | None) -> Run:
 @pytest.fixture
 async def tenant_with_key(
     make_tenant: TenantFactory, auth: AuthHeaders, live_server: str
-) -> tuple[str, str, httpx.AsyncClient]:
+) -> AsyncIterator[tuple[str, str, httpx.AsyncClient]]:
     """A fresh tenant known to the live server, an ingest+search API key, and a client."""
     tenant = await make_tenant("cli")
-    http = httpx.AsyncClient(base_url=live_server, timeout=30)
-    admin = auth(tenant, roles=(Role.ADMIN,))
-    await wait_until_known(http, admin)
-    response = await http.post(
-        "/v1/admin/api-keys", json={"name": "bulk", "scopes": ["ingest", "search"]}, headers=admin
-    )
-    assert response.status_code == 201, response.text
-    key: str = response.json()["key"]
-    http.headers["Authorization"] = f"Bearer {key}"
-    return tenant, key, http
+    # Closed here, not in the test: a failing test must not leave a socket for a later one.
+    async with httpx.AsyncClient(base_url=live_server, timeout=30) as http:
+        admin = auth(tenant, roles=(Role.ADMIN,))
+        await wait_until_known(http, admin)
+        response = await http.post(
+            "/v1/admin/api-keys",
+            json={"name": "bulk", "scopes": ["ingest", "search"]},
+            headers=admin,
+        )
+        assert response.status_code == 201, response.text
+        key: str = response.json()["key"]
+        http.headers["Authorization"] = f"Bearer {key}"
+        yield tenant, key, http
+
+
+class UploadGate:
+    """A loopback HTTP relay to the live server that holds one chosen upload.
+
+    Lets a test interrupt `bulkhead ingest` at a known point, whatever the machine's load: the
+    `hold_at`-th `POST /v1/documents` is never answered, nor forwarded, until `release()`,
+    and is then dropped (its client is gone by then). Every other request passes through.
+    """
+
+    def __init__(self, upstream: str, *, hold_at: int) -> None:
+        self.url = f"http://127.0.0.1:{free_port()}"
+        self.held = asyncio.Event()
+        self._upstream = upstream
+        self._hold_at = hold_at
+        self._uploads = 0
+        self._released = asyncio.Event()
+        port = int(self.url.rsplit(":", 1)[1])
+        config = uvicorn.Config(
+            self._asgi, host="127.0.0.1", port=port, lifespan="off", interface="asgi3"
+        )
+        config.log_level = "warning"
+        self._server = uvicorn.Server(config)
+
+    async def __aenter__(self) -> UploadGate:
+        self._http = httpx.AsyncClient(base_url=self._upstream, timeout=30)
+        self._task = asyncio.create_task(self._server.serve())
+        while not self._server.started:  # noqa: ASYNC110 - uvicorn offers no event to await
+            await asyncio.sleep(0.01)
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        self.release()
+        self._server.should_exit = True
+        await self._task
+        await self._http.aclose()
+
+    def release(self) -> None:
+        """Let the held upload go (it is dropped) and stop holding."""
+        self._released.set()
+
+    async def _asgi(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        body = b""
+        while True:
+            message = await receive()
+            body += message.get("body", b"")
+            if not message.get("more_body"):
+                break
+        if scope["method"] == "POST" and scope["path"] == "/v1/documents":
+            self._uploads += 1
+            if self._uploads == self._hold_at:
+                self.held.set()
+                await self._released.wait()
+                await send({"type": "http.response.start", "status": 503, "headers": []})
+                await send({"type": "http.response.body", "body": b""})
+                return
+        headers = [(k.decode(), v.decode()) for k, v in scope["headers"] if k != b"host"]
+        path = scope["path"] + (
+            f"?{scope['query_string'].decode()}" if scope["query_string"] else ""
+        )
+        response = await self._http.request(scope["method"], path, headers=headers, content=body)
+        await send(
+            {
+                "type": "http.response.start",
+                "status": response.status_code,
+                "headers": [
+                    (k.encode(), v.encode())
+                    for k, v in response.headers.items()
+                    if k not in {"content-length", "transfer-encoding", "content-encoding"}
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": response.content})
+
+
+async def _stderr_of(process: asyncio.subprocess.Process) -> str:
+    assert process.stderr is not None
+    return (await process.stderr.read()).decode()
 
 
 async def versions(http: httpx.AsyncClient) -> dict[str, int]:
@@ -130,7 +214,6 @@ async def test_a_tree_is_ingested_with_per_file_errors_and_reruns_skip_unchanged
     assert [h["text"] for h in await hits(http, "iguana")] == [
         "Printer toner moved next to the iguana statue."
     ]
-    await http.aclose()
 
 
 async def test_ctrl_c_then_rerun_finishes_without_duplicates(
@@ -143,26 +226,28 @@ async def test_ctrl_c_then_rerun_finishes_without_duplicates(
     for i in range(total):
         (corpus / f"entry-{i:02d}.md").write_text(f"# Entry {i}\n\nThe tapir{i} marker is here.\n")
     journal = tmp_path / "journal.jsonl"
-    args = cli_args(tenant, live_server, journal, "--batch-size", "1", str(corpus))
+    async with UploadGate(live_server, hold_at=4) as gate:
+        args = cli_args(tenant, gate.url, journal, "--batch-size", "1", str(corpus))
+        process = await asyncio.create_subprocess_exec(
+            *args,
+            cwd=REPO,
+            env=cli_env(key),
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        # Ctrl-C while the fourth file is in flight: three confirmed, one unanswered.
+        exited = asyncio.create_task(process.wait())
+        await asyncio.wait([exited, asyncio.create_task(gate.held.wait())], timeout=60)
+        assert gate.held.is_set(), await _stderr_of(process)
+        process.send_signal(signal.SIGINT)
+        _, stderr = await asyncio.wait_for(process.communicate(), timeout=60)
+        assert process.returncode == 130, stderr.decode()
+        assert "interrupted: rerun the same command to resume" in stderr.decode()
+        journalled = len(journal.read_text().splitlines())
+        assert journalled == 3
+        gate.release()
 
-    process = await asyncio.create_subprocess_exec(
-        *args,
-        cwd=REPO,
-        env=cli_env(key),
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    async with asyncio.timeout(60):
-        while not journal.exists() or len(journal.read_text().splitlines()) < 3:  # noqa: ASYNC110
-            await asyncio.sleep(0.01)
-    process.send_signal(signal.SIGINT)
-    _, stderr = await asyncio.wait_for(process.communicate(), timeout=60)
-    assert process.returncode == 130, stderr.decode()
-    assert "interrupted: rerun the same command to resume" in stderr.decode()
-    journalled = len(journal.read_text().splitlines())
-    assert journalled < total, "the run finished before it was interrupted"
-
-    rerun = await run_cli(args, key)
+        rerun = await run_cli(args, key)
     assert rerun.returncode == 0, rerun.stderr
     assert f"{journalled} unchanged (skipped), 0 failed, of {total} files" in rerun.stderr
     stored = await versions(http)
@@ -171,7 +256,6 @@ async def test_ctrl_c_then_rerun_finishes_without_duplicates(
     assert sum(v for v in stored.values()) <= total + 1
     for i in range(total):
         assert [h["document_id"] for h in await hits(http, f"tapir{i}")] == [f"entry-{i:02d}.md"]
-    await http.aclose()
 
 
 async def test_credential_problems_stop_the_run_at_once(
@@ -199,4 +283,3 @@ async def test_credential_problems_stop_the_run_at_once(
     assert "403 tenant_mismatch" in mismatch.stderr
     assert await versions(http) == {}
     assert not journal.exists()
-    await http.aclose()
