@@ -89,7 +89,9 @@ async def test_rotation_under_load_fails_no_request(
                 after_switch += 1
 
     async def rotate() -> None:
-        await asyncio.sleep(0.2)  # traffic is flowing with the old key
+        async with asyncio.timeout(30):
+            while len(outcomes) < WORKERS:  # noqa: ASYNC110 - the workers append as they go
+                await asyncio.sleep(0.01)  # traffic is flowing with the old key
         steps: list[str] = []
         await rotate_provider_key(
             backend,

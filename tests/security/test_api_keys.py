@@ -169,10 +169,11 @@ async def test_revoked_key_is_refused_and_counted(
 async def test_expired_key_is_refused(
     client: Client, auth: AuthHeaders, tenant: str, owner_pool: asyncpg.Pool
 ) -> None:
-    expires = (datetime.now(UTC) + timedelta(seconds=1)).isoformat()
-    created = await create_key(client, auth, tenant, expires_at=expires)
+    # Seconds of margin, so a busy machine still searches before the expiry.
+    expires = datetime.now(UTC) + timedelta(seconds=3)
+    created = await create_key(client, auth, tenant, expires_at=expires.isoformat())
     assert (await search(client, created["key"])).status_code == 200
-    await asyncio.sleep(1.1)
+    await asyncio.sleep((expires - datetime.now(UTC)).total_seconds() + 0.05)
     assert_problem(await search(client, created["key"]), 401, "unauthenticated")
 
 
@@ -182,16 +183,17 @@ async def test_rotation_keeps_both_keys_during_grace_then_only_the_new_one(
     old = await create_key(client, auth, tenant)
     rotated = await client.post(
         f"/v1/admin/api-keys/{old['api_key']['id']}/rotate",
-        json={"grace_seconds": 1},
+        json={"grace_seconds": 3},
         headers=auth(tenant, roles=ADMIN),
     )
+    grace_ends = datetime.now(UTC) + timedelta(seconds=3)  # at the latest
     assert rotated.status_code == 201, rotated.text
     new = rotated.json()
     assert new["previous"]["replaced_by"] == new["api_key"]["id"]
     assert new["api_key"]["scopes"] == ["search"]
     assert (await search(client, old["key"])).status_code == 200
     assert (await search(client, new["key"])).status_code == 200
-    await asyncio.sleep(1.2)
+    await asyncio.sleep((grace_ends - datetime.now(UTC)).total_seconds() + 0.05)
     assert_problem(await search(client, old["key"]), 401, "unauthenticated")
     assert (await search(client, new["key"])).status_code == 200
     again = await client.post(

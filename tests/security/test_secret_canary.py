@@ -162,7 +162,7 @@ async def test_canary_secret_values_appear_nowhere(
     called = {path: n - calls_before.get(path, 0) for path, n in emulator.calls.items()}
     assert called.get("/v1/chat/completions", 0) >= 2  # each request, plus one refetch retry
     assert called.get("/v1/messages", 0) >= 2
-    await asyncio.sleep(0.3)  # the audit writer flushes every 50 ms in tests
+    await app.state.audit.flush()  # every row is queued before its response starts
 
     haystacks: dict[str, list[str]] = {
         "cli": cli_outputs,
