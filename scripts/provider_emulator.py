@@ -12,7 +12,10 @@ exact model string fail (retry-then-succeed). `--fault` sets a default for every
 
     429[:s]     rate limited, Retry-After s (default 1)
     500, 503    server error
-    hang        never answers (until the client gives up)
+    hang        accepts the request and never answers: no status, no headers (until the
+                client gives up)
+    stall       sends the status and headers (streaming: and the stream's opening event,
+                no content), then nothing more (until the client gives up)
     slow[:s]    first token (or the whole answer) after s seconds (default 0.5)
     401         authentication error whose message echoes the key, as the real APIs do
     disconnect  the connection drops mid-body / mid-stream
@@ -131,8 +134,7 @@ class ProviderEmulator:
         if fault is None and "revoked" not in key:
             return False
         if fault == "hang":
-            while (await receive())["type"] != "http.disconnect":
-                pass
+            await _until_disconnect(receive)
             return True
         if fault == "401" or "revoked" in key:
             # The real APIs echo (part of) the key; the whole of it here, to test scrubbing.
@@ -184,6 +186,9 @@ class ProviderEmulator:
         ident, created = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
         if fault == "slow":
             await asyncio.sleep(arg if arg is not None else 0.5)
+        if fault == "stall" and not request.get("stream"):
+            await _stall(send, receive, b"application/json")
+            return
         if not request.get("stream"):
             message = {"role": "assistant", "content": ANSWER, "refusal": None}
             await _json(
@@ -218,6 +223,9 @@ class ProviderEmulator:
             }
 
         await _sse(send, None, chunk({"role": "assistant", "content": ""}))
+        if fault == "stall":
+            await _until_disconnect(receive)
+            return
         for i, word in enumerate(words):
             await _stream_fault(send, fault, i)
             await _sse(send, None, chunk({"content": word if i == 0 else " " + word}))
@@ -282,6 +290,9 @@ class ProviderEmulator:
             "cache_creation_input_tokens": 0,
             "cache_read_input_tokens": 0,
         }
+        if fault == "stall" and not request.get("stream"):
+            await _stall(send, receive, b"application/json")
+            return
         if not request.get("stream"):
             await _json(
                 send,
@@ -311,6 +322,9 @@ class ProviderEmulator:
             "usage": usage | {"output_tokens": 1},
         }
         await _sse(send, "message_start", {"type": "message_start", "message": start})
+        if fault == "stall":
+            await _until_disconnect(receive)
+            return
         block = {"type": "text", "text": ""}
         await _sse(
             send,
@@ -417,6 +431,17 @@ async def _body(receive: Receive) -> bytes:
         chunks.append(message.get("body", b""))
         if not message.get("more_body"):
             return b"".join(chunks)
+
+
+async def _until_disconnect(receive: Receive) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
+
+
+async def _stall(send: Send, receive: Receive, content_type: bytes) -> None:
+    """Send a 200's status and headers, promise a body, and send none of it."""
+    await _start(send, 200, content_type, [(b"content-length", b"4096")])
+    await _until_disconnect(receive)
 
 
 async def _start(

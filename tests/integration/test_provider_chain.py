@@ -177,8 +177,9 @@ FAILOVER_FAULTS: dict[str, tuple[list[str], list[str]]] = {
     "429:30": (["rate_limited"], ["rate_limited"]),
     "500": (["server_error"] * 2, ["server_error"] * 2),
     "503": (["server_error"] * 2, ["server_error"] * 2),
-    "hang": (["timeout"] * 2, ["first_token_timeout"] * 2),
-    "slow:0.4": ([], ["first_token_timeout"] * 2),
+    # A timeout is not retried on the same entry while another one remains.
+    "hang": (["timeout"], ["first_token_timeout"]),
+    "slow:0.4": ([], ["first_token_timeout"]),
     "401": (["auth"] * 2, ["auth"] * 2),
     "disconnect": (["stream_interrupted"] * 2, []),
     "malformed": (["malformed_response"] * 2, []),
