@@ -22,6 +22,7 @@ exact model string fail (retry-then-succeed). `--fault` sets a default for every
     malformed   a body / stream chunk that is not JSON
     shape       a JSON body of the wrong shape (its lists, e.g. `choices`, become strings)
     context     400 context-length error;  400: another 400 (bad request)
+    cite:a.b.c  not a fault: answers citing markers [a], [b], [c] in that order (`cite:4.1.9`)
 
 A key containing `revoked` is refused with 401 too. Connection refused is a port with nothing
 listening: `refused_url()`. `GET /_emulator/calls` counts calls per path (in process, `.keys`
@@ -59,6 +60,15 @@ _FAULT = re.compile(
     r"^(?P<model>[^@]+)@(?P<fault>[a-z0-9]+)(?::(?P<arg>[0-9.]+))?(?:x(?P<n>\d+))?$"
 )
 ANSWER = "Hotel stays are reimbursed up to 180 euros per night [1]."
+
+
+def answer_for(model: str) -> str:
+    """The answer text: `ANSWER`, or for `<model>@cite:a.b.c` one sentence citing each marker."""
+    match = _FAULT.match(model)
+    if match is None or match["fault"] != "cite" or not match["arg"]:
+        return ANSWER
+    markers = [m for m in match["arg"].split(".") if m]
+    return " ".join(f"Point {i} is in the documents [{m}]." for i, m in enumerate(markers, 1))
 
 
 class Disconnect(Exception):
@@ -125,7 +135,9 @@ class ProviderEmulator:
         limit = match["n"]
         if limit is not None and seen > int(limit):
             return match["model"], None, None
-        return match["model"], match["fault"], float(match["arg"]) if match["arg"] else None
+        arg = match["arg"]
+        number = float(arg) if arg and match["fault"] != "cite" else None
+        return match["model"], match["fault"], number
 
     async def _pre_fault(
         self, api: str, fault: str | None, arg: float | None, key: str, receive: Receive, send: Send
@@ -175,7 +187,8 @@ class ProviderEmulator:
         if await self._pre_fault("openai", fault, arg, _bearer(scope), receive, send):
             return
         prompt = " ".join(str(m.get("content", "")) for m in request.get("messages", []))
-        input_tokens, words = _tokens(prompt), ANSWER.split(" ")
+        answer = answer_for(str(request.get("model", "")))
+        input_tokens, words = _tokens(prompt), answer.split(" ")
         usage = {
             "prompt_tokens": input_tokens,
             "completion_tokens": len(words),
@@ -190,7 +203,7 @@ class ProviderEmulator:
             await _stall(send, receive, b"application/json")
             return
         if not request.get("stream"):
-            message = {"role": "assistant", "content": ANSWER, "refusal": None}
+            message = {"role": "assistant", "content": answer, "refusal": None}
             await _json(
                 send,
                 200,
@@ -280,7 +293,8 @@ class ProviderEmulator:
         prompt = str(request.get("system", "")) + " ".join(
             str(m.get("content", "")) for m in request.get("messages", [])
         )
-        input_tokens, words = _tokens(prompt), ANSWER.split(" ")
+        answer = answer_for(str(request.get("model", "")))
+        input_tokens, words = _tokens(prompt), answer.split(" ")
         ident = f"msg_{uuid.uuid4().hex[:24]}"
         if fault == "slow":
             await asyncio.sleep(arg if arg is not None else 0.5)
@@ -302,7 +316,7 @@ class ProviderEmulator:
                     "type": "message",
                     "role": "assistant",
                     "model": model,
-                    "content": [{"type": "text", "text": ANSWER}],
+                    "content": [{"type": "text", "text": answer}],
                     "stop_reason": "end_turn",
                     "stop_sequence": None,
                     "usage": usage,

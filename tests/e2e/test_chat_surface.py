@@ -174,7 +174,7 @@ async def _sse(response: httpx.Response) -> AsyncIterator[tuple[str, dict[str, A
             name, data = "", ""
 
 
-async def test_sse_client_sees_meta_citations_deltas_done(
+async def test_sse_client_sees_meta_passages_deltas_citations_done(
     http: httpx.AsyncClient, tenant_for: Any, auth: AuthHeaders
 ) -> None:
     tenant = await tenant_for("gpt-4o-mini")
@@ -185,11 +185,12 @@ async def test_sse_client_sees_meta_citations_deltas_done(
         assert response.headers["content-type"].startswith("text/event-stream")
         events = [event async for event in _sse(response)]
     names = [name for name, _ in events]
-    assert names[:2] == ["meta", "citations"]
-    assert set(names[2:-1]) == {"delta"}
-    assert names[-1] == "done"
+    assert names[:2] == ["meta", "passages"]
+    assert set(names[2:-2]) == {"delta"}
+    assert names[-2:] == ["citations", "done"]
     assert "".join(d["text"] for n, d in events if n == "delta") == ANSWER
-    assert events[1][1]["citations"][0]["document_id"] == "travel"
+    assert events[1][1]["passages"][0]["document_id"] == "travel"
+    assert [(c["marker"], c["document_id"]) for c in events[-2][1]["citations"]] == [(1, "travel")]
     assert events[-1][1]["cited"] == [1]
     assert events[-1][1]["provider"] == "openai"
 
@@ -204,7 +205,7 @@ async def test_provider_cut_mid_stream_is_an_error_event(
         assert response.status_code == 200
         events = [event async for event in _sse(response)]
     names = [name for name, _ in events]
-    assert names[:3] == ["meta", "citations", "delta"]
+    assert names[:3] == ["meta", "passages", "delta"]
     assert names[-1] == "error"
     assert "done" not in names
     assert events[-1][1]["code"] == "provider_stream_interrupted"

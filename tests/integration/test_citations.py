@@ -1,0 +1,93 @@
+"""One citation rule on every chat surface, plain and streamed, `/v1/chat` and completions.
+
+Five passages are retrieved (numbered 1..5 for the model); the provider emulator answers
+citing `[4]`, `[1]`, `[4]` again and `[9]`, which names no passage. Every surface must give the
+same `citations`: passages 4 then 1 (order of first citation, each once, `[9]` dropped), each
+carrying its `marker`, so `[n]` in the answer is the citation whose `marker` is n.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+from litestar import Litestar
+from litestar.testing import AsyncTestClient
+
+from tests.conftest import AuthHeaders
+from tests.integration.conftest import LlmTenant
+
+Client = AsyncTestClient[Litestar]
+QUESTION = "How much is the hotel limit per night?"
+HOTEL_DOCS = [
+    {
+        "id": f"hotel-{i}",
+        "title": f"Hotels {i}",
+        "text": f"Hotel rule {i}: a night costs at most {i}00 euros.",
+    }
+    for i in range(2, 6)
+]
+
+
+def _sse(body: str) -> list[tuple[str, Any]]:
+    events = []
+    for frame in body.replace("\r\n", "\n").split("\n\n"):
+        name, data = "", ""
+        for line in frame.splitlines():
+            if line.startswith("event:"):
+                name = line.removeprefix("event:").strip()
+            elif line.startswith("data:"):
+                data += line.removeprefix("data:").strip()
+        if data and data != "[DONE]":
+            events.append((name, json.loads(data)))
+    return events
+
+
+def _key(citations: list[dict[str, Any]]) -> list[tuple[int, str, str]]:
+    return [(c["marker"], c["document_id"], c["chunk_id"]) for c in citations]
+
+
+async def test_every_surface_cites_by_marker_the_same_way(
+    client: Client, llm_tenant: LlmTenant, auth: AuthHeaders, emulator: Any
+) -> None:
+    tenant = await llm_tenant([("openai", "gpt-4o-mini@cite:4.1.4.9", emulator.url + "/v1")])
+    headers = auth(tenant)
+    ingested = await client.post("/v1/documents", json={"documents": HOTEL_DOCS}, headers=headers)
+    assert ingested.status_code == 201, ingested.text
+    ask = {"message": QUESTION, "top_k": 5}
+    completions = {"model": "auto", "messages": [{"role": "user", "content": QUESTION}], "top_k": 5}
+
+    plain = (await client.post("/v1/chat", json=ask, headers=headers)).json()
+    streamed = _sse(
+        (await client.post("/v1/chat", json=ask | {"stream": True}, headers=headers)).text
+    )
+    openai_plain = (
+        await client.post("/v1/chat/completions", json=completions, headers=headers)
+    ).json()
+    openai_streamed = _sse(
+        (
+            await client.post(
+                "/v1/chat/completions", json=completions | {"stream": True}, headers=headers
+            )
+        ).text
+    )
+
+    # The passages the model was given: five, numbered 1..5 (the stream lists them first).
+    passages = next(data["passages"] for name, data in streamed if name == "passages")
+    assert [p["marker"] for p in passages] == [1, 2, 3, 4, 5]
+    by_marker = {p["marker"]: (p["marker"], p["document_id"], p["chunk_id"]) for p in passages}
+
+    answer = plain["answer"]
+    assert re.findall(r"\[(\d+)\]", answer) == ["4", "1", "4", "9"]
+    expected = [by_marker[4], by_marker[1]]
+    assert _key(plain["citations"]) == expected
+    stream_citations = [data["citations"] for name, data in streamed if name == "citations"]
+    assert [_key(c) for c in stream_citations] == [expected], "one citations event, the same list"
+    assert next(data for name, data in streamed if name == "done")["cited"] == [4, 1]
+    assert _key(openai_plain["citations"]) == expected
+    finishing = [data for _, data in openai_streamed if data.get("choices") and "citations" in data]
+    assert [_key(chunk["citations"]) for chunk in finishing] == [expected]
+    # The same entries in full (titles, scores, snippets), whichever surface.
+    assert stream_citations[0] == plain["citations"] == openai_plain["citations"]
+    assert finishing[0]["citations"] == plain["citations"]
