@@ -73,15 +73,12 @@ async def test_every_surface_cites_by_marker_the_same_way(
         ).text
     )
 
-    # The passages the model was given: five, numbered 1..5 (the stream lists them first).
-    passages = next(data["passages"] for name, data in streamed if name == "passages")
-    assert [p["marker"] for p in passages] == [1, 2, 3, 4, 5]
-    by_marker = {p["marker"]: (p["marker"], p["document_id"], p["chunk_id"]) for p in passages}
-
     answer = plain["answer"]
     assert re.findall(r"\[(\d+)\]", answer) == ["4", "1", "4", "9"]
-    expected = [by_marker[4], by_marker[1]]
-    assert _key(plain["citations"]) == expected
+    # Plain: passages 4 then 1, each once, `[9]` (no such passage) dropped.
+    assert [c["marker"] for c in plain["citations"]] == [4, 1]
+    expected = _key(plain["citations"])
+    # Every other surface gives the same list.
     stream_citations = [data["citations"] for name, data in streamed if name == "citations"]
     assert [_key(c) for c in stream_citations] == [expected], "one citations event, the same list"
     assert next(data for name, data in streamed if name == "done")["cited"] == [4, 1]
@@ -91,3 +88,8 @@ async def test_every_surface_cites_by_marker_the_same_way(
     # The same entries in full (titles, scores, snippets), whichever surface.
     assert stream_citations[0] == plain["citations"] == openai_plain["citations"]
     assert finishing[0]["citations"] == plain["citations"]
+    # `[n]` is passage n of those the model was given (the stream lists them first, 1..5).
+    passages = [data["passages"] for name, data in streamed if name == "passages"]
+    assert [[p["marker"] for p in listed] for listed in passages] == [[1, 2, 3, 4, 5]]
+    by_marker = {p["marker"]: (p["marker"], p["document_id"], p["chunk_id"]) for p in passages[0]}
+    assert expected == [by_marker[4], by_marker[1]]
