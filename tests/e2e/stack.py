@@ -11,15 +11,55 @@ import os
 import signal
 import subprocess
 import sys
+import threading
+import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import IO
 
+import uvicorn
+
+from app.config import Settings
 from app.db.embedded import ensure_database
 from app.db.urls import with_database
+from app.main import create_app
 from tests.servers import free_port, wait_until_ready
 
 REPO = Path(__file__).resolve().parents[2]
+
+
+@contextmanager
+def served_in_thread(settings: Settings, name: str) -> Iterator[str]:
+    """Bulkhead with `settings` on uvicorn in a background thread; yields its base URL.
+
+    Its own event loop, pool and vector shard (under `settings.vectors.path`); requests overlap
+    as in production, which Litestar's in-process test client does not allow.
+    """
+    port = free_port()
+    server = uvicorn.Server(
+        uvicorn.Config(
+            create_app(settings),
+            host="127.0.0.1",
+            port=port,
+            log_level="warning",
+            access_log=False,
+            timeout_graceful_shutdown=2,
+        )
+    )
+    thread = threading.Thread(target=server.run, name=name, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            raise RuntimeError(f"{name}: bulkhead did not start")
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
 
 
 class DevStack:

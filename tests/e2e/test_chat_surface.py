@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import threading
-import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -21,16 +19,15 @@ import asyncpg
 import httpx
 import openai
 import pytest
-import uvicorn
 
 from app.config import Settings
-from app.main import create_app
 from app.secrets.local import LocalSecretsBackend
 from app.secrets.values import SecretRef, SecretValue
 from app.tenancy.manifest import ChainEntry, LlmSpec
 from app.tenancy.scope import TenantScope
-from scripts.provider_emulator import ANSWER, EmulatorServer, free_port
+from scripts.provider_emulator import ANSWER, EmulatorServer
 from tests.conftest import AuthHeaders, TenantFactory
+from tests.e2e.stack import served_in_thread
 
 pytestmark = pytest.mark.e2e
 QUESTION = "How much is the hotel limit per night?"
@@ -42,27 +39,8 @@ def served(settings: Settings, tmp_root: Path) -> Iterator[str]:
     """Bulkhead on uvicorn in a background thread (its own loop, pool and vector shard)."""
     own = settings.model_copy(deep=True)
     own.vectors.path = tmp_root / f"qdrant-e2e-{uuid.uuid4().hex[:8]}"
-    port = free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(
-            create_app(own),
-            host="127.0.0.1",
-            port=port,
-            log_level="warning",
-            access_log=False,
-            timeout_graceful_shutdown=2,
-        )
-    )
-    thread = threading.Thread(target=server.run, name="bulkhead-e2e", daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        if time.monotonic() > deadline or not thread.is_alive():
-            pytest.fail("bulkhead did not start")
-        time.sleep(0.02)
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(timeout=10)
+    with served_in_thread(own, "bulkhead-e2e") as url:
+        yield url
 
 
 @pytest.fixture
