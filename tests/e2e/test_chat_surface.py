@@ -8,7 +8,6 @@ through the SDK, an `APIError`). The tenant's chain calls the provider emulator 
 
 from __future__ import annotations
 
-import asyncio
 import json
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -21,13 +20,10 @@ import openai
 import pytest
 
 from app.config import Settings
-from app.secrets.local import LocalSecretsBackend
-from app.secrets.values import SecretRef, SecretValue
-from app.tenancy.manifest import ChainEntry, LlmSpec
-from app.tenancy.scope import TenantScope
+from app.tenancy.manifest import ChainEntry
 from scripts.provider_emulator import ANSWER, EmulatorServer
 from tests.conftest import AuthHeaders, TenantFactory
-from tests.e2e.stack import served_in_thread
+from tests.e2e.stack import served_in_thread, served_tenant
 
 pytestmark = pytest.mark.e2e
 QUESTION = "How much is the hotel limit per night?"
@@ -49,42 +45,6 @@ async def http(served: str) -> AsyncIterator[httpx.AsyncClient]:
         yield client
 
 
-async def _tenant(
-    model: str,
-    *,
-    emulator: EmulatorServer,
-    make_tenant: TenantFactory,
-    app_pool: asyncpg.Pool,
-    kek: bytes,
-    http: httpx.AsyncClient,
-    auth: AuthHeaders,
-) -> str:
-    tenant = f"e2e-{uuid.uuid4().hex[:10]}"
-    entry = ChainEntry(
-        provider="openai",
-        model=model,
-        secret=f"tenants/{tenant}/openai",
-        base_url=emulator.url + "/v1",
-    )
-    await make_tenant(tenant_id=tenant, llm=LlmSpec(chain=(entry,)))
-    await LocalSecretsBackend(app_pool, kek).put(
-        SecretRef(tenant, "openai"),
-        SecretValue("sk-proj-E2Eopenai1234567"),
-        scope=TenantScope(tenant_id=tenant, subject="ops", roles=frozenset()),
-    )
-    # The served app learns of the tenant by NOTIFY; until then its tokens are refused.
-    async with asyncio.timeout(5):
-        while (await http.get("/v1/conversations", headers=auth(tenant))).status_code == 401:  # noqa: ASYNC110 - polling another server
-            await asyncio.sleep(0.05)
-    ingested = await http.post(
-        "/v1/documents",
-        json={"documents": [{"id": "travel", "title": "Travel", "text": DOC}]},
-        headers=auth(tenant),
-    )
-    assert ingested.status_code == 201, ingested.text
-    return tenant
-
-
 @pytest.fixture
 def tenant_for(
     emulator: EmulatorServer,
@@ -95,13 +55,21 @@ def tenant_for(
     auth: AuthHeaders,
 ) -> Any:
     async def make(model: str) -> str:
-        return await _tenant(
-            model,
-            emulator=emulator,
+        tenant = f"e2e-{uuid.uuid4().hex[:10]}"
+        entry = ChainEntry(
+            provider="openai",
+            model=model,
+            secret=f"tenants/{tenant}/openai",
+            base_url=emulator.url + "/v1",
+        )
+        return await served_tenant(
+            http,
+            tenant,
+            (entry,),
+            {"openai": "sk-proj-E2Eopenai1234567"},
             make_tenant=make_tenant,
             app_pool=app_pool,
             kek=kek,
-            http=http,
             auth=auth,
         )
 

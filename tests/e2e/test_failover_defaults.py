@@ -22,13 +22,10 @@ import httpx
 import pytest
 
 from app.config import LlmSettings, Settings
-from app.secrets.local import LocalSecretsBackend
-from app.secrets.values import SecretRef, SecretValue
-from app.tenancy.manifest import ChainEntry, LlmSpec
-from app.tenancy.scope import TenantScope
+from app.tenancy.manifest import ChainEntry
 from scripts.provider_emulator import EmulatorServer
 from tests.conftest import AuthHeaders, TenantFactory
-from tests.e2e.stack import served_in_thread
+from tests.e2e.stack import served_in_thread, served_tenant
 
 pytestmark = pytest.mark.e2e
 ANSWER_WITHIN = 15.0
@@ -78,22 +75,9 @@ async def _tenant(
             base_url=emulator.url,
         ),
     )
-    await make_tenant(tenant_id=tenant, llm=LlmSpec(chain=chain))
-    secrets = LocalSecretsBackend(app_pool, kek)
-    ops = TenantScope(tenant_id=tenant, subject="ops", roles=frozenset())
-    for provider, key in KEYS.items():
-        await secrets.put(SecretRef(tenant, provider), SecretValue(key), scope=ops)
-    # The served app learns of the tenant by NOTIFY; until then its tokens are refused.
-    async with asyncio.timeout(5):
-        while (await http.get("/v1/conversations", headers=auth(tenant))).status_code == 401:  # noqa: ASYNC110 - polling another server
-            await asyncio.sleep(0.05)
-    ingested = await http.post(
-        "/v1/documents",
-        json={"documents": [{"id": "travel", "title": "Travel", "text": DOC}]},
-        headers=auth(tenant),
+    return await served_tenant(
+        http, tenant, chain, KEYS, make_tenant=make_tenant, app_pool=app_pool, kek=kek, auth=auth
     )
-    assert ingested.status_code == 201, ingested.text
-    return tenant
 
 
 async def _answered_by(

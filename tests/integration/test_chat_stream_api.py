@@ -7,7 +7,6 @@ behind `/v1/admin/usage`.
 from __future__ import annotations
 
 import asyncio
-import json
 from typing import Any
 
 import asyncpg
@@ -18,24 +17,14 @@ from app.db.pool import tenant_transaction
 from app.tenancy.scope import Role, TenantScope
 from scripts.provider_emulator import EmulatorServer, refused_url
 from tests.conftest import AuthHeaders
-from tests.integration.conftest import KEYS, Chain, LlmTenant
+from tests.integration.conftest import KEYS, Chain, LlmTenant, sse_events
 
 Client = AsyncTestClient[Litestar]
 QUESTION = {"message": "How much is the hotel limit per night?"}
 
 
 def _events(body: str) -> list[tuple[str, dict[str, Any]]]:
-    events = []
-    for frame in body.replace("\r\n", "\n").split("\n\n"):
-        name, data = "", ""
-        for line in frame.splitlines():
-            if line.startswith("event:"):
-                name = line.removeprefix("event:").strip()
-            elif line.startswith("data:"):
-                data += line.removeprefix("data:").strip()
-        if name:
-            events.append((name, json.loads(data)))
-    return events
+    return [(name, data) for name, data in sse_events(body) if name]
 
 
 def _openai(emulator: EmulatorServer) -> str:

@@ -8,7 +8,6 @@ carrying its `marker`, so `[n]` in the answer is the citation whose `marker` is 
 
 from __future__ import annotations
 
-import json
 import re
 from typing import Any
 
@@ -16,7 +15,7 @@ from litestar import Litestar
 from litestar.testing import AsyncTestClient
 
 from tests.conftest import AuthHeaders
-from tests.integration.conftest import LlmTenant
+from tests.integration.conftest import LlmTenant, sse_events
 
 Client = AsyncTestClient[Litestar]
 QUESTION = "How much is the hotel limit per night?"
@@ -28,20 +27,6 @@ HOTEL_DOCS = [
     }
     for i in range(2, 6)
 ]
-
-
-def _sse(body: str) -> list[tuple[str, Any]]:
-    events = []
-    for frame in body.replace("\r\n", "\n").split("\n\n"):
-        name, data = "", ""
-        for line in frame.splitlines():
-            if line.startswith("event:"):
-                name = line.removeprefix("event:").strip()
-            elif line.startswith("data:"):
-                data += line.removeprefix("data:").strip()
-        if data and data != "[DONE]":
-            events.append((name, json.loads(data)))
-    return events
 
 
 def _key(citations: list[dict[str, Any]]) -> list[tuple[int, str, str]]:
@@ -59,13 +44,13 @@ async def test_every_surface_cites_by_marker_the_same_way(
     completions = {"model": "auto", "messages": [{"role": "user", "content": QUESTION}], "top_k": 5}
 
     plain = (await client.post("/v1/chat", json=ask, headers=headers)).json()
-    streamed = _sse(
+    streamed = sse_events(
         (await client.post("/v1/chat", json=ask | {"stream": True}, headers=headers)).text
     )
     openai_plain = (
         await client.post("/v1/chat/completions", json=completions, headers=headers)
     ).json()
-    openai_streamed = _sse(
+    openai_streamed = sse_events(
         (
             await client.post(
                 "/v1/chat/completions", json=completions | {"stream": True}, headers=headers
