@@ -188,9 +188,9 @@ class LlmSettings(BaseModel):
     """The provider chain: timeouts, retries, circuit breakers, prices."""
 
     connect_timeout_seconds: float = Field(default=2.0, gt=0)
-    first_token_timeout_seconds: float = Field(default=5.0, gt=0)
-    """A streamed attempt with no content token by then is abandoned (README: timing model)."""
-    hedge_after_seconds: float = Field(default=5.0, gt=0)
+    first_token_timeout_seconds: float = Field(default=10.0, gt=0)
+    """A streamed attempt with no content token by then is abandoned (README: Failover timing)."""
+    hedge_after_seconds: float = Field(default=10.0, gt=0)
     """A plain answer not in by then starts the next chain entry alongside; first one wins."""
     attempt_timeout_seconds: float = Field(default=30.0, gt=0)
     request_deadline_seconds: float = Field(default=60.0, gt=0)

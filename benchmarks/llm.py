@@ -247,7 +247,8 @@ async def hung_at_defaults(emulator: EmulatorProcess) -> tuple[float, float, int
         settings=LlmSettings(),
         breakers=BreakerRegistry(BreakerPolicy()),
     )
-    wave = BreakerPolicy().consecutive_failures
+    # Plain calls beaten by the hedge count towards the breaker's failure rate.
+    wave = max(BreakerPolicy().consecutive_failures, BreakerPolicy().min_calls)
     emulator.reset()
 
     async def ask() -> Completion:
@@ -310,8 +311,8 @@ async def run(n: int) -> int:
     print(f"  requests answered by the local fallback:              {local}/{n}")
     defaults = ChainPolicy()
     print(
-        f"hung provider at the shipped defaults (hedge after {defaults.hedge_after:g} s,"
-        f" breaker opens after {BreakerPolicy().consecutive_failures} failures):"
+        f"hung provider at the shipped defaults (hedge after {defaults.hedge_after:g} s;"
+        f" late calls open the breaker from {BreakerPolicy().min_calls} calls on):"
     )
     print(f"  first wave, concurrent:  slowest answer {hung_first:6.3f} s, hung calls {hung_calls}")
     print(

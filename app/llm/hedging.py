@@ -3,8 +3,10 @@
 A plain answer arrives whole: until it does, a long answer and a hung provider look the same.
 So a plain attempt is not abandoned when it is slow; while another entry remains, an answer
 not in `hedge_after` into the entry's turn starts the rest of the chain alongside it, and the
-first answer wins. The late attempt that loses counts as a timeout for its breaker, so a hung
-provider is soon skipped outright; a hedged attempt that loses is merely cancelled.
+first answer wins. The late attempt that loses counts as a timeout towards its breaker's
+failure rate (not its consecutive failures: it may have been a long answer), so a provider
+that is late most of the time, a hung one, is soon skipped outright; a hedged attempt that
+loses is merely cancelled.
 """
 
 from __future__ import annotations
@@ -112,8 +114,8 @@ async def _hedged(
     """Race a late attempt of entry `index` against the rest of the chain.
 
     The first answer wins and the other side is cancelled. A late attempt that loses
-    counts as a timeout for its breaker (it was late: a hung provider is cut off this
-    way); the rest of the chain's cancelled attempts get no verdict. If the rest fails,
+    counts as a late timeout for its breaker (a hung provider is cut off this way); the
+    rest of the chain's cancelled attempts get no verdict. If the rest fails,
     the late attempt is still awaited; if the late attempt fails, the rest carries on.
 
     Raises:
@@ -177,11 +179,13 @@ async def _outrun(
         return
     if late.done() and not late.cancelled():
         error = as_provider_error(late.exception() or TimeoutError())
+        outrun = False
     else:
         await _cancel(late)
         error = ProviderError("another entry answered first; this one was late", reason="timeout")
+        outrun = True
     run.failed(span, link, error, started)
-    rules.judge(run, link, error)
+    rules.judge(run, link, error, late=outrun)
     run.fail_over(link, error.reason)
 
 

@@ -39,8 +39,8 @@ class ChainPolicy:
     """
 
     connect_timeout: float = 2.0
-    first_token_timeout: float = 5.0
-    hedge_after: float = 5.0
+    first_token_timeout: float = 10.0
+    hedge_after: float = 10.0
     attempt_timeout: float = 30.0
     request_deadline: float = 60.0
     max_retries: int = 2

@@ -67,13 +67,15 @@ class ChainRules:
         entry = link.entry
         return self.breakers.get(scope.tenant_id, entry.provider, entry.model, entry.base_url)
 
-    def judge(self, run: ChainRun, link: ChainLink, error: ProviderError) -> None:
-        """Tell the entry's breaker about a failed attempt."""
+    def judge(
+        self, run: ChainRun, link: ChainLink, error: ProviderError, *, late: bool = False
+    ) -> None:
+        """Tell the entry's breaker about a failed attempt (`late`: see `CircuitBreaker`)."""
         breaker = self.breaker(run.scope, link)
         if breaker is None:
             return
         if error.reason in BREAKER_FAILURES:
-            breaker.failure()
+            breaker.failure(late=late)
             if breaker.state == "open":
                 run.retry_hint = max(run.retry_hint, breaker.retry_in())
         else:
