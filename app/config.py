@@ -189,10 +189,14 @@ class LlmSettings(BaseModel):
 
     connect_timeout_seconds: float = Field(default=2.0, gt=0)
     first_token_timeout_seconds: float = Field(default=10.0, gt=0)
+    """A streamed attempt with no content token by then is abandoned (README: Failover timing)."""
+    hedge_after_seconds: float = Field(default=10.0, gt=0)
+    """A plain answer not in by then starts the next chain entry alongside; first one wins."""
     attempt_timeout_seconds: float = Field(default=30.0, gt=0)
     request_deadline_seconds: float = Field(default=60.0, gt=0)
     max_retries: int = Field(default=2, ge=0)
-    """Retries of one chain entry (429, 5xx, timeouts, broken connections) before failover."""
+    """Retries of one chain entry (429, 5xx, broken connections; a timeout only on the last
+    entry) before failover."""
     backoff_base_seconds: float = Field(default=0.2, ge=0)
     backoff_cap_seconds: float = Field(default=2.0, ge=0)
     retry_after_cap_seconds: float = Field(default=5.0, ge=0)

@@ -13,6 +13,12 @@
    `SdkClients` over the shared pool.
 4. Breaker open: a chain whose first entry always answers 503, N requests; calls the dead
    provider received before the circuit opened and after (counted by the emulator).
+5. Router overhead with a fallback entry: as 1, through `[healthy, local]`: a plain attempt on
+   an entry that is not the last runs as a task with a timed wait (the hedge timer).
+6. A hung provider at the shipped timing defaults (`ChainPolicy()`): `[anthropic that never
+   answers, healthy openai]`; as many concurrent requests as open the breaker, how long they
+   took (the hedge delay), then as many again: how long those took and the calls the hung
+   provider received meanwhile.
 
 The emulator runs as its own process (in a thread it would compete for this process's GIL
 and inflate both sides' tails); everything talks over loopback TCP.
@@ -40,7 +46,7 @@ from app.llm.breaker import BreakerPolicy, BreakerRegistry
 from app.llm.chains import build_chain
 from app.llm.clients import SdkClients
 from app.llm.openai_chat import OpenAIProvider
-from app.llm.provider import CompletionRequest, ContextChunk
+from app.llm.provider import Completion, CompletionRequest, ContextChunk
 from app.llm.router import ChainPolicy, ProviderChain
 from app.secrets.values import SecretRef, SecretValue
 from app.tenancy.manifest import ChainEntry
@@ -135,7 +141,9 @@ async def _timed(call: Callable[[], Awaitable[object]]) -> float:
     return time.perf_counter() - started
 
 
-async def overhead(emulator: EmulatorProcess, n: int) -> tuple[list[float], list[float]]:
+async def overhead(
+    emulator: EmulatorProcess, n: int, *, fallback: bool = False
+) -> tuple[list[float], list[float]]:
     base = emulator.url + "/v1"
     entry = _entry("gpt-4o-mini", base)
     clients = SdkClients()
@@ -144,7 +152,8 @@ async def overhead(emulator: EmulatorProcess, n: int) -> tuple[list[float], list
     provider = OpenAIProvider(
         entry, StaticKeys(), clients=clients, connect_timeout=2.0, max_output_tokens=1024
     )
-    chain = _chain([entry], BreakerPolicy())
+    entries = [entry, ChainEntry(provider="local")] if fallback else [entry]
+    chain = _chain(entries, BreakerPolicy())
 
     async def direct() -> object:
         return await provider.complete(REQUEST, scope=SCOPE, time_budget=30.0)
@@ -227,16 +236,47 @@ async def breaker_open(emulator: EmulatorProcess, n: int) -> tuple[int, int, int
     return before_open, after_open, answered_locally
 
 
+async def hung_at_defaults(emulator: EmulatorProcess) -> tuple[float, float, int, int]:
+    """Seconds the first wave took (max), the second wave (max), hung calls in each wave."""
+    chain = build_chain(
+        (
+            ChainEntry(provider="anthropic", model="hung@hang", secret=REF, base_url=emulator.url),
+            _entry("gpt-4o-mini", emulator.url + "/v1"),
+        ),
+        resolver=StaticKeys(),
+        settings=LlmSettings(),
+        breakers=BreakerRegistry(BreakerPolicy()),
+    )
+    # Plain calls beaten by the hedge count towards the breaker's failure rate.
+    wave = max(BreakerPolicy().consecutive_failures, BreakerPolicy().min_calls)
+    emulator.reset()
+
+    async def ask() -> Completion:
+        completion = await chain.complete(scope=SCOPE, request=REQUEST)
+        if completion.provider != "openai":
+            raise RuntimeError(f"answered by {completion.provider}, not the healthy entry")
+        return completion
+
+    first = await asyncio.gather(*(_timed(ask) for _ in range(wave)))
+    hung_first = emulator.calls("/v1/messages")
+    second = await asyncio.gather(*(_timed(ask) for _ in range(wave)))
+    hung_second = emulator.calls("/v1/messages") - hung_first
+    await chain.aclose()
+    return max(first), max(second), hung_first, hung_second
+
+
 async def run(n: int) -> int:
     trace.set_tracer_provider(TracerProvider())  # spans are recorded, not exported
     emulator = EmulatorProcess()
     try:
         direct, routed = await overhead(emulator, n)
+        direct_f, routed_f = await overhead(emulator, n, fallback=True)
         unreachable = BreakerPolicy(consecutive_failures=10**9, min_calls=10**9)
         healthy, refused, added_cpu = await failover(emulator, n, unreachable)
         healthy_b, refused_b, _ = await failover(emulator, n, BreakerPolicy())
         before, after, local = await breaker_open(emulator, n)
         own_pool, shared_pool = await client_build(min(n, 200))
+        hung_first, hung_second, hung_calls, hung_after = await hung_at_defaults(emulator)
     finally:
         emulator.stop()
     added_p50 = _pct(routed, 0.5) - _pct(direct, 0.5)
@@ -245,6 +285,11 @@ async def run(n: int) -> int:
     print(f"  provider     p50 {_pct(direct, 0.5):7.3f} ms  p99 {_pct(direct, 0.99):7.3f} ms")
     print(f"  via router   p50 {_pct(routed, 0.5):7.3f} ms  p99 {_pct(routed, 0.99):7.3f} ms")
     print(f"  added        p50 {added_p50:7.3f} ms  (target <= 1 ms)")
+    added_f = _pct(routed_f, 0.5) - _pct(direct_f, 0.5)
+    print("  with a fallback entry after it (the hedge timer armed):")
+    print(f"  provider     p50 {_pct(direct_f, 0.5):7.3f} ms  p99 {_pct(direct_f, 0.99):7.3f} ms")
+    print(f"  via router   p50 {_pct(routed_f, 0.5):7.3f} ms  p99 {_pct(routed_f, 0.99):7.3f} ms")
+    print(f"  added        p50 {added_f:7.3f} ms  (target <= 1 ms)")
     print("failover after connection refused:")
     print(f"  healthy only p50 {_pct(healthy, 0.5):7.3f} ms  p99 {_pct(healthy, 0.99):7.3f} ms")
     print(f"  refused+ok   p50 {_pct(refused, 0.5):7.3f} ms  p99 {_pct(refused, 0.99):7.3f} ms")
@@ -264,7 +309,24 @@ async def run(n: int) -> int:
     print(f"  calls to the dead provider before the circuit opened: {before}")
     print(f"  calls to the dead provider after it opened:           {after}  (target 0)")
     print(f"  requests answered by the local fallback:              {local}/{n}")
-    ok = added_p50 <= 1.0 and added_p99 <= 5.0 and after == 0
+    defaults = ChainPolicy()
+    print(
+        f"hung provider at the shipped defaults (hedge after {defaults.hedge_after:g} s;"
+        f" late calls open the breaker from {BreakerPolicy().min_calls} calls on):"
+    )
+    print(f"  first wave, concurrent:  slowest answer {hung_first:6.3f} s, hung calls {hung_calls}")
+    print(
+        f"  second wave, concurrent: slowest answer {hung_second * 1000:6.1f} ms,"
+        f" hung calls {hung_after}  (target 0)"
+    )
+    ok = (
+        added_p50 <= 1.0
+        and added_f <= 1.0
+        and added_p99 <= 5.0
+        and after == 0
+        and hung_after == 0
+        and hung_first < 15
+    )
     return 0 if ok else 1
 
 

@@ -12,13 +12,17 @@ exact model string fail (retry-then-succeed). `--fault` sets a default for every
 
     429[:s]     rate limited, Retry-After s (default 1)
     500, 503    server error
-    hang        never answers (until the client gives up)
+    hang        accepts the request and never answers: no status, no headers (until the
+                client gives up)
+    stall       sends the status and headers (streaming: and the stream's opening event,
+                no content), then nothing more (until the client gives up)
     slow[:s]    first token (or the whole answer) after s seconds (default 0.5)
     401         authentication error whose message echoes the key, as the real APIs do
     disconnect  the connection drops mid-body / mid-stream
     malformed   a body / stream chunk that is not JSON
     shape       a JSON body of the wrong shape (its lists, e.g. `choices`, become strings)
     context     400 context-length error;  400: another 400 (bad request)
+    cite:a.b.c  not a fault: answers citing markers [a], [b], [c] in that order (`cite:4.1.9`)
 
 A key containing `revoked` is refused with 401 too. Connection refused is a port with nothing
 listening: `refused_url()`. `GET /_emulator/calls` counts calls per path (in process, `.keys`
@@ -56,6 +60,15 @@ _FAULT = re.compile(
     r"^(?P<model>[^@]+)@(?P<fault>[a-z0-9]+)(?::(?P<arg>[0-9.]+))?(?:x(?P<n>\d+))?$"
 )
 ANSWER = "Hotel stays are reimbursed up to 180 euros per night [1]."
+
+
+def answer_for(model: str) -> str:
+    """The answer text: `ANSWER`, or for `<model>@cite:a.b.c` one sentence citing each marker."""
+    match = _FAULT.match(model)
+    if match is None or match["fault"] != "cite" or not match["arg"]:
+        return ANSWER
+    markers = [m for m in match["arg"].split(".") if m]
+    return " ".join(f"Point {i} is in the documents [{m}]." for i, m in enumerate(markers, 1))
 
 
 class Disconnect(Exception):
@@ -122,7 +135,9 @@ class ProviderEmulator:
         limit = match["n"]
         if limit is not None and seen > int(limit):
             return match["model"], None, None
-        return match["model"], match["fault"], float(match["arg"]) if match["arg"] else None
+        arg = match["arg"]
+        number = float(arg) if arg and match["fault"] != "cite" else None
+        return match["model"], match["fault"], number
 
     async def _pre_fault(
         self, api: str, fault: str | None, arg: float | None, key: str, receive: Receive, send: Send
@@ -131,8 +146,7 @@ class ProviderEmulator:
         if fault is None and "revoked" not in key:
             return False
         if fault == "hang":
-            while (await receive())["type"] != "http.disconnect":
-                pass
+            await _until_disconnect(receive)
             return True
         if fault == "401" or "revoked" in key:
             # The real APIs echo (part of) the key; the whole of it here, to test scrubbing.
@@ -173,7 +187,8 @@ class ProviderEmulator:
         if await self._pre_fault("openai", fault, arg, _bearer(scope), receive, send):
             return
         prompt = " ".join(str(m.get("content", "")) for m in request.get("messages", []))
-        input_tokens, words = _tokens(prompt), ANSWER.split(" ")
+        answer = answer_for(str(request.get("model", "")))
+        input_tokens, words = _tokens(prompt), answer.split(" ")
         usage = {
             "prompt_tokens": input_tokens,
             "completion_tokens": len(words),
@@ -184,8 +199,11 @@ class ProviderEmulator:
         ident, created = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
         if fault == "slow":
             await asyncio.sleep(arg if arg is not None else 0.5)
+        if fault == "stall" and not request.get("stream"):
+            await _stall(send, receive, b"application/json")
+            return
         if not request.get("stream"):
-            message = {"role": "assistant", "content": ANSWER, "refusal": None}
+            message = {"role": "assistant", "content": answer, "refusal": None}
             await _json(
                 send,
                 200,
@@ -218,6 +236,9 @@ class ProviderEmulator:
             }
 
         await _sse(send, None, chunk({"role": "assistant", "content": ""}))
+        if fault == "stall":
+            await _until_disconnect(receive)
+            return
         for i, word in enumerate(words):
             await _stream_fault(send, fault, i)
             await _sse(send, None, chunk({"content": word if i == 0 else " " + word}))
@@ -272,7 +293,8 @@ class ProviderEmulator:
         prompt = str(request.get("system", "")) + " ".join(
             str(m.get("content", "")) for m in request.get("messages", [])
         )
-        input_tokens, words = _tokens(prompt), ANSWER.split(" ")
+        answer = answer_for(str(request.get("model", "")))
+        input_tokens, words = _tokens(prompt), answer.split(" ")
         ident = f"msg_{uuid.uuid4().hex[:24]}"
         if fault == "slow":
             await asyncio.sleep(arg if arg is not None else 0.5)
@@ -282,6 +304,9 @@ class ProviderEmulator:
             "cache_creation_input_tokens": 0,
             "cache_read_input_tokens": 0,
         }
+        if fault == "stall" and not request.get("stream"):
+            await _stall(send, receive, b"application/json")
+            return
         if not request.get("stream"):
             await _json(
                 send,
@@ -291,7 +316,7 @@ class ProviderEmulator:
                     "type": "message",
                     "role": "assistant",
                     "model": model,
-                    "content": [{"type": "text", "text": ANSWER}],
+                    "content": [{"type": "text", "text": answer}],
                     "stop_reason": "end_turn",
                     "stop_sequence": None,
                     "usage": usage,
@@ -311,6 +336,9 @@ class ProviderEmulator:
             "usage": usage | {"output_tokens": 1},
         }
         await _sse(send, "message_start", {"type": "message_start", "message": start})
+        if fault == "stall":
+            await _until_disconnect(receive)
+            return
         block = {"type": "text", "text": ""}
         await _sse(
             send,
@@ -417,6 +445,17 @@ async def _body(receive: Receive) -> bytes:
         chunks.append(message.get("body", b""))
         if not message.get("more_body"):
             return b"".join(chunks)
+
+
+async def _until_disconnect(receive: Receive) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
+
+
+async def _stall(send: Send, receive: Receive, content_type: bytes) -> None:
+    """Send a 200's status and headers, promise a body, and send none of it."""
+    await _start(send, 200, content_type, [(b"content-length", b"4096")])
+    await _until_disconnect(receive)
 
 
 async def _start(

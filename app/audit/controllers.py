@@ -21,7 +21,7 @@ from app.tenancy.scope import Role, TenantScope
 
 
 class UsageRow(msgspec.Struct):
-    """Totals for one (day, user, provider, model)."""
+    """Totals for one (day, user, provider, model); `app/audit/usage.py` defines each field."""
 
     day: date
     user_id: str
@@ -29,6 +29,9 @@ class UsageRow(msgspec.Struct):
     model: str
     requests: int
     failed: int
+    attempts: int
+    failed_attempts: int
+    outcomes: dict[str, int]
     input_tokens: int
     output_tokens: int
     cost_usd: float

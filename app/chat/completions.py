@@ -160,7 +160,7 @@ async def _chunks(
     """`/v1/chat`'s events as OpenAI `chat.completion.chunk`s, then `[DONE]` (or an error)."""
     created = int(time.time())
     completion_id = f"chatcmpl-{stream.message_id.hex}"
-    retrieved: dict[int, dict[str, Any]] = {}
+    citations: list[dict[str, Any]] = []
 
     def chunk(
         delta: dict[str, Any], finish: str | None = None, model: str = requested_model
@@ -177,12 +177,12 @@ async def _chunks(
         if name == "meta":
             yield _encode(chunk({"role": "assistant", "content": ""}))
         elif name == "citations":
-            retrieved = {c["marker"]: c for c in data["citations"]}
+            citations = data["citations"]
         elif name == "delta":
             yield _encode(chunk({"content": data["text"]}))
         elif name == "done":
             last = chunk({}, _finish(data["finish_reason"]), data["model"])
-            last["citations"] = [retrieved[m] for m in data["cited"]]
+            last["citations"] = citations
             last["bulkhead"] = {"provider": data["provider"], "trace_id": stream.trace_id}
             yield _encode(last)
             if include_usage:

@@ -110,7 +110,7 @@ async def user_export(
             }
     rows = await connection.fetch(
         "SELECT occurred_at, credential_id, provider, model, input_tokens, output_tokens,"
-        " latency_ms, outcome, trace_id, cost_usd FROM usage WHERE user_id = $1"
+        " latency_ms, outcome, final, trace_id, cost_usd FROM usage WHERE user_id = $1"
         " ORDER BY occurred_at, id",
         user_id,
     )

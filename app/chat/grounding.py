@@ -1,4 +1,12 @@
-"""What an answer is grounded in: numbered passages, trimmed history, and its citations."""
+"""What an answer is grounded in: numbered passages, trimmed history, and its citations.
+
+The citation rule, the same for `/v1/chat` (plain and streamed) and `/v1/chat/completions`
+(plain and streamed): the model is given the retrieved passages numbered 1..N in retrieval
+order, and `[n]` in its answer names passage n. An answer's `citations` are the passages it
+cites, each once, in the order of their first marker, each with its `marker`: `[n]` is the
+citation whose `marker` is n, not the n-th entry. A marker naming no passage (`[9]` of 5) is
+not a source. Only the stream's `passages` event lists every passage the model was given.
+"""
 
 from __future__ import annotations
 

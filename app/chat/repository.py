@@ -17,6 +17,7 @@ import asyncpg
 
 from app.chat.crypto import MessageSealer
 from app.db.pool import Connection
+from app.llm.run import AttemptRecord
 from app.tenancy.scope import TenantScope
 
 
@@ -82,14 +83,20 @@ class Exchange:
 
 @dataclass(frozen=True, slots=True)
 class TurnUsage:
-    """The usage ledger row of a turn (`usage`), but for who asked (the caller's scope)."""
+    """A turn's usage ledger rows (`usage`): one per provider call or skipped chain entry.
 
-    provider: str
-    model: str
+    Who asked (tenant, user, credential) comes from the caller's scope.
+
+    Attributes:
+        attempts: Every call the request made and every entry it skipped, in order.
+        final: Index in `attempts` of the row the request ended with: its answer, or the
+            failure it ended with. Only that row carries the tokens and the cost.
+    """
+
+    attempts: tuple[AttemptRecord, ...]
+    final: int
     input_tokens: int
     output_tokens: int
-    latency_ms: float
-    outcome: str
     trace_id: str
     cost_usd: float
 
@@ -100,7 +107,7 @@ class DataKeyChanged(Exception):
 
 _SAVE_TURN = """
 SELECT bulkhead_save_turn($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15,
-                          $16, $17, $18)
+                          $16, $17, $18, $19)
 """
 
 
@@ -115,10 +122,10 @@ async def save_turn(
     """Append `exchange` (sealed by `sealer`) and record `usage`, in one statement.
 
     The tenant, the user (who owns the conversation and is charged) and the credential come
-    from `scope`. `bulkhead_save_turn` (migration 0006) arms RLS for the tenant itself, so
-    `executor` may be the pool or a connection outside any transaction (inside one, the tenant
-    setting then lasts until that transaction ends). Without `exchange`, only the usage row
-    is written.
+    from `scope`. `bulkhead_save_turn` (migrations 0006, 0008) arms RLS for the tenant itself,
+    so `executor` may be the pool or a connection outside any transaction (inside one, the
+    tenant setting then lasts until that transaction ends). Without `exchange`, only the usage
+    rows are written.
 
     Raises:
         DataKeyChanged: `sealer`'s key is not the tenant's any more; nothing was written.
@@ -156,12 +163,13 @@ async def save_turn(
             sealed_question,
             answer_id,
             sealed_answer,
-            usage.provider,
-            usage.model,
+            [a.provider for a in usage.attempts],
+            [a.model for a in usage.attempts],
+            [a.outcome for a in usage.attempts],
+            [a.latency_ms for a in usage.attempts],
+            usage.final + 1,  # SQL arrays count from 1
             usage.input_tokens,
             usage.output_tokens,
-            usage.latency_ms,
-            usage.outcome,
             usage.trace_id,
             usage.cost_usd,
         )

@@ -41,6 +41,7 @@ from app.llm.provider import (
     ProviderError,
 )
 from app.llm.router import ProviderChain, ProviderRejected, ProvidersUnavailable
+from app.llm.run import AttemptRecord
 from app.privacy.redact import RedactionMemo, parse_kinds, redact_fields
 from app.problems import NotFound, ValidationFailed
 from app.retrieval.index import Hit
@@ -194,10 +195,13 @@ class ChatService:
         started = time.perf_counter()
         with scoped_span("chat", scope=scope) as span:
             grounded = await self._ground(scope, ask)
+            ledger: list[AttemptRecord] = []
             try:
-                completion = await grounded.chain.complete(scope=scope, request=grounded.request)
+                completion = await grounded.chain.complete(
+                    scope=scope, request=grounded.request, attempts=ledger
+                )
             except (ProvidersUnavailable, ProviderRejected) as exc:
-                await self._record_failure(scope, exc.code, started)
+                await self._record_failure(scope, ledger, exc.code, started)
                 raise
             citations = cited(completion.text, grounded.hits)
             conversation = ask.conversation_id or uuid.uuid4()
@@ -210,6 +214,7 @@ class ChatService:
                 conversation_id=conversation,
                 answer_id=message_id,
                 completion=completion,
+                ledger=ledger,
                 hits=grounded.hits,
                 citations=citations,
                 started=started,
@@ -237,6 +242,7 @@ class ChatService:
         conversation_id: uuid.UUID,
         answer_id: uuid.UUID,
         completion: Completion,
+        ledger: list[AttemptRecord],
         hits: list[Hit],
         citations: list[CitedSource],
         started: float,
@@ -249,7 +255,7 @@ class ChatService:
         """
         tenant = self._registry.tenant(scope.tenant_id)
         store = ask.store and tenant is not None and tenant.manifest.privacy.store_conversations
-        usage = self._usage(completion, started, "ok", trace_id)
+        usage = self._usage(ledger, completion, started, trace_id)
         if not store:
             await repository.save_turn(self._pool, scope=scope, usage=usage)
             return
@@ -284,30 +290,62 @@ class ChatService:
             )
 
     def _usage(
-        self, completion: Completion, started: float, outcome: str, trace: str
+        self, ledger: list[AttemptRecord], completion: Completion, started: float, trace: str
     ) -> repository.TurnUsage:
+        """The ledger rows of an answered turn: every attempt, the answering one final."""
+        attempts = list(ledger)
+        answered = [i for i, a in enumerate(attempts) if a.outcome == "ok"]
+        if not answered:  # a chain that kept no ledger: the answer is the only row
+            elapsed = (time.perf_counter() - started) * 1000
+            attempts.append(AttemptRecord(completion.provider, completion.model, "ok", elapsed))
+            answered = [len(attempts) - 1]
+        final = answered[-1]
+        entry = attempts[final]
+        # Priced by the chain entry's model as the manifest (and the price table) names it;
+        # the model the provider reports (often a dated snapshot) if only that is priced.
+        priced = f"{entry.provider}/{entry.model}" in self._llm.prices
         return repository.TurnUsage(
-            provider=completion.provider,
-            model=completion.model,
+            attempts=tuple(attempts),
+            final=final,
             input_tokens=completion.input_tokens,
             output_tokens=completion.output_tokens,
-            latency_ms=(time.perf_counter() - started) * 1000,
-            outcome=outcome,
             trace_id=trace,
             cost_usd=estimate_cost(
                 self._llm.prices,
-                provider=completion.provider,
-                model=completion.model,
+                provider=entry.provider,
+                model=entry.model if priced else completion.model,
                 input_tokens=completion.input_tokens,
                 output_tokens=completion.output_tokens,
             ),
         )
 
     async def _record_failure(
-        self, scope: TenantScope, outcome: str, started: float, trace_id: str | None = None
+        self,
+        scope: TenantScope,
+        ledger: list[AttemptRecord],
+        outcome: str,
+        started: float,
+        trace_id: str | None = None,
     ) -> None:
-        nothing = Completion("", "none", "none", 0, 0, "error", "")
-        usage = self._usage(nothing, started, outcome, trace_id or current_trace_id())
+        """Record a request that got no (complete) answer: every attempt, the last one final.
+
+        The final row is the last attempt that ended on its own (not `cancelled` because
+        something else ended the request). A request that made no attempt at all is one row
+        under provider `none` with `outcome`.
+        """
+        attempts = tuple(ledger)
+        if not attempts:
+            elapsed = (time.perf_counter() - started) * 1000
+            attempts = (AttemptRecord("none", "none", outcome, elapsed),)
+        ended = [i for i, a in enumerate(attempts) if a.outcome != "cancelled"]
+        usage = repository.TurnUsage(
+            attempts=attempts,
+            final=ended[-1] if ended else len(attempts) - 1,
+            input_tokens=0,
+            output_tokens=0,
+            trace_id=trace_id or current_trace_id(),
+            cost_usd=0.0,
+        )
         await repository.save_turn(self._pool, scope=scope, usage=usage)
 
     async def stream_answer(self, *, scope: TenantScope, ask: Ask) -> ChatStream:
@@ -328,14 +366,17 @@ class ChatService:
             "chat", attributes={**scope.span_attributes(), "gen_ai.request.stream": True}
         )
         trace_id = format(span.get_span_context().trace_id, "032x")
+        ledger: list[AttemptRecord] = []
         try:
             with trace.use_span(span, end_on_exit=False):
                 grounded = await self._ground(scope, ask)
-                upstream = grounded.chain.stream(scope=scope, request=grounded.request)
+                upstream = grounded.chain.stream(
+                    scope=scope, request=grounded.request, attempts=ledger
+                )
                 first = await anext(upstream)
         except (ProvidersUnavailable, ProviderRejected) as exc:
             span.end()
-            await self._record_failure(scope, exc.code, started, trace_id)
+            await self._record_failure(scope, ledger, exc.code, started, trace_id)
             raise
         except BaseException:
             span.end()
@@ -355,7 +396,9 @@ class ChatService:
                         "history_dropped": grounded.history_dropped,
                     },
                 )
-                yield ("citations", {"citations": [citation(i, h) for i, h in enumerate(hits, 1)]})
+                # Every passage the model was given, so markers can be linked as they stream in;
+                # `citations` (below) is, as on every surface, the ones the answer cites.
+                yield ("passages", {"passages": [citation(i, h) for i, h in enumerate(hits, 1)]})
                 event = first
                 while not isinstance(event, Completion):
                     yield ("delta", {"text": event})
@@ -367,11 +410,13 @@ class ChatService:
                     conversation_id=conversation,
                     answer_id=message_id,
                     completion=event,
+                    ledger=ledger,
                     hits=hits,
                     citations=sources,
                     started=started,
                     trace_id=trace_id,
                 )
+                yield ("citations", {"citations": [citation(c.marker, c.hit) for c in sources]})
                 yield (
                     "done",
                     {
@@ -387,7 +432,7 @@ class ChatService:
                 )
             except ProviderError as exc:
                 span.set_attribute("error.type", exc.reason)
-                await self._record_failure(scope, "stream_interrupted", started, trace_id)
+                await self._record_failure(scope, ledger, "stream_interrupted", started, trace_id)
                 yield ("error", {"code": "provider_stream_interrupted", "message": scrub(str(exc))})
             except Exception as exc:
                 _log.error("streamed chat failed", exc_info=exc)
@@ -405,7 +450,8 @@ class ChatStream:
     """A streamed answer that has started: content is flowing from a provider.
 
     Attributes:
-        events: `(event, data)` pairs for SSE: meta, citations, delta..., then done or error.
+        events: `(event, data)` pairs for SSE: meta, passages, delta..., then citations and
+            done, or error.
     """
 
     conversation_id: uuid.UUID

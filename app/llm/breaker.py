@@ -75,10 +75,17 @@ class CircuitBreaker:
             self.state = BreakerState.CLOSED
             self._outcomes.clear()
 
-    def failure(self, now: float | None = None) -> None:
-        """Record a failed call; opens the circuit when a threshold is crossed."""
+    def failure(self, now: float | None = None, *, late: bool = False) -> None:
+        """Record a failed call; opens the circuit when a threshold is crossed.
+
+        A `late` failure (a plain call another entry beat to the answer: a long answer or a
+        dead provider, nobody can tell) counts towards the failure rate only, not towards the
+        consecutive failures: a provider is cut off for being late only when most of its
+        recent calls were.
+        """
         self._probing = False
-        self._consecutive += 1
+        if not late:
+            self._consecutive += 1
         self._outcomes.append(False)
         failures = self._outcomes.count(False)
         over_rate = (

@@ -19,6 +19,7 @@ def chain_policy(settings: LlmSettings) -> ChainPolicy:
     return ChainPolicy(
         connect_timeout=settings.connect_timeout_seconds,
         first_token_timeout=settings.first_token_timeout_seconds,
+        hedge_after=settings.hedge_after_seconds,
         attempt_timeout=settings.attempt_timeout_seconds,
         request_deadline=settings.request_deadline_seconds,
         max_retries=settings.max_retries,

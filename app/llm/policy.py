@@ -19,6 +19,10 @@ RETRYABLE = frozenset(
         "malformed_response",
     }
 )
+# An attempt that ran out of time. While another entry remains it is not retried on the same
+# entry: a provider that has hung once is likely to hang again, and the retry would spend the
+# time the next entry needs.
+TIMEOUTS = frozenset({"timeout", "first_token_timeout"})
 # Failures that say something about the provider (and so count towards its breaker), as
 # opposed to the request (context length, bad request) or our configuration.
 BREAKER_FAILURES = RETRYABLE | {"connection_refused", "auth"}
@@ -26,10 +30,17 @@ BREAKER_FAILURES = RETRYABLE | {"connection_refused", "auth"}
 
 @dataclass(frozen=True, slots=True)
 class ChainPolicy:
-    """Timeouts, retries and breaker thresholds for every chain (from `LlmSettings`)."""
+    """Timeouts, retries and breaker thresholds for every chain (from `LlmSettings`).
+
+    Attributes:
+        first_token_timeout: A streamed attempt with no content token by then is abandoned.
+        hedge_after: A plain (non-streamed) answer not in by then, counted from the start of
+            its entry's turn, starts the next entry alongside it: the first answer wins.
+    """
 
     connect_timeout: float = 2.0
     first_token_timeout: float = 10.0
+    hedge_after: float = 10.0
     attempt_timeout: float = 30.0
     request_deadline: float = 60.0
     max_retries: int = 2

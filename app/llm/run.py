@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from dataclasses import dataclass
 
 from opentelemetry import metrics, trace
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
@@ -53,8 +54,29 @@ class StreamInterrupted(ProviderError):
     """The provider broke off after content had reached the caller; no failover is possible."""
 
 
+@dataclass(frozen=True, slots=True)
+class AttemptRecord:
+    """One entry's part in a request, for the usage ledger: a call, or a skipped entry.
+
+    Attributes:
+        outcome: `ok` (it answered), the failure's reason (`timeout`, `rate_limited`...),
+            `cancelled` (another entry answered first while it was running) or
+            `circuit_open` (skipped: no call was made).
+        latency_ms: How long the call took (0 for a skipped entry).
+    """
+
+    provider: str
+    model: str
+    outcome: str
+    latency_ms: float
+
+
 class ChainRun:
-    """The state of one request through the chain: deadline, attempt count, spans."""
+    """The state of one request through the chain: deadline, attempt count, spans, ledger.
+
+    `ledger`, when the caller passes a list, receives an `AttemptRecord` per call and per
+    skipped entry, in the order they ended.
+    """
 
     def __init__(
         self,
@@ -63,8 +85,10 @@ class ChainRun:
         *,
         stream: bool,
         request: CompletionRequest | None = None,
+        ledger: list[AttemptRecord] | None = None,
     ) -> None:
         self.policy = policy
+        self.ledger = ledger
         self.request = request
         self.scope = scope
         self.stream = stream
@@ -113,14 +137,27 @@ class ChainRun:
             attributes=attributes,
         )
 
+    def record(self, link: ChainLink, outcome: str, started: float | None) -> float:
+        """Put an attempt (or a skip, `started` None) in the ledger; returns its seconds."""
+        elapsed = 0.0 if started is None else time.perf_counter() - started
+        if self.ledger is not None:
+            entry = link.entry
+            self.ledger.append(AttemptRecord(entry.provider, entry.model, outcome, elapsed * 1000))
+        return elapsed
+
     def failed(self, span: Span, link: ChainLink, error: ProviderError, started: float) -> None:
         """Close a failed attempt's span and record its duration."""
         span.set_attribute("error.type", error.reason)
         span.set_status(Status(StatusCode.ERROR, f"{error.reason}: {error}"))
         span.end()
-        OPERATION_DURATION.record(
-            time.perf_counter() - started, _metric_attributes(link, error_type=error.reason)
-        )
+        elapsed = self.record(link, error.reason, started)
+        OPERATION_DURATION.record(elapsed, _metric_attributes(link, error_type=error.reason))
+
+    def cancelled(self, span: Span, link: ChainLink, started: float) -> None:
+        """Close an attempt stopped with no verdict: another entry answered, or the caller left."""
+        span.set_attribute("error.type", "cancelled")
+        span.end()
+        self.record(link, "cancelled", started)
 
     def succeeded(self, span: Span, link: ChainLink, done: Completion, started: float) -> None:
         """Close the answering attempt's span and the chain span; record duration and usage."""
@@ -148,7 +185,7 @@ class ChainRun:
             )
         span.end()
         attributes = _metric_attributes(link, response_model=done.model)
-        OPERATION_DURATION.record(time.perf_counter() - started, attributes)
+        OPERATION_DURATION.record(self.record(link, "ok", started), attributes)
         TOKEN_USAGE.record(done.input_tokens, {**attributes, "gen_ai.token.type": "input"})
         TOKEN_USAGE.record(done.output_tokens, {**attributes, "gen_ai.token.type": "output"})
         self.span.set_attribute("bulkhead.attempts", self.attempt)
@@ -211,6 +248,7 @@ def circuit_open(run: ChainRun, link: ChainLink, breaker: CircuitBreaker | None)
         return False
     run.span.add_event("circuit_open", {"gen_ai.request.model": link.entry.model})
     run.retry_hint = max(run.retry_hint, breaker.retry_in())
+    run.record(link, "circuit_open", None)
     run.fail_over(link, "circuit_open")
     return True
 

@@ -11,15 +11,97 @@ import os
 import signal
 import subprocess
 import sys
+import threading
+import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import IO
 
+import asyncpg
+import httpx
+import uvicorn
+
+from app.config import Settings
 from app.db.embedded import ensure_database
 from app.db.urls import with_database
+from app.main import create_app
+from app.secrets.local import LocalSecretsBackend
+from app.secrets.values import SecretRef, SecretValue
+from app.tenancy.manifest import ChainEntry, LlmSpec
+from app.tenancy.scope import TenantScope
+from tests.conftest import AuthHeaders, TenantFactory
 from tests.servers import free_port, wait_until_ready
 
+DOC = "## Hotels\nHotel stays are reimbursed up to 180 euros per night in every city.\n"
+
 REPO = Path(__file__).resolve().parents[2]
+
+
+@contextmanager
+def served_in_thread(settings: Settings, name: str) -> Iterator[str]:
+    """Bulkhead with `settings` on uvicorn in a background thread; yields its base URL.
+
+    Its own event loop, pool and vector shard (under `settings.vectors.path`); requests overlap
+    as in production, which Litestar's in-process test client does not allow.
+    """
+    port = free_port()
+    server = uvicorn.Server(
+        uvicorn.Config(
+            create_app(settings),
+            host="127.0.0.1",
+            port=port,
+            log_level="warning",
+            access_log=False,
+            timeout_graceful_shutdown=2,
+        )
+    )
+    thread = threading.Thread(target=server.run, name=name, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            raise RuntimeError(f"{name}: bulkhead did not start")
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
+async def served_tenant(
+    http: httpx.AsyncClient,
+    tenant: str,
+    chain: tuple[ChainEntry, ...],
+    keys: dict[str, str],
+    *,
+    make_tenant: TenantFactory,
+    app_pool: asyncpg.Pool,
+    kek: bytes,
+    auth: AuthHeaders,
+) -> str:
+    """Onboard `tenant` with `chain` and its provider `keys`, and ingest the travel document.
+
+    Returns once the served app (`http`) knows the tenant; returns the tenant id.
+    """
+    await make_tenant(tenant_id=tenant, llm=LlmSpec(chain=chain))
+    secrets = LocalSecretsBackend(app_pool, kek)
+    ops = TenantScope(tenant_id=tenant, subject="ops", roles=frozenset())
+    for provider, key in keys.items():
+        await secrets.put(SecretRef(tenant, provider), SecretValue(key), scope=ops)
+    # The served app learns of the tenant by NOTIFY; until then its tokens are refused.
+    async with asyncio.timeout(5):
+        while (await http.get("/v1/conversations", headers=auth(tenant))).status_code == 401:  # noqa: ASYNC110 - polling another server
+            await asyncio.sleep(0.05)
+    ingested = await http.post(
+        "/v1/documents",
+        json={"documents": [{"id": "travel", "title": "Travel", "text": DOC}]},
+        headers=auth(tenant),
+    )
+    assert ingested.status_code == 201, ingested.text
+    return tenant
 
 
 class DevStack:

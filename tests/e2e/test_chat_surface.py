@@ -8,10 +8,7 @@ through the SDK, an `APIError`). The tenant's chain calls the provider emulator 
 
 from __future__ import annotations
 
-import asyncio
 import json
-import threading
-import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -21,16 +18,12 @@ import asyncpg
 import httpx
 import openai
 import pytest
-import uvicorn
 
 from app.config import Settings
-from app.main import create_app
-from app.secrets.local import LocalSecretsBackend
-from app.secrets.values import SecretRef, SecretValue
-from app.tenancy.manifest import ChainEntry, LlmSpec
-from app.tenancy.scope import TenantScope
-from scripts.provider_emulator import ANSWER, EmulatorServer, free_port
+from app.tenancy.manifest import ChainEntry
+from scripts.provider_emulator import ANSWER, EmulatorServer
 from tests.conftest import AuthHeaders, TenantFactory
+from tests.e2e.stack import served_in_thread, served_tenant
 
 pytestmark = pytest.mark.e2e
 QUESTION = "How much is the hotel limit per night?"
@@ -42,69 +35,14 @@ def served(settings: Settings, tmp_root: Path) -> Iterator[str]:
     """Bulkhead on uvicorn in a background thread (its own loop, pool and vector shard)."""
     own = settings.model_copy(deep=True)
     own.vectors.path = tmp_root / f"qdrant-e2e-{uuid.uuid4().hex[:8]}"
-    port = free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(
-            create_app(own),
-            host="127.0.0.1",
-            port=port,
-            log_level="warning",
-            access_log=False,
-            timeout_graceful_shutdown=2,
-        )
-    )
-    thread = threading.Thread(target=server.run, name="bulkhead-e2e", daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        if time.monotonic() > deadline or not thread.is_alive():
-            pytest.fail("bulkhead did not start")
-        time.sleep(0.02)
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(timeout=10)
+    with served_in_thread(own, "bulkhead-e2e") as url:
+        yield url
 
 
 @pytest.fixture
 async def http(served: str) -> AsyncIterator[httpx.AsyncClient]:
     async with httpx.AsyncClient(base_url=served, timeout=10) as client:
         yield client
-
-
-async def _tenant(
-    model: str,
-    *,
-    emulator: EmulatorServer,
-    make_tenant: TenantFactory,
-    app_pool: asyncpg.Pool,
-    kek: bytes,
-    http: httpx.AsyncClient,
-    auth: AuthHeaders,
-) -> str:
-    tenant = f"e2e-{uuid.uuid4().hex[:10]}"
-    entry = ChainEntry(
-        provider="openai",
-        model=model,
-        secret=f"tenants/{tenant}/openai",
-        base_url=emulator.url + "/v1",
-    )
-    await make_tenant(tenant_id=tenant, llm=LlmSpec(chain=(entry,)))
-    await LocalSecretsBackend(app_pool, kek).put(
-        SecretRef(tenant, "openai"),
-        SecretValue("sk-proj-E2Eopenai1234567"),
-        scope=TenantScope(tenant_id=tenant, subject="ops", roles=frozenset()),
-    )
-    # The served app learns of the tenant by NOTIFY; until then its tokens are refused.
-    async with asyncio.timeout(5):
-        while (await http.get("/v1/conversations", headers=auth(tenant))).status_code == 401:  # noqa: ASYNC110 - polling another server
-            await asyncio.sleep(0.05)
-    ingested = await http.post(
-        "/v1/documents",
-        json={"documents": [{"id": "travel", "title": "Travel", "text": DOC}]},
-        headers=auth(tenant),
-    )
-    assert ingested.status_code == 201, ingested.text
-    return tenant
 
 
 @pytest.fixture
@@ -117,13 +55,21 @@ def tenant_for(
     auth: AuthHeaders,
 ) -> Any:
     async def make(model: str) -> str:
-        return await _tenant(
-            model,
-            emulator=emulator,
+        tenant = f"e2e-{uuid.uuid4().hex[:10]}"
+        entry = ChainEntry(
+            provider="openai",
+            model=model,
+            secret=f"tenants/{tenant}/openai",
+            base_url=emulator.url + "/v1",
+        )
+        return await served_tenant(
+            http,
+            tenant,
+            (entry,),
+            {"openai": "sk-proj-E2Eopenai1234567"},
             make_tenant=make_tenant,
             app_pool=app_pool,
             kek=kek,
-            http=http,
             auth=auth,
         )
 
@@ -174,7 +120,7 @@ async def _sse(response: httpx.Response) -> AsyncIterator[tuple[str, dict[str, A
             name, data = "", ""
 
 
-async def test_sse_client_sees_meta_citations_deltas_done(
+async def test_sse_client_sees_meta_passages_deltas_citations_done(
     http: httpx.AsyncClient, tenant_for: Any, auth: AuthHeaders
 ) -> None:
     tenant = await tenant_for("gpt-4o-mini")
@@ -185,11 +131,12 @@ async def test_sse_client_sees_meta_citations_deltas_done(
         assert response.headers["content-type"].startswith("text/event-stream")
         events = [event async for event in _sse(response)]
     names = [name for name, _ in events]
-    assert names[:2] == ["meta", "citations"]
-    assert set(names[2:-1]) == {"delta"}
-    assert names[-1] == "done"
+    assert names[:2] == ["meta", "passages"]
+    assert set(names[2:-2]) == {"delta"}
+    assert names[-2:] == ["citations", "done"]
     assert "".join(d["text"] for n, d in events if n == "delta") == ANSWER
-    assert events[1][1]["citations"][0]["document_id"] == "travel"
+    assert events[1][1]["passages"][0]["document_id"] == "travel"
+    assert [(c["marker"], c["document_id"]) for c in events[-2][1]["citations"]] == [(1, "travel")]
     assert events[-1][1]["cited"] == [1]
     assert events[-1][1]["provider"] == "openai"
 
@@ -204,7 +151,7 @@ async def test_provider_cut_mid_stream_is_an_error_event(
         assert response.status_code == 200
         events = [event async for event in _sse(response)]
     names = [name for name, _ in events]
-    assert names[:3] == ["meta", "citations", "delta"]
+    assert names[:3] == ["meta", "passages", "delta"]
     assert names[-1] == "error"
     assert "done" not in names
     assert events[-1][1]["code"] == "provider_stream_interrupted"

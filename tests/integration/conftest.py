@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import asyncpg
 import pytest
@@ -76,3 +78,21 @@ async def _tenant(
     )
     assert response.status_code == 201
     return tenant_id
+
+
+def sse_events(body: str) -> list[tuple[str, Any]]:
+    """A server-sent event stream's `(event, data)` pairs, `[DONE]` left out.
+
+    `event` is "" for an unnamed event (the OpenAI-style chunks of `/v1/chat/completions`).
+    """
+    events = []
+    for frame in body.replace("\r\n", "\n").split("\n\n"):
+        name, data = "", ""
+        for line in frame.splitlines():
+            if line.startswith("event:"):
+                name = line.removeprefix("event:").strip()
+            elif line.startswith("data:"):
+                data += line.removeprefix("data:").strip()
+        if data and data != "[DONE]":
+            events.append((name, json.loads(data)))
+    return events

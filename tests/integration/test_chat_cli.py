@@ -18,6 +18,7 @@ from app.cli import main
 from app.config import Settings
 from app.db.pool import connect, set_tenant
 from app.identity import cli as identity_cli
+from app.llm.run import AttemptRecord
 from app.tenancy.scope import TenantScope
 from tests.conftest import TenantFactory
 
@@ -37,12 +38,10 @@ async def _store(database_url: str, cipher: ConversationCipher, tenant: str, use
             context=[{"marker": 1, "document_id": "d", "chunk_id": "c", "title": "T"}],
         )
         usage = repository.TurnUsage(
-            provider="local",
-            model="extractive",
+            attempts=(AttemptRecord("local", "extractive", "ok", 1.0),),
+            final=0,
             input_tokens=1,
             output_tokens=1,
-            latency_ms=1.0,
-            outcome="ok",
             trace_id="0" * 32,
             cost_usd=0.0,
         )

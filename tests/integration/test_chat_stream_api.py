@@ -7,7 +7,6 @@ behind `/v1/admin/usage`.
 from __future__ import annotations
 
 import asyncio
-import json
 from typing import Any
 
 import asyncpg
@@ -18,31 +17,21 @@ from app.db.pool import tenant_transaction
 from app.tenancy.scope import Role, TenantScope
 from scripts.provider_emulator import EmulatorServer, refused_url
 from tests.conftest import AuthHeaders
-from tests.integration.conftest import KEYS, Chain, LlmTenant
+from tests.integration.conftest import KEYS, Chain, LlmTenant, sse_events
 
 Client = AsyncTestClient[Litestar]
 QUESTION = {"message": "How much is the hotel limit per night?"}
 
 
 def _events(body: str) -> list[tuple[str, dict[str, Any]]]:
-    events = []
-    for frame in body.replace("\r\n", "\n").split("\n\n"):
-        name, data = "", ""
-        for line in frame.splitlines():
-            if line.startswith("event:"):
-                name = line.removeprefix("event:").strip()
-            elif line.startswith("data:"):
-                data += line.removeprefix("data:").strip()
-        if name:
-            events.append((name, json.loads(data)))
-    return events
+    return [(name, data) for name, data in sse_events(body) if name]
 
 
 def _openai(emulator: EmulatorServer) -> str:
     return emulator.url + "/v1"
 
 
-async def test_stream_sends_meta_citations_deltas_done(
+async def test_stream_sends_meta_passages_deltas_citations_done(
     client: Client, llm_tenant: LlmTenant, auth: AuthHeaders
 ) -> None:
     tenant = await llm_tenant([("local", "", None)])
@@ -51,13 +40,14 @@ async def test_stream_sends_meta_citations_deltas_done(
     assert response.headers["content-type"].startswith("text/event-stream"), response.text
     events = _events(response.text)
     names = [name for name, _ in events]
-    assert names[:2] == ["meta", "citations"]
-    assert names[-1] == "done"
-    assert set(names[2:-1]) == {"delta"}
+    assert names[:2] == ["meta", "passages"]
+    assert names[-2:] == ["citations", "done"]
+    assert set(names[2:-2]) == {"delta"}
     answer = "".join(data["text"] for name, data in events if name == "delta")
     assert "180 euros per night in every city. [1]" in answer
-    meta, citations, done = events[0][1], events[1][1], events[-1][1]
+    meta, passages, citations, done = events[0][1], events[1][1], events[-2][1], events[-1][1]
     assert meta["trace_id"] == response.headers["x-trace-id"]
+    assert passages["passages"][0]["document_id"] == "travel"
     assert citations["citations"][0]["document_id"] == "travel"
     assert (done["provider"], done["model"]) == ("local", "extractive")
     assert done["usage"]["output_tokens"] > 0
@@ -96,7 +86,7 @@ async def test_break_after_content_ends_with_an_error_event(
             "/v1/chat", json=QUESTION | {"stream": True}, headers=auth(tenant)
         )
     events = _events(response.text)
-    assert [n for n, _ in events] == ["meta", "citations", "delta", "delta", "error"]
+    assert [n for n, _ in events] == ["meta", "passages", "delta", "delta", "error"]
     assert events[-1][1]["code"] == "provider_stream_interrupted"
     scope = TenantScope(tenant_id=tenant, subject="alice", roles=frozenset())
     async with tenant_transaction(app_pool, scope=scope) as connection:
@@ -130,14 +120,30 @@ async def test_every_entry_failing_is_503_with_retry_after_and_no_key(
     async with asyncio.timeout(5):
         while True:
             async with tenant_transaction(app_pool, scope=scope) as connection:
-                usage = await connection.fetch("SELECT outcome FROM usage")
+                usage = await connection.fetch(
+                    "SELECT trace_id, provider, model, outcome, final FROM usage ORDER BY id"
+                )
                 audited = await connection.fetch(
                     "SELECT status FROM audit_events WHERE route = '/v1/chat'"
                 )
             if len(audited) == 2:
                 break
             await asyncio.sleep(0.02)
-    assert [r["outcome"] for r in usage] == ["providers_unavailable"] * 2
+    # Every attempt is in the ledger under its own provider and model (none under `none`),
+    # the request's last failure is its final row.
+    requests: dict[str, list[asyncpg.Record]] = {}
+    for row in usage:
+        requests.setdefault(row["trace_id"], []).append(row)
+    assert len(requests) == 2
+    for rows in requests.values():
+        tried = [(r["provider"], r["model"], r["outcome"]) for r in rows]
+        assert tried[:3] == [
+            ("openai", "gpt-4o-mini", "connection_refused"),
+            ("anthropic", "claude@401", "auth"),
+            ("anthropic", "claude@401", "auth"),
+        ]
+        assert set(tried[3:]) == {("openai", "gpt-4o-mini@503", "server_error")}
+        assert [r["final"] for r in rows] == [False] * (len(rows) - 1) + [True]
     assert [r["status"] for r in audited] == [503, 503]
 
 

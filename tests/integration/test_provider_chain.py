@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import pytest
@@ -21,6 +21,7 @@ from app.llm.breaker import BreakerPolicy, BreakerRegistry
 from app.llm.chains import build_chain
 from app.llm.provider import Completion, CompletionRequest, ContextChunk
 from app.llm.router import (
+    AttemptRecord,
     ChainPolicy,
     ProviderChain,
     ProviderRejected,
@@ -36,11 +37,12 @@ from tests.conftest import METRICS
 
 PROVIDERS = ("openai", "anthropic")
 OTHER = {"openai": "anthropic", "anthropic": "openai"}
+# Short, but with room for a loaded 2-core machine: the emulator shares this process's GIL.
 POLICY = ChainPolicy(
-    connect_timeout=0.5,
-    first_token_timeout=0.25,
-    attempt_timeout=0.6,
-    request_deadline=5.0,
+    connect_timeout=1.0,
+    first_token_timeout=1.0,
+    attempt_timeout=2.5,
+    request_deadline=12.0,
     max_retries=1,
     backoff_base=0.005,
     backoff_cap=0.01,
@@ -121,27 +123,57 @@ class Outcome:
 
 
 async def _ask(
-    chain: ProviderChain, scope: TenantScope, *, stream: bool, close: bool = True
+    chain: ProviderChain,
+    scope: TenantScope,
+    *,
+    stream: bool,
+    close: bool = True,
+    ledger: list[AttemptRecord] | None = None,
 ) -> Outcome:
     try:
-        return await _ask_once(chain, scope, stream=stream)
+        return await _ask_once(chain, scope, stream=stream, ledger=ledger)
     finally:
         if close:
             await chain.aclose()
 
 
-async def _ask_once(chain: ProviderChain, scope: TenantScope, *, stream: bool) -> Outcome:
+async def _ask_once(
+    chain: ProviderChain,
+    scope: TenantScope,
+    *,
+    stream: bool,
+    ledger: list[AttemptRecord] | None = None,
+) -> Outcome:
     deltas: list[str] = []
     try:
         if not stream:
-            return Outcome([], await chain.complete(scope=scope, request=QUESTION), None)
-        async for event in chain.stream(scope=scope, request=QUESTION):
+            completion = await chain.complete(scope=scope, request=QUESTION, attempts=ledger)
+            return Outcome([], completion, None)
+        async for event in chain.stream(scope=scope, request=QUESTION, attempts=ledger):
             if isinstance(event, Completion):
                 return Outcome(deltas, event, None)
             deltas.append(event)
     except Exception as exc:
         return Outcome(deltas, None, exc)
     raise AssertionError("the stream ended without a completion or an error")
+
+
+@pytest.fixture(scope="module", autouse=True)
+async def _warm_sdks(emulator: EmulatorServer) -> None:
+    """One plain and one streamed call per SDK before the tests that time them.
+
+    A process's first streamed call imports and builds the SDK's streaming machinery (about a
+    second on a loaded machine), which would otherwise count against the first-token limit of
+    whichever test happens to run first.
+    """
+    for provider in PROVIDERS:
+        scope = _scope()
+        chain, _ = _chain(scope, [_entry(scope, provider, "warm-up", emulator.url)])
+        chain.policy = replace(POLICY, first_token_timeout=30.0, attempt_timeout=30.0)
+        for stream in (False, True):
+            outcome = await _ask(chain, scope, stream=stream, close=False)
+            assert outcome.completion is not None, outcome.error
+        await chain.aclose()
 
 
 def _tree(spans: InMemorySpanExporter) -> tuple[ReadableSpan, list[ReadableSpan]]:
@@ -177,8 +209,11 @@ FAILOVER_FAULTS: dict[str, tuple[list[str], list[str]]] = {
     "429:30": (["rate_limited"], ["rate_limited"]),
     "500": (["server_error"] * 2, ["server_error"] * 2),
     "503": (["server_error"] * 2, ["server_error"] * 2),
-    "hang": (["timeout"] * 2, ["first_token_timeout"] * 2),
-    "slow:0.4": ([], ["first_token_timeout"] * 2),
+    # A timeout is not retried on the same entry while another one remains.
+    "hang": (["timeout"], ["first_token_timeout"]),
+    "stall": (["timeout"], ["first_token_timeout"]),
+    # Sent after 1.3 s: within the plain attempt's 2.5 s, after the stream's 1 s first token.
+    "slow:1.3": ([], ["first_token_timeout"]),
     "401": (["auth"] * 2, ["auth"] * 2),
     "disconnect": (["stream_interrupted"] * 2, []),
     "malformed": (["malformed_response"] * 2, []),
@@ -495,3 +530,188 @@ async def test_unresolvable_key_fails_over_to_the_next_entry(
     assert outcome.completion.provider == "anthropic"
     _, attempts = _tree(spans)
     assert [_attrs(a).get("error.type") for a in attempts] == ["secret_unavailable", None]
+
+
+# Hedging: a plain answer not in 0.2 s starts the next entry; attempts may take 3 s.
+HEDGING = replace(POLICY, hedge_after=0.2, attempt_timeout=3.0)
+
+
+def _hedging_chain(
+    scope: TenantScope, entries: Sequence[ChainEntry], breakers: BreakerRegistry | None = None
+) -> ProviderChain:
+    chain, _ = _chain(scope, entries, breakers=breakers)
+    chain.policy = HEDGING
+    return chain
+
+
+def _ledger(ledger: list[AttemptRecord]) -> list[tuple[str, str]]:
+    return [(a.provider, a.outcome) for a in ledger]
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+@pytest.mark.parametrize("fault", ["hang", "stall"])
+async def test_late_plain_answer_starts_the_next_entry_and_the_first_answer_wins(
+    emulator: EmulatorServer, spans: InMemorySpanExporter, provider: str, fault: str
+) -> None:
+    scope = _scope()
+    other = OTHER[provider]
+    chain = _hedging_chain(
+        scope,
+        [
+            _entry(scope, provider, f"m-{uuid.uuid4().hex[:8]}@{fault}", emulator.url),
+            _entry(scope, other, "healthy", emulator.url),
+        ],
+    )
+    ledger: list[AttemptRecord] = []
+    outcome = await _ask(chain, scope, stream=False, ledger=ledger)
+    assert outcome.completion is not None, outcome.error
+    assert outcome.completion.provider == other
+    # The late attempt was cut when the other entry answered, long before its own 3 s.
+    assert _ledger(ledger) == [(other, "ok"), (provider, "timeout")]
+    assert ledger[1].latency_ms < HEDGING.attempt_timeout * 1000
+    chain_span, attempts = _tree(spans)
+    assert [e.name for e in chain_span.events] == ["hedge"]
+    assert [_attrs(a).get("error.type") for a in attempts] == ["timeout", None]
+    assert _attrs(attempts[1])["bulkhead.failover.reason"] == "hedge"
+
+
+async def test_a_late_answer_that_comes_first_still_wins_and_the_hedge_is_not_blamed(
+    emulator: EmulatorServer, spans: InMemorySpanExporter
+) -> None:
+    scope = _scope()
+    breakers = BreakerRegistry(POLICY.breaker)
+    chain = _hedging_chain(
+        scope,
+        [
+            _entry(scope, "openai", "m@slow:0.6", emulator.url),
+            _entry(scope, "anthropic", "h@slow:2.5", emulator.url),
+        ],
+        breakers=breakers,
+    )
+    # As many requests as the breaker's threshold: cancelled hedges must not open it.
+    for _ in range(POLICY.breaker.consecutive_failures):
+        ledger: list[AttemptRecord] = []
+        outcome = await _ask(chain, scope, stream=False, close=False, ledger=ledger)
+        assert outcome.completion is not None, outcome.error
+        assert outcome.completion.provider == "openai"
+        assert _ledger(ledger) == [("anthropic", "cancelled"), ("openai", "ok")]
+    for index in (0, 1):
+        assert chain.breaker_for(scope, index).state == "closed"  # type: ignore[union-attr]
+    await chain.aclose()
+
+
+async def test_a_late_attempt_still_answers_when_the_rest_of_the_chain_fails(
+    emulator: EmulatorServer, spans: InMemorySpanExporter
+) -> None:
+    scope = _scope()
+    chain = _hedging_chain(
+        scope,
+        [
+            _entry(scope, "anthropic", "m@slow:0.6", emulator.url),
+            _entry(scope, "openai", "m@503", emulator.url),
+        ],
+    )
+    ledger: list[AttemptRecord] = []
+    outcome = await _ask(chain, scope, stream=False, ledger=ledger)
+    assert outcome.completion is not None, outcome.error
+    assert outcome.completion.provider == "anthropic"
+    assert _ledger(ledger) == [("openai", "server_error")] * 2 + [("anthropic", "ok")]
+
+
+async def test_a_hung_provider_is_cut_off_by_its_breaker(
+    emulator: EmulatorServer, spans: InMemorySpanExporter
+) -> None:
+    """Plain calls beaten by a hedge count towards the failure rate: enough of them open it."""
+    scope = _scope()
+    breakers = BreakerRegistry(POLICY.breaker)
+    hung = f"hung-{uuid.uuid4().hex[:8]}@hang"
+    chain = _hedging_chain(
+        scope,
+        [
+            _entry(scope, "openai", hung, emulator.url),
+            _entry(scope, "anthropic", "healthy", emulator.url),
+        ],
+        breakers=breakers,
+    )
+
+    def calls() -> int:
+        return sum(hung.encode() in body for _, body in list(emulator.app.bodies))
+
+    opening = max(POLICY.breaker.consecutive_failures, POLICY.breaker.min_calls)
+    for number in range(1, opening + 1):
+        ledger: list[AttemptRecord] = []
+        outcome = await _ask(chain, scope, stream=False, close=False, ledger=ledger)
+        assert outcome.completion is not None, outcome.error
+        assert _ledger(ledger) == [("anthropic", "ok"), ("openai", "timeout")]
+        state = chain.breaker_for(scope, 0).state  # type: ignore[union-attr]
+        assert state == ("open" if number >= POLICY.breaker.min_calls else "closed"), number
+    assert calls() == opening
+    for stream in (False, True):
+        ledger = []
+        outcome = await _ask(chain, scope, stream=stream, close=False, ledger=ledger)
+        assert outcome.completion is not None
+        assert _ledger(ledger) == [("openai", "circuit_open"), ("anthropic", "ok")]
+    assert calls() == opening, "the open circuit sends the hung provider nothing"
+    await chain.aclose()
+
+
+async def test_a_first_token_timeout_counts_in_a_row(
+    emulator: EmulatorServer, spans: InMemorySpanExporter
+) -> None:
+    """Streaming's timeout is no ambiguous signal: the usual consecutive count opens it."""
+    scope = _scope()
+    chain = _hedging_chain(
+        scope,
+        [
+            _entry(scope, "openai", f"hung-{uuid.uuid4().hex[:8]}@hang", emulator.url),
+            _entry(scope, "anthropic", "healthy", emulator.url),
+        ],
+    )
+    for _ in range(POLICY.breaker.consecutive_failures):
+        outcome = await _ask(chain, scope, stream=True, close=False)
+        assert outcome.completion is not None, outcome.error
+    assert chain.breaker_for(scope, 0).state == "open"  # type: ignore[union-attr]
+    await chain.aclose()
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["plain", "stream"])
+async def test_every_entry_gets_a_turn_before_the_deadline(
+    emulator: EmulatorServer, spans: InMemorySpanExporter, stream: bool
+) -> None:
+    """First token and hedge limits far out of reach: the entry's share of the deadline rules."""
+    scope = _scope()
+    chain, _ = _chain(
+        scope,
+        [
+            _entry(scope, "openai", f"m-{uuid.uuid4().hex[:8]}@hang", emulator.url),
+            _entry(scope, "anthropic", "healthy", emulator.url),
+        ],
+    )
+    chain.policy = replace(
+        POLICY,
+        first_token_timeout=30.0,
+        hedge_after=30.0,
+        attempt_timeout=30.0,
+        request_deadline=4.0,
+    )
+    ledger: list[AttemptRecord] = []
+    outcome = await _ask(chain, scope, stream=stream, ledger=ledger)
+    assert outcome.completion is not None, outcome.error
+    assert outcome.completion.provider == "anthropic"
+    cut = "timeout" if not stream else "first_token_timeout"
+    assert sorted(_ledger(ledger)) == [("anthropic", "ok"), ("openai", cut)]
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["plain", "stream"])
+async def test_a_timeout_is_retried_on_the_last_entry(
+    emulator: EmulatorServer, spans: InMemorySpanExporter, stream: bool
+) -> None:
+    scope = _scope()
+    chain, _ = _chain(scope, [_entry(scope, "openai", "m@hang", emulator.url)])
+    # A hang never answers, however loaded the machine: short limits are safe here.
+    chain.policy = replace(POLICY, first_token_timeout=0.5, attempt_timeout=0.5)
+    ledger: list[AttemptRecord] = []
+    outcome = await _ask(chain, scope, stream=stream, ledger=ledger)
+    assert isinstance(outcome.error, ProvidersUnavailable)
+    cut = "timeout" if not stream else "first_token_timeout"
+    assert _ledger(ledger) == [("openai", cut)] * (1 + POLICY.max_retries)

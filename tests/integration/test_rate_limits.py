@@ -24,6 +24,7 @@ from app.chat.repository import TurnUsage, save_turn
 from app.config import Settings
 from app.db.pool import tenant_transaction
 from app.limits.store import RedisCounters
+from app.llm.run import AttemptRecord
 from app.main import create_app
 from app.tenancy.manifest import LimitsSpec
 from app.tenancy.scope import Role, TenantScope
@@ -233,12 +234,10 @@ async def test_redis_replica_reuses_the_token_total_for_at_most_its_ttl(
     try:
         assert (await store.hit(tenant, ["tenant"], with_tokens=True)).tokens_today == 0
         usage = TurnUsage(
-            provider="openai",
-            model="m",
+            attempts=(AttemptRecord("openai", "m", "ok", 1.0),),
+            final=0,
             input_tokens=7,
             output_tokens=5,
-            latency_ms=1.0,
-            outcome="ok",
             trace_id="0" * 32,
             cost_usd=0.0,
         )

@@ -28,6 +28,28 @@ def test_opens_on_failure_rate_without_a_streak() -> None:
     assert breaker.state is BreakerState.OPEN, "3 of 6 failed: 50%"
 
 
+def test_late_failures_count_towards_the_rate_not_the_streak() -> None:
+    """A plain call beaten by a hedge may have been a long answer: no streak, only the rate."""
+    breaker = CircuitBreaker(POLICY)
+    for _ in range(POLICY.consecutive_failures):
+        breaker.failure(now=0, late=True)
+    assert breaker.state is BreakerState.CLOSED, "late calls in a row are no streak"
+    breaker.failure(now=0)
+    assert breaker.state is BreakerState.CLOSED, "nor do they lengthen one"
+    for _ in range(POLICY.min_calls - POLICY.consecutive_failures - 1):
+        breaker.failure(now=0, late=True)
+    assert breaker.state is BreakerState.OPEN, "but a window of late calls opens the circuit"
+
+
+def test_late_failures_below_the_rate_leave_it_closed() -> None:
+    breaker = CircuitBreaker(POLICY)
+    for _ in range(POLICY.window):
+        breaker.success()
+        breaker.success()
+        breaker.failure(now=0, late=True)
+    assert breaker.state is BreakerState.CLOSED, "one in three late: slow, not dead"
+
+
 def test_half_open_lets_one_probe_through_and_closes_on_success() -> None:
     breaker = CircuitBreaker(POLICY)
     for _ in range(3):
