@@ -12,7 +12,7 @@ import json
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -220,22 +220,23 @@ async def test_alg_none_is_refused(client: Client, remote: RemoteIssuer) -> None
 @pytest.mark.parametrize(
     ("overrides", "reason"),
     [
-        ({"exp": int(time.time()) - 600, "iat": int(time.time()) - 900}, "expired"),
-        ({"nbf": int(time.time()) + 600}, "not_yet_valid"),
-        (
-            {"iat": int(time.time()) + 600, "nbf": None, "exp": int(time.time()) + 900},
-            "not_yet_valid",
-        ),
-        ({"aud": "another-service"}, "bad_audience"),
-        ({"exp": int(time.time()) + 2 * 24 * 3600}, "lifetime"),
-        ({"exp": None}, "invalid"),
+        (lambda now: {"exp": now - 600, "iat": now - 900}, "expired"),
+        (lambda now: {"nbf": now + 600}, "not_yet_valid"),
+        (lambda now: {"iat": now + 600, "nbf": None, "exp": now + 900}, "not_yet_valid"),
+        (lambda now: {"aud": "another-service"}, "bad_audience"),
+        (lambda now: {"exp": now + 2 * 24 * 3600}, "lifetime"),
+        (lambda now: {"exp": None}, "invalid"),
     ],
     ids=["expired", "not-yet-valid", "issued-in-future", "wrong-aud", "lifetime", "no-exp"],
 )
 async def test_bad_claims_are_refused_with_their_reason(
-    client: Client, remote: RemoteIssuer, overrides: dict[str, Any], reason: str
+    client: Client,
+    remote: RemoteIssuer,
+    overrides: Callable[[int], dict[str, Any]],
+    reason: str,
 ) -> None:
-    token = remote.es.sign(remote.claims(**overrides))
+    # Times are taken when the test runs, not when the suite is collected minutes earlier.
+    token = remote.es.sign(remote.claims(**overrides(int(time.time()))))
     await refused(client, token, tenant=remote.tenant, reason=reason)
 
 
