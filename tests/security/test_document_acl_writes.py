@@ -90,7 +90,9 @@ async def listing(client: Client, headers: Headers) -> list[dict[str, Any]]:
 
 
 def without_times(documents: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [{k: v for k, v in d.items() if k not in {"created_at", "updated_at"}} for d in documents]
+    return [
+        {k: v for k, v in d.items() if k not in {"created_at", "updated_at"}} for d in documents
+    ]
 
 
 async def api_key(client: Client, auth: AuthHeaders, tenant: str) -> Headers:
@@ -110,7 +112,9 @@ IntruderFactory = Callable[[str], Awaitable[Headers]]
 async def holder(client: Client, tenant_pair: tuple[str, str], auth: AuthHeaders) -> str:
     """The tenant whose `hr` group holds `salaries`."""
     tenant, _ = tenant_pair
-    response = await ingest(client, auth(tenant, user="carol", roles=WRITER, groups=("hr",)), SALARIES)
+    response = await ingest(
+        client, auth(tenant, user="carol", roles=WRITER, groups=("hr",)), SALARIES
+    )
     assert response.status_code == 201, response.text
     return tenant
 
@@ -190,9 +194,13 @@ async def test_reingesting_a_hidden_id_creates_the_callers_own_document_and_chan
     hidden = await ingest(client, intruder.holder, mine)
     missing = await ingest(client, intruder.empty, mine)
 
-    assert (hidden.status_code, hidden.json()) == (missing.status_code, missing.json()) == (
-        201,
-        {"documents": [{"id": "salaries", "chunks": 1}]},
+    assert (
+        (hidden.status_code, hidden.json())
+        == (missing.status_code, missing.json())
+        == (
+            201,
+            {"documents": [{"id": "salaries", "chunks": 1}]},
+        )
     )
     after = await stored(app, owner_pool, holder)
     assert_untouched(before, after, key)
