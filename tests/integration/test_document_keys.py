@@ -1,0 +1,99 @@
+"""Document keys (an id shared by documents of different groups) in locking and crash recovery.
+
+Real Postgres (the runtime role, RLS armed) and the app's Qdrant Edge index.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import asyncpg
+import pytest
+from litestar import Litestar
+from litestar.testing import AsyncTestClient
+
+from app.db.pool import tenant_transaction
+from app.retrieval import repository
+from app.retrieval.embedders import VectorSpaces
+from app.retrieval.reconcile import reconcile
+from app.tenancy.scope import Role, TenantScope
+from tests.conftest import AuthHeaders
+
+Client = AsyncTestClient[Litestar]
+WRITER = (Role.SEARCH, Role.INGEST)
+
+
+async def texts(client: Client, headers: dict[str, str]) -> list[str]:
+    response = await client.post("/v1/search", json={"query": "capybara"}, headers=headers)
+    assert response.status_code == 200, response.text
+    return sorted(hit["text"] for hit in response.json()["results"])
+
+
+async def test_reconcile_waits_for_an_ingest_of_the_same_id_under_another_key(
+    app_pool: asyncpg.Pool, owner_pool: asyncpg.Pool, tenant_pair: tuple[str, str]
+) -> None:
+    """Reconcile locks a pending key's id: the lock an ingest of any document of that id holds."""
+    tenant, _ = tenant_pair
+    scope = TenantScope(tenant_id=tenant, subject="test", roles=frozenset())
+    ingest_holds = asyncio.Event()
+    release = asyncio.Event()
+
+    async def ingest() -> None:
+        async with tenant_transaction(app_pool, scope=scope) as connection:
+            await repository.lock_named(connection, ["memo"])
+            ingest_holds.set()
+            await release.wait()
+
+    async def settle() -> None:
+        async with tenant_transaction(app_pool, scope=scope) as connection:
+            await repository.lock_committed(connection, ["memo~0011223344556677"])
+
+    holder = asyncio.create_task(ingest())
+    await ingest_holds.wait()
+    waiter = asyncio.create_task(settle())
+    async with asyncio.timeout(10):
+        while not await owner_pool.fetchval(  # noqa: ASYNC110 - polling Postgres's lock table
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
+            " AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+        ):
+            await asyncio.sleep(0.01)
+    assert not waiter.done()
+    release.set()
+    await asyncio.wait_for(asyncio.gather(holder, waiter), timeout=10)
+
+
+async def test_a_crash_before_publish_of_a_keyed_document_is_published_by_reconcile(
+    client: Client,
+    app: Litestar,
+    app_pool: asyncpg.Pool,
+    tenant_pair: tuple[str, str],
+    auth: AuthHeaders,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Fault injection: `publish` raises (a stand-in for a process killed after the commit)."""
+    tenant, _ = tenant_pair
+    hr = auth(tenant, user="carol", roles=WRITER, groups=("hr",))
+    outsider = auth(tenant, user="mallory", roles=WRITER)
+    secret = {"id": "pay", "title": "Pay", "text": "capybara pay", "acl": {"groups": ["hr"]}}
+    response = await client.post("/v1/documents", json={"documents": [secret]}, headers=hr)
+    assert response.status_code == 201, response.text
+    index = app.state.resources.index
+
+    async def crash(**_: Any) -> None:
+        raise ConnectionError("killed before publish")
+
+    monkeypatch.setattr(index, "publish", crash)
+    mine = {"id": "pay", "title": "Pay", "text": "capybara rumour"}
+    response = await client.post("/v1/documents", json={"documents": [mine]}, headers=outsider)
+    assert response.status_code == 500
+    monkeypatch.undo()
+    assert await texts(client, outsider) == []  # committed, still pending
+
+    report = await reconcile(
+        app_pool, VectorSpaces(index, None, search_threads=1), tenant_id=tenant
+    )
+
+    assert (report.published, report.discarded) == (1, 0)
+    assert await texts(client, outsider) == ["capybara rumour"]
+    assert await texts(client, hr) == ["capybara pay", "capybara rumour"]
