@@ -6,6 +6,7 @@ Real Postgres (the runtime role, RLS armed) and the app's Qdrant Edge index.
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -13,10 +14,14 @@ import pytest
 from litestar import Litestar
 from litestar.testing import AsyncTestClient
 
+from app.config import Settings
 from app.db.pool import tenant_transaction
 from app.retrieval import repository
+from app.retrieval.edge import EdgeIndex
 from app.retrieval.embedders import VectorSpaces
 from app.retrieval.reconcile import reconcile
+from app.retrieval.schemas import DocumentIn
+from app.retrieval.service import DocumentService
 from app.tenancy.scope import Role, TenantScope
 from tests.conftest import AuthHeaders
 
@@ -31,36 +36,54 @@ async def texts(client: Client, headers: dict[str, str]) -> list[str]:
 
 
 async def test_reconcile_waits_for_an_ingest_of_the_same_id_under_another_key(
-    app_pool: asyncpg.Pool, owner_pool: asyncpg.Pool, tenant_pair: tuple[str, str]
+    app_pool: asyncpg.Pool,
+    owner_pool: asyncpg.Pool,
+    tenant_pair: tuple[str, str],
+    settings: Settings,
+    tmp_path: Path,
 ) -> None:
-    """Reconcile locks a pending key's id: the lock an ingest of any document of that id holds."""
-    tenant, _ = tenant_pair
-    scope = TenantScope(tenant_id=tenant, subject="test", roles=frozenset())
-    ingest_holds = asyncio.Event()
-    release = asyncio.Event()
+    """Reconcile locks a pending key's id: the lock an ingest of any document of that id holds.
 
-    async def ingest() -> None:
-        async with tenant_transaction(app_pool, scope=scope) as connection:
-            await repository.lock_named(connection, ["memo"])
-            ingest_holds.set()
-            await release.wait()
+    A real `DocumentService` ingest, paused inside its transaction (it holds the id's lock then)
+    by a wrapper around its index's `upsert`; the real reconcile lock runs beside it.
+    """
+    tenant, _ = tenant_pair
+    scope = TenantScope(tenant_id=tenant, subject="test", roles=frozenset({Role.INGEST}))
+    index = EdgeIndex.open(tmp_path / "qdrant")
+    upsert = index.upsert
+    ingest_holds, release = asyncio.Event(), asyncio.Event()
+
+    async def paused_upsert(**kwargs: Any) -> None:
+        ingest_holds.set()
+        await release.wait()
+        await upsert(**kwargs)
+
+    index.upsert = paused_upsert  # type: ignore[method-assign]
+    service = DocumentService(
+        pool=app_pool, index=index, limits=settings.limits, chunking=settings.chunking
+    )
+    memo = service.prepare([DocumentIn(id="memo", title="Memo", text="capybara memo")])
 
     async def settle() -> None:
         async with tenant_transaction(app_pool, scope=scope) as connection:
             await repository.lock_committed(connection, ["memo~0011223344556677"])
 
-    holder = asyncio.create_task(ingest())
-    await ingest_holds.wait()
-    waiter = asyncio.create_task(settle())
-    async with asyncio.timeout(10):
-        while not await owner_pool.fetchval(  # noqa: ASYNC110 - polling Postgres's lock table
-            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
-            " AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
-        ):
-            await asyncio.sleep(0.01)
-    assert not waiter.done()
-    release.set()
-    await asyncio.wait_for(asyncio.gather(holder, waiter), timeout=10)
+    ingest = asyncio.create_task(service.ingest(scope=scope, documents=memo))
+    try:
+        async with asyncio.timeout(10):
+            await ingest_holds.wait()
+            waiter = asyncio.create_task(settle())
+            while not await owner_pool.fetchval(  # noqa: ASYNC110 - polling Postgres's lock table
+                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
+                " AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+            ):
+                await asyncio.sleep(0.01)
+        assert not waiter.done()
+    finally:
+        release.set()
+        await asyncio.wait_for(ingest, timeout=10)
+        await index.close()
+    await asyncio.wait_for(waiter, timeout=10)
 
 
 async def test_a_crash_before_publish_of_a_keyed_document_is_published_by_reconcile(
