@@ -91,14 +91,16 @@ class Target:
 def target(scope: TenantScope, name: str, stored: Sequence[StoredDocument]) -> Target:
     """The key and version a write of `name` by `scope` goes to, given every document under it.
 
-    The documents the caller can see are replaced (the first key takes the new version, the
-    others are retired); with none, a new key is drawn whether or not hidden ones exist.
+    The documents the caller can see are replaced: the most revised one (the first key among
+    equals) takes the new version, so no version number a caller has seen goes backwards, and
+    the others are retired. With none visible, a new key is drawn whether or not hidden ones
+    exist.
     """
     visible = [s for s in stored if can_see(s.acl_groups, scope.groups)]
     if not visible:
         return Target(_new_key(name, taken={s.key for s in stored}), 1)
-    kept, *others = sorted(visible, key=lambda s: s.key)
-    return Target(kept.key, kept.version + 1, tuple(s.key for s in others))
+    kept, *others = sorted(visible, key=lambda s: (-s.version, s.key))
+    return Target(kept.key, kept.version + 1, tuple(sorted(s.key for s in others)))
 
 
 def _new_key(name: str, *, taken: Collection[str]) -> str:

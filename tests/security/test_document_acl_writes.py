@@ -9,7 +9,6 @@ in the empty tenant, and leave the stored document, its row and its vectors, as 
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,6 +26,7 @@ Headers = dict[str, str]
 
 SECRET_TEXT = "Salary bands for narwhal engineers start at level four."
 SALARIES = {"id": "salaries", "title": "Salaries", "text": SECRET_TEXT, "acl": {"groups": ["hr"]}}
+SQUAT = {"id": "salaries", "title": "Squat", "text": "Narwhal squatting."}
 WRITER = (Role.SEARCH, Role.INGEST)
 
 
@@ -105,18 +105,42 @@ async def api_key(client: Client, auth: AuthHeaders, tenant: str) -> Headers:
     return {"Authorization": f"Bearer {response.json()['key']}"}
 
 
-IntruderFactory = Callable[[str], Awaitable[Headers]]
+@dataclass(frozen=True, slots=True)
+class Scene:
+    """The tenant whose `hr` group holds `salaries`, and how to look at it."""
+
+    client: Client
+    app: Litestar
+    owner_pool: asyncpg.Pool
+    auth: AuthHeaders
+    tenant: str
+
+    async def stored(self) -> Stored:
+        return await stored(self.app, self.owner_pool, self.tenant)
+
+    def member(self, user: str = "carol") -> Headers:
+        return self.auth(self.tenant, user=user, roles=WRITER, groups=("hr",))
+
+    def outsider(self) -> Headers:
+        return self.auth(self.tenant, user="mallory", roles=WRITER)
+
+    async def member_sees_the_original(self) -> bool:
+        return SECRET_TEXT in {h["text"] for h in await search(self.client, self.member())}
 
 
 @pytest.fixture
-async def holder(client: Client, tenant_pair: tuple[str, str], auth: AuthHeaders) -> str:
-    """The tenant whose `hr` group holds `salaries`."""
+async def scene(
+    client: Client,
+    app: Litestar,
+    owner_pool: asyncpg.Pool,
+    tenant_pair: tuple[str, str],
+    auth: AuthHeaders,
+) -> Scene:
     tenant, _ = tenant_pair
-    response = await ingest(
-        client, auth(tenant, user="carol", roles=WRITER, groups=("hr",)), SALARIES
-    )
+    created = Scene(client, app, owner_pool, auth, tenant)
+    response = await ingest(client, created.member(), SALARIES)
     assert response.status_code == 201, response.text
-    return tenant
+    return created
 
 
 @pytest.fixture(params=["user", "admin", "api_key"])
@@ -145,10 +169,6 @@ async def intruder(
     return Intruder(kind, await api_key(client, auth, tenant), await api_key(client, auth, empty))
 
 
-def member(auth: AuthHeaders, tenant: str, user: str = "carol") -> Headers:
-    return auth(tenant, user=user, roles=WRITER, groups=("hr",))
-
-
 def assert_untouched(before: Stored, after: Stored, key: str) -> None:
     """The document stored under `key`: the same row, the same chunks (ids, version, ACL, text)."""
     assert after.rows.get(key) == before.rows[key]
@@ -158,15 +178,9 @@ def assert_untouched(before: Stored, after: Stored, key: str) -> None:
 
 
 async def test_deleting_a_hidden_document_answers_as_for_a_missing_one_and_deletes_nothing(
-    client: Client,
-    app: Litestar,
-    owner_pool: asyncpg.Pool,
-    holder: str,
-    intruder: Intruder,
-    auth: AuthHeaders,
+    scene: Scene, intruder: Intruder
 ) -> None:
-    before = await stored(app, owner_pool, holder)
-    (key,) = before.keys_named("salaries")
+    client, before = scene.client, await scene.stored()
 
     hidden = await client.delete("/v1/documents/salaries", headers=intruder.holder)
     missing = await client.delete("/v1/documents/salaries", headers=intruder.empty)
@@ -174,35 +188,23 @@ async def test_deleting_a_hidden_document_answers_as_for_a_missing_one_and_delet
     assert (hidden.status_code, missing.status_code) == (404, 404)
     assert hidden.json() == missing.json()
     assert hidden.json()["code"] == "not_found"
-    assert await stored(app, owner_pool, holder) == before
-    assert [h["text"] for h in await search(client, member(auth, holder))] == [SECRET_TEXT]
-    assert_untouched(before, await stored(app, owner_pool, holder), key)
+    assert await scene.stored() == before
+    assert [h["text"] for h in await search(client, scene.member())] == [SECRET_TEXT]
 
 
 async def test_reingesting_a_hidden_id_creates_the_callers_own_document_and_changes_nothing(
-    client: Client,
-    app: Litestar,
-    owner_pool: asyncpg.Pool,
-    holder: str,
-    intruder: Intruder,
-    auth: AuthHeaders,
+    scene: Scene, intruder: Intruder
 ) -> None:
-    before = await stored(app, owner_pool, holder)
+    client, before = scene.client, await scene.stored()
     (key,) = before.keys_named("salaries")
     mine = {"id": "salaries", "title": "My salaries", "text": "A narwhal lunch receipt."}
 
     hidden = await ingest(client, intruder.holder, mine)
     missing = await ingest(client, intruder.empty, mine)
 
-    assert (
-        (hidden.status_code, hidden.json())
-        == (missing.status_code, missing.json())
-        == (
-            201,
-            {"documents": [{"id": "salaries", "chunks": 1}]},
-        )
-    )
-    after = await stored(app, owner_pool, holder)
+    assert hidden.status_code == missing.status_code == 201, hidden.text
+    assert hidden.json() == missing.json() == {"documents": [{"id": "salaries", "chunks": 1}]}
+    after = await scene.stored()
     assert_untouched(before, after, key)
     # The intruder's document is its own, beside the hidden one (which it still cannot see).
     assert len(after.keys_named("salaries")) == 2
@@ -214,15 +216,14 @@ async def test_reingesting_a_hidden_id_creates_the_callers_own_document_and_chan
         ("salaries", "A narwhal lunch receipt.")
     ]
     # Members still find the original, with its ACL; the intruder's is tenant-wide.
-    assert {h["text"] for h in await search(client, member(auth, holder))} == {
+    assert {h["text"] for h in await search(client, scene.member())} == {
         SECRET_TEXT,
         "A narwhal lunch receipt.",
     }
     # Re-ingesting again replaces the intruder's own document, never the hidden one.
     again = await ingest(client, intruder.holder, {**mine, "text": "A narwhal dinner receipt."})
     assert again.status_code == 201, again.text
-    final = await stored(app, owner_pool, holder)
-    assert_untouched(before, final, key)
+    assert_untouched(before, await scene.stored(), key)
     assert [(d["id"], d["version"]) for d in await listing(client, intruder.holder)] == [
         ("salaries", 2)
     ]
@@ -232,39 +233,29 @@ async def test_reingesting_a_hidden_id_creates_the_callers_own_document_and_chan
 
 
 async def test_uploading_a_file_under_a_hidden_id_creates_the_callers_own_document(
-    client: Client,
-    app: Litestar,
-    owner_pool: asyncpg.Pool,
-    holder: str,
-    intruder: Intruder,
-    auth: AuthHeaders,
+    scene: Scene, intruder: Intruder
 ) -> None:
-    before = await stored(app, owner_pool, holder)
+    client, before = scene.client, await scene.stored()
     (key,) = before.keys_named("salaries")
     files = [("file", ("salaries.txt", b"Narwhal parking permits.", "text/plain"))]
-
     fields = {"id": "salaries"}
+
     hidden = await client.post("/v1/documents", files=files, data=fields, headers=intruder.holder)
     missing = await client.post("/v1/documents", files=files, data=fields, headers=intruder.empty)
 
-    assert (hidden.status_code, hidden.json()) == (missing.status_code, missing.json())
     assert hidden.status_code == 201, hidden.text
-    assert_untouched(before, await stored(app, owner_pool, holder), key)
+    assert (hidden.status_code, hidden.json()) == (missing.status_code, missing.json())
+    assert_untouched(before, await scene.stored(), key)
     assert [h["text"] for h in await search(client, intruder.holder)] == [
         "Narwhal parking permits."
     ]
-    assert SECRET_TEXT in {h["text"] for h in await search(client, member(auth, holder))}
+    assert await scene.member_sees_the_original()
 
 
 async def test_a_batch_naming_a_hidden_id_writes_nothing_of_the_hidden_document(
-    client: Client,
-    app: Litestar,
-    owner_pool: asyncpg.Pool,
-    holder: str,
-    intruder: Intruder,
-    auth: AuthHeaders,
+    scene: Scene, intruder: Intruder
 ) -> None:
-    before = await stored(app, owner_pool, holder)
+    client, before = scene.client, await scene.stored()
     (key,) = before.keys_named("salaries")
     batch = [
         {"id": "lunch", "title": "Lunch", "text": "Narwhal-shaped cookies on Friday."},
@@ -274,24 +265,21 @@ async def test_a_batch_naming_a_hidden_id_writes_nothing_of_the_hidden_document(
     hidden = await ingest(client, intruder.holder, *batch)
     missing = await ingest(client, intruder.empty, *batch)
 
-    assert (hidden.status_code, hidden.json()) == (missing.status_code, missing.json())
     assert hidden.status_code == 201, hidden.text
-    assert_untouched(before, await stored(app, owner_pool, holder), key)
-    assert SECRET_TEXT in {h["text"] for h in await search(client, member(auth, holder))}
+    assert (hidden.status_code, hidden.json()) == (missing.status_code, missing.json())
+    assert_untouched(before, await scene.stored(), key)
+    assert await scene.member_sees_the_original()
     assert SECRET_TEXT not in {h["text"] for h in await search(client, intruder.holder)}
 
 
 async def test_a_caller_cannot_write_a_document_it_could_not_see_and_the_batch_writes_nothing(
-    client: Client,
-    app: Litestar,
-    owner_pool: asyncpg.Pool,
-    holder: str,
-    intruder: Intruder,
+    scene: Scene, intruder: Intruder
 ) -> None:
     """Else it could neither change nor delete it afterwards (nor would the next write find it)."""
+    client = scene.client
     own = {"id": "menu", "title": "Menu", "text": "Narwhal menu, first draft."}
     assert (await ingest(client, intruder.holder, own)).status_code == 201
-    before = await stored(app, owner_pool, holder)
+    before = await scene.stored()
 
     # Alone, or beside a legitimate replacement of its own document: nothing is written.
     for batch in (
@@ -301,41 +289,45 @@ async def test_a_caller_cannot_write_a_document_it_could_not_see_and_the_batch_w
     ):
         response = await ingest(client, intruder.holder, *batch)
         assert response.status_code == 403, response.text
-        body = response.json()
-        assert body["code"] == "acl_excludes_caller"
+        assert response.json()["code"] == "acl_excludes_caller"
         assert response.headers["content-type"].startswith("application/problem+json")
-        assert await stored(app, owner_pool, holder) == before
+        assert await scene.stored() == before
 
     # Refused whatever is stored: the answer depends on the request and the caller only.
     empty = await ingest(client, intruder.empty, {**SALARIES, "id": "payroll"})
     assert (empty.status_code, empty.json()["code"]) == (403, "acl_excludes_caller")
 
 
+async def test_an_upload_for_a_group_the_caller_is_not_in_is_refused(scene: Scene) -> None:
+    client, before = scene.client, await scene.stored()
+    files = [("file", ("bonus.txt", b"Narwhal bonus plan.", "text/plain"))]
+    fields = {"acl": json.dumps({"groups": ["hr"]})}
+    refused = await client.post("/v1/documents", files=files, data=fields, headers=scene.outsider())
+    assert (refused.status_code, refused.json()["code"]) == (403, "acl_excludes_caller")
+    assert await scene.stored() == before
+    accepted = await client.post("/v1/documents", files=files, data=fields, headers=scene.member())
+    assert accepted.status_code == 201, accepted.text
+
+
 async def test_members_replace_in_place_and_a_write_acts_on_every_document_they_can_see(
-    client: Client,
-    app: Litestar,
-    owner_pool: asyncpg.Pool,
-    holder: str,
-    auth: AuthHeaders,
+    scene: Scene,
 ) -> None:
-    carol, dave = member(auth, holder), member(auth, holder, user="dave")
-    (key,) = (await stored(app, owner_pool, holder)).keys_named("salaries")
-    response = await ingest(client, dave, {**SALARIES, "text": "Narwhal salary bands, revised."})
-    assert response.status_code == 201, response.text
-    after = await stored(app, owner_pool, holder)
+    client, carol, outsider = scene.client, scene.member(), scene.outsider()
+    (key,) = (await scene.stored()).keys_named("salaries")
+    revised = {**SALARIES, "text": "Narwhal salary bands, revised."}
+    assert (await ingest(client, scene.member("dave"), revised)).status_code == 201
+    after = await scene.stored()
     assert after.keys_named("salaries") == [key]
     assert after.rows[key]["version"] == 2
     assert [h["text"] for h in await search(client, carol)] == ["Narwhal salary bands, revised."]
 
     # An outsider's `salaries`, created while ours was hidden from it: members see both ...
-    outsider = auth(holder, user="mallory", roles=WRITER)
-    squat = {"id": "salaries", "title": "Squat", "text": "Narwhal squatting."}
-    assert (await ingest(client, outsider, squat)).status_code == 201
-    assert [d["title"] for d in await listing(client, carol)] == ["Salaries", "Squat"]
-    # ... and a member's re-ingest makes them one document again: theirs, under the old key.
-    response = await ingest(client, carol, {**SALARIES, "text": "Narwhal salary bands, final."})
-    assert response.status_code == 201, response.text
-    merged = await stored(app, owner_pool, holder)
+    assert (await ingest(client, outsider, SQUAT)).status_code == 201
+    assert sorted(d["title"] for d in await listing(client, carol)) == ["Salaries", "Squat"]
+    # ... and a member's re-ingest makes them one again: it continues the most revised one.
+    final = {**SALARIES, "text": "Narwhal salary bands, final."}
+    assert (await ingest(client, carol, final)).status_code == 201
+    merged = await scene.stored()
     assert merged.keys_named("salaries") == [key]
     assert merged.rows[key]["version"] == 3
     assert {c.document_id for c in merged.chunks.values()} == {key}
@@ -343,71 +335,35 @@ async def test_members_replace_in_place_and_a_write_acts_on_every_document_they_
     assert await listing(client, outsider) == []
 
     # A member's DELETE removes every `salaries` it can see: rows and vectors.
-    assert (await ingest(client, outsider, squat)).status_code == 201
+    assert (await ingest(client, outsider, SQUAT)).status_code == 201
     response = await client.delete("/v1/documents/salaries", headers=carol)
     assert response.status_code == 204
-    gone = await stored(app, owner_pool, holder)
+    gone = await scene.stored()
     assert (gone.rows, gone.chunks) == ({}, {})
 
 
-async def test_an_outsiders_delete_leaves_its_own_document_and_takes_only_that(
-    client: Client,
-    app: Litestar,
-    owner_pool: asyncpg.Pool,
-    holder: str,
-    auth: AuthHeaders,
-) -> None:
-    before = await stored(app, owner_pool, holder)
-    (key,) = before.keys_named("salaries")
-    outsider = auth(holder, user="mallory", roles=WRITER)
-    squat = {"id": "salaries", "title": "Squat", "text": "Narwhal squatting."}
-    assert (await ingest(client, outsider, squat)).status_code == 201
+async def test_an_outsiders_delete_takes_its_own_document_and_only_that(scene: Scene) -> None:
+    client, outsider, before = scene.client, scene.outsider(), await scene.stored()
+    assert (await ingest(client, outsider, SQUAT)).status_code == 201
     response = await client.delete("/v1/documents/salaries", headers=outsider)
     assert response.status_code == 204
-    assert await stored(app, owner_pool, holder) == before
+    assert await scene.stored() == before
     again = await client.delete("/v1/documents/salaries", headers=outsider)
     assert (again.status_code, again.json()["code"]) == (404, "not_found")
-    assert_untouched(before, await stored(app, owner_pool, holder), key)
+    assert await scene.stored() == before
 
 
-async def test_listing_pages_through_documents_sharing_an_id(
-    client: Client, holder: str, auth: AuthHeaders
-) -> None:
-    """Two `salaries` a member sees, one per page: the cursor tells them apart."""
-    outsider = auth(holder, user="mallory", roles=WRITER)
-    squat = {"id": "salaries", "title": "Squat", "text": "Narwhal squatting."}
-    assert (await ingest(client, outsider, squat)).status_code == 201
-    carol = member(auth, holder)
+async def test_listing_pages_through_documents_sharing_an_id(scene: Scene) -> None:
+    """Two `salaries` a member sees (in key order, so either first), one per page, each once."""
+    client = scene.client
+    assert (await ingest(client, scene.outsider(), SQUAT)).status_code == 201
     titles: list[str] = []
     cursor: str | None = None
     for _ in range(3):
         params = {"limit": "1", **({"cursor": cursor} if cursor else {})}
-        page = (await client.get("/v1/documents", params=params, headers=carol)).json()
+        page = (await client.get("/v1/documents", params=params, headers=scene.member())).json()
         titles += [d["title"] for d in page["documents"]]
         cursor = page["next_cursor"]
         if cursor is None:
             break
-    assert titles == ["Salaries", "Squat"]
-
-
-def _upload_acl(groups: list[str]) -> dict[str, str]:
-    return {"acl": json.dumps({"groups": groups})}
-
-
-async def test_an_upload_for_a_group_the_caller_is_not_in_is_refused(
-    client: Client, app: Litestar, owner_pool: asyncpg.Pool, holder: str, auth: AuthHeaders
-) -> None:
-    before = await stored(app, owner_pool, holder)
-    files = [("file", ("bonus.txt", b"Narwhal bonus plan.", "text/plain"))]
-    refused = await client.post(
-        "/v1/documents",
-        files=files,
-        data=_upload_acl(["hr"]),
-        headers=auth(holder, user="mallory", roles=WRITER),
-    )
-    assert (refused.status_code, refused.json()["code"]) == (403, "acl_excludes_caller")
-    assert await stored(app, owner_pool, holder) == before
-    accepted = await client.post(
-        "/v1/documents", files=files, data=_upload_acl(["hr"]), headers=member(auth, holder)
-    )
-    assert accepted.status_code == 201, accepted.text
+    assert sorted(titles) == ["Salaries", "Squat"]
