@@ -81,7 +81,11 @@ def _metadata(value: str | None) -> dict[str, Any] | None:
     help='JSON object given to every document, e.g. \'{"source": "wiki"}\'.',
 )
 @click.option(
-    "--group", "groups", multiple=True, help="ACL group allowed to read the documents (repeatable)."
+    "--group",
+    "groups",
+    multiple=True,
+    help="ACL group allowed to read the documents (repeatable). The credential must be in one"
+    " of them: API keys carry no groups, so this needs a JWT with the group.",
 )
 @click.option(
     "--journal",
@@ -107,8 +111,8 @@ def ingest(
 ) -> None:
     """Ingest files (txt, md, html, pdf) and directories (recursively) through the service.
 
-    The API key comes from $BULKHEAD_API_KEY, never from the command line. Rerunning the same
-    command after an interruption skips the files already ingested unchanged.
+    The API key (or a JWT) comes from $BULKHEAD_API_KEY, never from the command line. Rerunning
+    the same command after an interruption skips the files already ingested unchanged.
     """
     api_key = os.environ.get(API_KEY_ENV, "").strip()
     if not api_key:

@@ -9,7 +9,7 @@ import re
 import unicodedata
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import asyncpg
@@ -19,7 +19,7 @@ from app.db.pool import tenant_transaction
 from app.llm.embeddings import OpenAIEmbedder
 from app.privacy.redact import RedactionKind, redact_fields
 from app.problems import NotFound, PayloadTooLarge, ValidationFailed
-from app.retrieval import repository
+from app.retrieval import acl, repository
 from app.retrieval.chunking import chunk_text
 from app.retrieval.edge import EdgeIndex
 from app.retrieval.embedders import TenantEmbedders, chunk_embedding_text
@@ -112,6 +112,9 @@ class DocumentService:
                 raise ValidationFailed(f"{where}.title: NUL characters are not allowed")
             _check_metadata(document.metadata, where=f"{where}.metadata", limits=limits)
             document_id = document.id or uuid.uuid4().hex
+            if acl.KEY_SEPARATOR in document_id:
+                # Only the sample corpus builds ids unchecked; the API's pattern excludes it.
+                raise ValidationFailed(f"{where}.id: {acl.KEY_SEPARATOR!r} is not allowed")
             if document_id in seen:
                 raise ValidationFailed(f"{where}.id: {document_id!r} appears twice in this request")
             seen.add(document_id)
@@ -139,9 +142,11 @@ class DocumentService:
     ) -> list[tuple[str, int]]:
         """Write a prepared batch: all of it or, on failure, none of it.
 
-        Each document's new version is indexed *pending* (invisible to search) and its row
-        saved in one transaction that holds the documents' locks; after the commit the batch is
-        published: its versions revealed and their predecessors removed in one step for
+        Each document replaces every document under its id the caller can see, or is created
+        when the caller sees none; documents the caller cannot see are never touched (see
+        `app/retrieval/acl.py`). Its new version is indexed *pending* (invisible to search) and
+        its row saved in one transaction that holds the ids' locks; after the commit the batch
+        is published: its versions revealed and their predecessors removed in one step for
         searches, so a re-ingested document is never seen twice nor missing. A dense embedder
         embeds every chunk before anything is written.
 
@@ -149,9 +154,11 @@ class DocumentService:
             (document id, chunk count) per document.
 
         Raises:
+            AclExcludesCaller: A document's ACL leaves the caller out (nothing was written).
             ProvidersUnavailable: The tenant's embeddings model failed (nothing was written).
             ProviderRejected: The embeddings model refused the input (nothing was written).
         """
+        acl.check_writable(scope, [(d.id, d.acl_groups) for d in documents])
         with scoped_span(
             "ingest documents", scope=scope, attributes={"bulkhead.documents": len(documents)}
         ):
@@ -164,8 +171,11 @@ class DocumentService:
                 texts = [text for document in documents for text in _chunk_texts(document)]
                 vectors = (await embedder.embed(texts, scope=scope)).vectors
             async with tenant_transaction(self._pool, scope=scope) as connection:
-                stored = await repository.lock_versions(connection, [d.id for d in documents])
-                written = [(d, stored.get(d.id, 0) + 1) for d in documents]
+                stored = await repository.lock_named(connection, [d.id for d in documents])
+                written = [
+                    _Write(d, acl.target(scope, d.id, stored.get(d.id, ()))) for d in documents
+                ]
+                retired = [key for w in written for key in w.target.retired]
                 try:
                     await index.upsert(
                         scope=scope,
@@ -176,17 +186,26 @@ class DocumentService:
                         connection,
                         tenant_id=scope.tenant_id,
                         created_by=scope.subject,
-                        rows=[_row(d, v) for d, v in written],
+                        rows=[_row(w) for w in written],
                     )
+                    if retired:
+                        # Merged into the kept key: removed like a DELETE, vectors before the
+                        # rows commit (a failure leaves the rows for a retry, never orphans).
+                        await repository.delete_keys(connection, retired)
+                        for key in retired:
+                            await index.delete_document(scope=scope, document_id=key)
                 except BaseException:
-                    for document, version in written:
+                    for w in written:
                         await index.delete_document(
-                            scope=scope, document_id=document.id, version=version
+                            scope=scope, document_id=w.target.key, version=w.target.version
                         )
                     raise
             await index.publish(
                 scope=scope,
-                versions=[DocumentVersion(d.id, v, d.acl_groups) for d, v in written],
+                versions=[
+                    DocumentVersion(w.target.key, w.target.version, w.document.acl_groups)
+                    for w in written
+                ],
             )
         return [(d.id, len(d.chunks)) for d in documents]
 
@@ -194,6 +213,8 @@ class DocumentService:
         self, *, scope: TenantScope, cursor: str | None, limit: int
     ) -> tuple[list[repository.DocumentRow], str | None]:
         """One page of the tenant's documents visible to the caller, and the next cursor.
+
+        Documents sharing an id (see `app/retrieval/acl.py`) follow each other, each once.
 
         Raises:
             ValidationFailed: The cursor is not one this service issued.
@@ -203,22 +224,27 @@ class DocumentService:
             rows = await repository.page(
                 connection, after=after, limit=limit + 1, groups=scope.groups
             )
-        next_cursor = _encode_cursor(rows[limit - 1].id) if len(rows) > limit else None
+        next_cursor = _encode_cursor(rows[limit - 1].key) if len(rows) > limit else None
         return rows[:limit], next_cursor
 
     async def delete(self, *, scope: TenantScope, document_id: str) -> None:
-        """Delete a document's row and vectors.
+        """Delete every document under `document_id` the caller can see: rows and vectors.
 
         Raises:
-            NotFound: The tenant has no such document (another tenant's id looks the same).
+            NotFound: The caller sees no such document: none, one it may not see, or another
+                tenant's all get this same answer, and nothing is changed.
         """
         async with tenant_transaction(self._pool, scope=scope) as connection:
-            if not await repository.delete(connection, document_id):
+            keys = await repository.delete_visible(
+                connection, name=document_id, groups=scope.groups
+            )
+            if not keys:
                 raise NotFound(f"no document {document_id!r}")
-            # Vectors go before the row commits: if this fails the row stays and the
+            # Vectors go before the rows commit: if this fails the rows stay and the
             # client can retry; the reverse order could leave orphaned vectors.
             index, _, _ = self._route(scope)
-            await index.delete_document(scope=scope, document_id=document_id)
+            for key in keys:
+                await index.delete_document(scope=scope, document_id=key)
 
     async def search(
         self,
@@ -264,7 +290,13 @@ class DocumentService:
                     lexical=kind == "hybrid",
                 )
             span.set_attribute("bulkhead.retrieval.hits", len(hits))
-        return hits
+        # The vectors carry the document's key; callers know its id.
+        return [
+            replace(hit, document_id=acl.document_name(hit.document_id))
+            if acl.KEY_SEPARATOR in hit.document_id
+            else hit
+            for hit in hits
+        ]
 
     def _route(self, scope: TenantScope) -> tuple[VectorIndex, OpenAIEmbedder | None, str]:
         """The tenant's index, its dense embedder (None: BM25 only) and the embedder kind."""
@@ -274,6 +306,14 @@ class DocumentService:
         return route.index, route.embedder, route.spec.kind
 
 
+@dataclass(frozen=True, slots=True)
+class _Write:
+    """A document of a batch and where its new version goes."""
+
+    document: PreparedDocument
+    target: acl.Target
+
+
 def _chunk_texts(document: PreparedDocument) -> list[str]:
     return [
         chunk_embedding_text(document.title, section, text) for _, section, text in document.chunks
@@ -281,15 +321,13 @@ def _chunk_texts(document: PreparedDocument) -> list[str]:
 
 
 def _records(
-    scope: TenantScope,
-    document: PreparedDocument,
-    version: int,
-    dense: list[list[float]] | None = None,
+    scope: TenantScope, write: _Write, dense: list[list[float]] | None = None
 ) -> list[ChunkRecord]:
+    document, key, version = write.document, write.target.key, write.target.version
     return [
         ChunkRecord(
-            chunk_id=EdgeIndex.point_id(scope.tenant_id, document.id, version, index),
-            document_id=document.id,
+            chunk_id=EdgeIndex.point_id(scope.tenant_id, key, version, index),
+            document_id=key,
             version=version,
             index=index,
             title=document.title,
@@ -304,26 +342,26 @@ def _records(
 
 
 def _batch_records(
-    scope: TenantScope,
-    written: list[tuple[PreparedDocument, int]],
-    vectors: list[list[float]] | None,
+    scope: TenantScope, written: list[_Write], vectors: list[list[float]] | None
 ) -> list[ChunkRecord]:
     records: list[ChunkRecord] = []
-    for document, version in written:
-        dense = vectors[len(records) : len(records) + len(document.chunks)] if vectors else None
-        records += _records(scope, document, version, dense)
+    for write in written:
+        count = len(write.document.chunks)
+        dense = vectors[len(records) : len(records) + count] if vectors else None
+        records += _records(scope, write, dense)
     return records
 
 
-def _row(document: PreparedDocument, version: int) -> repository.DocumentVersionRow:
+def _row(write: _Write) -> repository.DocumentVersionRow:
+    document = write.document
     return repository.DocumentVersionRow(
-        document_id=document.id,
+        document_id=write.target.key,
         title=document.title,
         metadata=document.metadata,
         acl_groups=list(document.acl_groups) if document.acl_groups else None,
         chunk_count=len(document.chunks),
         content_sha256=document.content_sha256,
-        version=version,
+        version=write.target.version,
     )
 
 
@@ -348,8 +386,8 @@ def _is_metadata_scalar(value: Any) -> bool:
     return isinstance(value, bool | int | float)
 
 
-def _encode_cursor(document_id: str) -> str:
-    return base64.urlsafe_b64encode(document_id.encode()).decode().rstrip("=")
+def _encode_cursor(key: str) -> str:
+    return base64.urlsafe_b64encode(key.encode()).decode().rstrip("=")
 
 
 def _decode_cursor(cursor: str) -> str:

@@ -141,7 +141,7 @@ async def test_acl_groups_restrict_search_and_listing(
     tenant, _ = tenant_pair
     await ingest(
         client,
-        auth(tenant),
+        auth(tenant, user="carol", groups=("hr",)),
         {
             "id": "salaries",
             "title": "Salaries",

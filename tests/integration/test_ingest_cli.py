@@ -283,3 +283,31 @@ async def test_credential_problems_stop_the_run_at_once(
     assert "403 tenant_mismatch" in mismatch.stderr
     assert await versions(http) == {}
     assert not journal.exists()
+
+
+async def test_a_group_the_credential_is_not_in_stops_the_run_and_writes_nothing(
+    tenant_with_key: tuple[str, str, httpx.AsyncClient],
+    auth: AuthHeaders,
+    live_server: str,
+    tmp_path: Path,
+) -> None:
+    """An API key carries no groups, so it may not write `--group hr` documents; a JWT in hr may."""
+    tenant, key, http = tenant_with_key
+    (tmp_path / "pay.txt").write_text("The okapi payroll runs on the 25th.")
+    journal = tmp_path / "journal.jsonl"
+    args = cli_args(tenant, live_server, journal, "--group", "hr", str(tmp_path / "pay.txt"))
+    hr = auth(tenant, user="carol", roles=(Role.SEARCH, Role.INGEST), groups=("hr",))
+
+    refused = await run_cli(args, key)
+    assert refused.returncode == 2, refused.stderr
+    assert "403 acl_excludes_caller" in refused.stderr
+    listed = await http.get("/v1/documents", headers=hr)
+    assert listed.json()["documents"] == []
+    assert not journal.exists()
+
+    accepted = await run_cli(args, hr["Authorization"].removeprefix("Bearer "))
+    assert accepted.returncode == 0, accepted.stderr
+    listed = await http.get("/v1/documents", headers=hr)
+    assert [(d["id"], d["acl"]) for d in listed.json()["documents"]] == [
+        ("pay.txt", {"groups": ["hr"]})
+    ]

@@ -78,7 +78,8 @@ async def test_documents_search_and_delete_with_shared_and_dedicated_tenants(
                     },
                 ]
             },
-            headers=auth(tenant_id),
+            # The writer is in `hr`: nobody may write a document it could not see.
+            headers=auth(tenant_id, groups=("hr",)),
         )
         assert response.status_code == 201, response.text
 
@@ -114,10 +115,12 @@ async def test_reingest_replaces_the_document_and_its_acl_in_server_mode(
 
     async def ingest(text: str, acl: dict[str, list[str]] | None) -> None:
         document: dict[str, object] = {"id": "memo", "title": "Memo", "text": text}
+        writer: tuple[str, ...] = ()
         if acl is not None:
             document["acl"] = acl
+            writer = tuple(acl["groups"])  # nobody may write a document it could not see
         response = await client.post(
-            "/v1/documents", json={"documents": [document]}, headers=auth(tenant_id)
+            "/v1/documents", json={"documents": [document]}, headers=auth(tenant_id, groups=writer)
         )
         assert response.status_code == 201, response.text
 
@@ -133,4 +136,44 @@ async def test_reingest_replaces_the_document_and_its_acl_in_server_mode(
     assert [hit["text"] for hit in response.json()["results"]] == ["the wombat memo, final text"]
     # The first version is gone, and the new one now needs the board group.
     assert await _search(client, auth(tenant_id), "wombat memo") == []
+    assert await index.tenant_points(scope=scope) == 1
+
+
+async def test_a_hidden_documents_id_written_by_an_outsider_leaves_it_in_server_mode(
+    server_mode: tuple[Litestar, Client], make_tenant: TenantFactory, auth: AuthHeaders
+) -> None:
+    """The outsider's write and delete act on its own document (its own key), never on hr's."""
+    app, client = server_mode
+    tenant_id = await make_tenant("qa")
+    await wait_for_tenant(app, tenant_id)
+    index = app.state.resources.index
+    assert isinstance(index, QdrantServerIndex)
+    scope = TenantScope(tenant_id=tenant_id, subject="test", roles=frozenset())
+    hr, outsider = auth(tenant_id, groups=("hr",)), auth(tenant_id, user="mallory")
+
+    async def texts(headers: dict[str, str]) -> list[str]:
+        response = await client.post(
+            "/v1/search", json={"query": "payroll", "top_k": 10}, headers=headers
+        )
+        assert response.status_code == 200, response.text
+        return sorted(hit["text"] for hit in response.json()["results"])
+
+    for headers, document in (
+        (hr, {"text": "the payroll secret", "acl": {"groups": ["hr"]}}),
+        (outsider, {"text": "the payroll rumour"}),
+    ):
+        response = await client.post(
+            "/v1/documents",
+            json={"documents": [{"id": "pay", "title": "Pay", **document}]},
+            headers=headers,
+        )
+        assert response.status_code == 201, response.text
+    assert await texts(hr) == ["the payroll rumour", "the payroll secret"]
+    assert await texts(outsider) == ["the payroll rumour"]
+    assert await index.tenant_points(scope=scope) == 2
+
+    assert (await client.delete("/v1/documents/pay", headers=outsider)).status_code == 204
+    assert await texts(hr) == ["the payroll secret"]
+    again = await client.delete("/v1/documents/pay", headers=outsider)
+    assert (again.status_code, again.json()["code"]) == (404, "not_found")
     assert await index.tenant_points(scope=scope) == 1

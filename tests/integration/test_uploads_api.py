@@ -94,7 +94,7 @@ async def test_ids_titles_metadata_and_acl_from_form_fields(
     files = [upload("a.txt", b"Salary bands for okapi staff."), upload("b.txt", b"Okapi menu.")]
     response = await post_files(
         client,
-        auth(tenant),
+        auth(tenant, user="carol", groups=("hr",)),
         files,
         id=["salaries", "menu"],
         title=["Salaries", "Menu"],
