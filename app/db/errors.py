@@ -45,6 +45,10 @@ def _is_unavailable(exc: BaseException) -> bool:
         return True
     if isinstance(exc, asyncpg.InterfaceError):
         return any(message in str(exc) for message in _GONE_MESSAGES)
+    if isinstance(exc, asyncpg.InternalClientError):
+        # "cannot switch to state N; another operation is in progress": the protocol lost
+        # track of a connection that broke under it (seen when the server shuts down).
+        return "cannot switch to state" in str(exc)
     # Socket errors (refused, reset, no such socket file, connect timeout) come out of
     # asyncpg's connect and protocol code as they are; elsewhere an OSError means something
     # else (a file, a provider), so only the ones raised inside asyncpg count.
