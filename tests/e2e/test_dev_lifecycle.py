@@ -159,7 +159,7 @@ async def test_a_start_after_an_unclean_stop_cleans_up(dev: DevProcess) -> None:
     assert _postmaster(pgdata) is not None
     assert dead in _handles(pgdata)
     dev.start()
-    assert "dropped handles of processes gone" in dev.log()
-    assert dead not in _handles(pgdata)
-    took = await _stop_with(dev, signal.SIGTERM)
+    # On a clean stop the server goes too: the dead process's handle no longer holds it up.
+    took = await _stop_with(dev, signal.SIGINT)
     assert took <= STOP_BUDGET_SECONDS
+    assert "dropped handles of processes gone" in dev.log()
