@@ -27,7 +27,7 @@ async def test_a_refused_connection_is_unavailability() -> None:
 
 
 def test_the_same_oserror_outside_asyncpg_is_not() -> None:
-    with pytest.raises(OSError) as raised:
+    with pytest.raises(FileNotFoundError) as raised:
         Path("/nonexistent/bulkhead").read_text()
     assert not database_unavailable(raised.value)
 
@@ -67,8 +67,12 @@ async def test_an_error_raised_from_an_outage_is_one_unless_from_none() -> None:
     group = ExceptionGroup("tasks", [ValueError("x"), refused])  # type: ignore[list-item]
     assert database_unavailable(group)
     with pytest.raises(KeyError) as unrelated:
-        try:
-            raise refused
-        except OSError:
-            raise KeyError("unrelated") from None
+        _reraise_unrelated(refused)
     assert not database_unavailable(unrelated.value)
+
+
+def _reraise_unrelated(outage: BaseException) -> None:
+    try:
+        raise outage
+    except OSError:
+        raise KeyError("unrelated") from None
