@@ -98,6 +98,17 @@ async def _unready(base: str) -> bool:
     return await readiness(base) == 503
 
 
+def _figures(name: str, answers: list[Answer], readiness_seconds: float) -> None:
+    """One line of what the test saw (`pytest -s` shows it; the README quotes it)."""
+    ok = sum(a.status == 200 for a in answers)
+    unavailable = sum(a.status == 503 for a in answers)
+    other = len(answers) - ok - unavailable
+    print(
+        f"\n{name}: {len(answers)} answers, {ok} x 200, {unavailable} x 503 database_unavailable,"
+        f" {other} other; /readyz said 503 after {readiness_seconds:.2f} s"
+    )
+
+
 async def _every_success_is_recorded(scratch_pg: ScratchPostgres, answers: list[Answer]) -> None:
     """Each 200 has its conversation and its audit row (audit rows are written async: wait)."""
     ok = [a for a in answers if a.status == 200]
@@ -139,13 +150,14 @@ async def test_fast_stop_answers_503_then_recovers(
     await load.until(lambda: sum(a.status == 200 for a in load.answers) >= 40, 60, "warm-up")
     await asyncio.to_thread(scratch_pg.stop, "fast")
     stopped = time.monotonic()
-    await wait_for(lambda: _unready(served.base), READINESS_BUDGET_SECONDS + 5, "readyz 503")
+    took = await wait_for(lambda: _unready(served.base), READINESS_BUDGET_SECONDS + 5, "readyz 503")
     await load.until(lambda: len(load.since(stopped)) >= 60, 60, "answers during the outage")
     await _every_endpoint_says_unavailable(served)
     assert any(a.status == 503 for a in load.since(stopped))
     await asyncio.to_thread(scratch_pg.start)
     await _recovered(served, load)
     await load.stop()
+    _figures("fast stop", load.answers, took)
     _assert_no_failure_but_unavailable(load.answers)
     await _every_success_is_recorded(scratch_pg, load.answers)
 
@@ -164,6 +176,7 @@ async def test_smart_stop_is_seen_by_readiness_and_never_a_500(
     await asyncio.to_thread(scratch_pg.start)
     await _recovered(served, load)
     await load.stop()
+    _figures("smart stop", load.answers, took)
     _assert_no_failure_but_unavailable(load.answers)
     await _every_success_is_recorded(scratch_pg, load.answers)
 
