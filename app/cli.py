@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import signal
 import sys
 from pathlib import Path
+from types import FrameType
 
 import click
 
@@ -63,6 +65,7 @@ def main() -> None:
 def dev(host: str | None, port: int | None, data_dir: Path | None) -> None:
     """Run on the embedded default: embedded Postgres, Qdrant Edge, demo tenants, local provider."""
     _setup_logging()
+    _exit_on_signals()
     overrides: dict[str, object] = {"dev": True}
     if host:
         overrides["host"] = host
@@ -72,11 +75,23 @@ def dev(host: str | None, port: int | None, data_dir: Path | None) -> None:
         overrides["data_dir"] = data_dir
     settings = Settings(**overrides)  # type: ignore[arg-type]
     settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    if not settings.db.url:
-        from app.db.embedded import start_embedded
+    embedded = None
+    try:
+        if not settings.db.url:
+            from app.db.embedded import EmbeddedPostgres
 
-        click.echo(f"starting embedded Postgres in {settings.data_dir / 'pg'} ...")
-        settings.db.url = start_embedded(settings.data_dir / "pg")
+            click.echo(f"starting embedded Postgres in {settings.data_dir / 'pg'} ...")
+            embedded = EmbeddedPostgres(settings.data_dir / "pg")
+            settings.db.url = embedded.start()
+            embedded.supervise()
+        _run_dev(settings)
+    finally:
+        # Whatever ended the run (a signal, Ctrl-C, a failed start), the server goes with it.
+        if embedded is not None:
+            embedded.stop()
+
+
+def _run_dev(settings: Settings) -> None:
     _migrate(settings)
     manifests = sorted(settings.tenants_dir.glob("*.yaml"))
     asyncio.run(
@@ -107,6 +122,7 @@ def dev(host: str | None, port: int | None, data_dir: Path | None) -> None:
 def serve() -> None:
     """Run the service (production: DATABASE_URL and a master key are required)."""
     _setup_logging()
+    _exit_on_signals()
     settings = get_settings()
     try:
         load_master_key(settings)
@@ -128,6 +144,24 @@ def _freeze_startup_heap() -> None:
     gc.freeze()
 
 
+def _exit_on_signals() -> None:
+    """SIGTERM and SIGINT end the process through `SystemExit`, so `finally` blocks run.
+
+    uvicorn answers either signal with a graceful shutdown (stop accepting, drain, run the
+    lifespan's exit) and afterwards raises it again for the handler installed before it.
+    Python's default SIGTERM action kills the process on the spot, skipping `dev`'s cleanup
+    of its embedded Postgres; this handler exits instead (code 0: the stop was asked for).
+    Before uvicorn runs (migrations, tenant sync), a signal likewise unwinds and cleans up.
+    """
+
+    def leave(signum: int, _frame: FrameType | None) -> None:
+        logging.getLogger(__name__).info("%s: shutting down", signal.Signals(signum).name)
+        raise SystemExit(0)
+
+    signal.signal(signal.SIGTERM, leave)
+    signal.signal(signal.SIGINT, leave)
+
+
 def _serve(settings: Settings) -> None:
     import uvicorn
 
@@ -145,6 +179,9 @@ def _serve(settings: Settings) -> None:
         access_log=False,
         proxy_headers=False,
         server_header=False,
+        # On SIGTERM/SIGINT: stop accepting, give requests in flight this long, then cancel
+        # them; the lifespan's exit then flushes the audit trail and closes the pools.
+        timeout_graceful_shutdown=settings.shutdown.drain_seconds,
     )
 
 

@@ -26,6 +26,14 @@ class DatabaseSettings(BaseModel):
     app_role: str = "bulkhead_app"
     pool_min: int = Field(default=2, ge=1)
     pool_max: int = Field(default=10, ge=1)
+    connect_timeout_seconds: float = Field(default=5.0, gt=0)
+    """Opening one connection; past it the request is answered 503 `database_unavailable`."""
+    retry_after_seconds: int = Field(default=2, ge=1)
+    """`Retry-After` of a 503 `database_unavailable`."""
+    readiness_timeout_seconds: float = Field(default=1.0, gt=0)
+    """`/readyz` opens a new connection within this time, or reports `db` down."""
+    readiness_cache_seconds: float = Field(default=1.0, ge=0)
+    """One readiness check serves the probes of this long (a probe storm costs one connect)."""
 
 
 class QdrantServerSettings(BaseModel):
@@ -149,6 +157,19 @@ class AuditSettings(BaseModel):
     flush_interval_seconds: float = Field(default=0.5, gt=0)
 
 
+class ShutdownSettings(BaseModel):
+    """SIGTERM / SIGINT: stop accepting, drain, flush the audit trail, close, exit.
+
+    The defaults fit within Kubernetes' default 30 s termination grace period.
+    """
+
+    drain_seconds: int = Field(default=20, ge=0)
+    """Requests in flight get this long to finish; then they are cancelled."""
+    audit_flush_seconds: float = Field(default=5.0, ge=0)
+    """Queued audit rows get this long to reach Postgres; rows still unwritten after it are
+    logged one by one and counted (`bulkhead.audit.unwritten`)."""
+
+
 class LimitSettings(BaseModel):
     """Input bounds enforced on every endpoint."""
 
@@ -257,6 +278,7 @@ class Settings(BaseSettings):
     secrets: SecretsSettings = SecretsSettings()
     auth: AuthSettings = AuthSettings()
     audit: AuditSettings = AuditSettings()
+    shutdown: ShutdownSettings = ShutdownSettings()
     limits: LimitSettings = LimitSettings()
     chunking: ChunkingSettings = ChunkingSettings()
     telemetry: TelemetrySettings = TelemetrySettings()

@@ -22,8 +22,8 @@ async def _check(probe: Any) -> str:
 
 
 async def _db_ok(resources: Resources) -> bool:
-    async with resources.pool.acquire() as connection:
-        return bool(await connection.fetchval("SELECT 1"))
+    # A new connection, not a pooled one: see app/db/readiness.py.
+    return await resources.db_probe.ok()
 
 
 class HealthController(Controller):
@@ -36,7 +36,11 @@ class HealthController(Controller):
 
     @get("/readyz", opt={"exclude_from_auth": True})
     async def readyz(self, state: State) -> Response[dict[str, Any]]:
-        """Every dependency answers: 200, else 503 with the failing component named."""
+        """Every dependency answers: 200, else 503 with the failing component named.
+
+        `db` is down as soon as Postgres refuses a new connection (stopped, restarting, in
+        a smart shutdown, out of connection slots), within about a second.
+        """
         resources: Resources = state.resources
         db, vectors, secrets = await asyncio.gather(
             _check(_db_ok(resources)),

@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from litestar import Litestar
+from litestar.datastructures import State
 from litestar.di import Provide
 from litestar.middleware import DefineMiddleware
 from litestar.plugins.opentelemetry import OpenTelemetryConfig, OpenTelemetryPlugin
@@ -93,7 +94,8 @@ def create_app(settings: Settings | None = None) -> Litestar:
         exception_handlers=EXCEPTION_HANDLERS,
         before_send=[add_trace_header],
         request_max_body_size=settings.limits.max_request_bytes,
-        state=None,
+        # Read by the exception handler that answers 503 `database_unavailable`.
+        state=State({"database_retry_after": settings.db.retry_after_seconds}),
         debug=False,
         openapi_config=None,
     )

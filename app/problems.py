@@ -8,6 +8,7 @@ for the caller and never carry secret values or raw tokens.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -22,11 +23,15 @@ from litestar.exceptions import (
 from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
 from litestar.types import ExceptionHandlersMap
 
+from app.db.errors import database_unavailable
 from app.secrets.scrub import scrub
 
 PROBLEM_JSON = "application/problem+json"
 
 _log = logging.getLogger(__name__)
+
+DEFAULT_RETRY_AFTER = 2
+"""`Retry-After` (seconds) of `database_unavailable` when the app state names none."""
 
 _CODE_BY_STATUS = {
     400: "bad_request",
@@ -124,6 +129,17 @@ class ServiceUnavailable(ApiError):
     status, code, title = 503, "unavailable", "Service unavailable"
 
 
+class DatabaseUnavailable(ServiceUnavailable):
+    """Postgres is stopped, restarting or refusing connections; retry after `retry_after` s."""
+
+    code, title = "database_unavailable", "Database unavailable"
+
+    def __init__(self, *, retry_after: int) -> None:
+        super().__init__(
+            "the database is unavailable; retry later", headers={"Retry-After": str(retry_after)}
+        )
+
+
 def problem_response(
     request: Request[Any, Any, Any],
     *,
@@ -217,7 +233,15 @@ def handle_http_exception(
 
 
 def handle_unexpected(request: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, Any]]:
-    """Last resort: log the failure, answer a bare 500 that reveals nothing."""
+    """Last resort: a database outage is a 503 to retry; anything else a bare 500 (logged).
+
+    Every route and middleware lands here with an error it did not handle, so this one check
+    turns a lost or refused Postgres connection into `database_unavailable` everywhere.
+    """
+    if database_unavailable(exc):
+        retry_after: int = request.app.state.get("database_retry_after", DEFAULT_RETRY_AFTER)
+        _OUTAGE_LOG.note(request.method, request.url.path, exc)
+        return handle_api_error(request, DatabaseUnavailable(retry_after=retry_after))
     _log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
     return problem_response(
         request,
@@ -226,6 +250,36 @@ def handle_unexpected(request: Request[Any, Any, Any], exc: Exception) -> Respon
         title="Internal error",
         detail="the request failed; the trace id identifies it for support",
     )
+
+
+class _OutageLog:
+    """One warning per interval while requests are refused, with how many were.
+
+    An outage under load refuses thousands; a line for each would bury everything else.
+    """
+
+    def __init__(self, interval_seconds: float) -> None:
+        self._interval = interval_seconds
+        self._last = -interval_seconds
+        self._refused = 0
+
+    def note(self, method: str, path: str, exc: BaseException) -> None:
+        self._refused += 1
+        now = time.monotonic()
+        if now - self._last < self._interval:
+            return
+        _log.warning(
+            "database unavailable: %d requests answered 503 since the last report"
+            " (latest %s %s: %s)",
+            self._refused,
+            method,
+            path,
+            f"{type(exc).__name__}: {exc}"[:300],
+        )
+        self._last, self._refused = now, 0
+
+
+_OUTAGE_LOG = _OutageLog(interval_seconds=5.0)
 
 
 EXCEPTION_HANDLERS: ExceptionHandlersMap = {

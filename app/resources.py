@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, asynccontextmanager, suppress
 from dataclasses import dataclass
+from functools import partial
 
 import asyncpg
 import httpx
@@ -17,7 +18,9 @@ from app.audit.writer import AuditWriter
 from app.chat.crypto import ConversationCipher
 from app.chat.service import ChatService
 from app.config import Settings
+from app.db.errors import database_unavailable
 from app.db.pool import create_pool
+from app.db.readiness import ConnectProbe
 from app.db.urls import with_user
 from app.identity.api_keys import ApiKeyHasher, derive_pepper
 from app.identity.authenticator import Authenticator
@@ -55,6 +58,8 @@ class Resources:
     """The service's long-lived collaborators."""
 
     pool: asyncpg.Pool
+    db_probe: ConnectProbe
+    """Readiness: can a new Postgres connection be opened right now."""
     registry: TenantRegistry
     index: VectorIndex
     secrets: SecretsBackend
@@ -94,8 +99,13 @@ async def open_resources(settings: Settings) -> AsyncIterator[Resources]:
     async with AsyncExitStack() as stack:
         kek = load_master_key(settings)
         dsn = app_dsn(settings)
-        pool = await create_pool(dsn, min_size=settings.db.pool_min, max_size=settings.db.pool_max)
-        stack.push_async_callback(pool.close)
+        pool = await create_pool(
+            dsn,
+            min_size=settings.db.pool_min,
+            max_size=settings.db.pool_max,
+            connect_timeout=settings.db.connect_timeout_seconds,
+        )
+        stack.push_async_callback(close_pool, pool, POOL_CLOSE_SECONDS)
         registry = TenantRegistry(pool)
         await registry.load()
         await registry.listen(dsn)
@@ -154,6 +164,11 @@ async def open_resources(settings: Settings) -> AsyncIterator[Resources]:
             settings=settings.auth,
         )
         identity = await stack.enter_async_context(open_identity(settings, pool, dsn, kek))
+        db_probe = ConnectProbe(
+            dsn,
+            timeout_seconds=settings.db.readiness_timeout_seconds,
+            cache_seconds=settings.db.readiness_cache_seconds,
+        )
         authenticator = Authenticator(
             registry=registry,
             jwt_verifier=verifier,
@@ -167,7 +182,10 @@ async def open_resources(settings: Settings) -> AsyncIterator[Resources]:
             flush_interval=settings.audit.flush_interval_seconds,
         )
         audit.start()
-        stack.push_async_callback(audit.close)
+        # Closed before the pool (the stack unwinds in reverse): rows drain, then connections go.
+        stack.push_async_callback(
+            partial(audit.close, grace_seconds=settings.shutdown.audit_flush_seconds)
+        )
         embedders = tenant_embedders(settings, registry, spaces, secret_cache)
         stack.push_async_callback(embedders.aclose)
         documents = DocumentService(
@@ -197,6 +215,7 @@ async def open_resources(settings: Settings) -> AsyncIterator[Resources]:
         stack.push_async_callback(counters.aclose)
         yield Resources(
             pool=pool,
+            db_probe=db_probe,
             registry=registry,
             index=index,
             secrets=secrets,
@@ -215,6 +234,34 @@ async def open_resources(settings: Settings) -> AsyncIterator[Resources]:
             limiter=RequestLimiter(counters, registry),
             reconciled=reconciled,
         )
+
+
+POOL_CLOSE_SECONDS = 5.0
+"""How long closing the pool waits for connections still checked out before cutting them."""
+
+
+async def close_pool(pool: asyncpg.Pool, timeout_seconds: float) -> None:
+    """Close the pool gracefully, or terminate its connections after `timeout_seconds`."""
+    try:
+        async with asyncio.timeout(timeout_seconds):
+            await pool.close()
+    except TimeoutError:
+        _log.warning("closing the database pool took over %.0fs; terminating it", timeout_seconds)
+        pool.terminate()
+
+
+async def close_despite_outage(what: str, close: Callable[[], Awaitable[None]]) -> None:
+    """Run a shutdown step that writes to Postgres; an unavailable database is only logged.
+
+    Raises:
+        Exception: Whatever `close` raised that is not an outage.
+    """
+    try:
+        await close()
+    except Exception as exc:
+        if not database_unavailable(exc):
+            raise
+        _log.warning("%s closed without reaching the database: %s", what, type(exc).__name__)
 
 
 async def _cancel(task: asyncio.Task[ReconcileReport | None]) -> None:
@@ -303,8 +350,8 @@ async def open_identity(
             api_keys=store, service_tokens=service_tokens, auth_failures=failures
         )
     finally:
-        await failures.close()
-        await store.close()
+        await failures.close(grace_seconds=settings.shutdown.audit_flush_seconds)
+        await close_despite_outage("API key store", store.close)
 
 
 def provide_documents(state: State) -> DocumentService:

@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -31,7 +32,16 @@ def live_server(
     settings: Settings, tmp_root: Path, kek: bytes, dev_issuer: DevIssuer
 ) -> Iterator[str]:
     """Base URL of a uvicorn-served Bulkhead (dev mode, no demo corpus), stopped afterwards."""
-    data_dir = tmp_root / "live-server"
+    with serve_replica(settings, tmp_root / "live-server") as base:
+        yield base
+
+
+@contextmanager
+def serve_replica(settings: Settings, data_dir: Path) -> Iterator[str]:
+    """Another Bulkhead process on the test database, with its own data dir (and vector shard).
+
+    Needs the `kek` and `dev_issuer` fixtures to have run (it reuses their key files).
+    """
     data_dir.mkdir(exist_ok=True)
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("BULKHEAD_", "OTEL_"))}

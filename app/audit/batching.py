@@ -1,7 +1,8 @@
 """BatchWriter: a bounded queue drained in batches by one background task.
 
 Shared by the audit trail (which waits for room: back-pressure) and the auth-failure log
-(which drops when full). Subclasses decide how a row is queued and how a batch is written.
+(which drops when full). Subclasses decide how a row is queued, how a batch is written, and
+what becomes of rows still unwritten when the writer is closed with a deadline.
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ class BatchWriter(Generic[Row]):
         self._batch_size = batch_size
         self._flush_interval = flush_interval
         self._task: asyncio.Task[None] | None = None
+        self._batch: list[Row] = []
+        """The batch being handled; `_handle` removes the rows it has written for good."""
 
     def start(self) -> None:
         """Start the background writer."""
@@ -36,14 +39,33 @@ class BatchWriter(Generic[Row]):
         await asyncio.wait({joined, self._task}, return_when=asyncio.FIRST_COMPLETED)
         joined.cancel()
 
-    async def close(self) -> None:
-        """Handle what is queued, then stop."""
-        await self.flush()
+    async def close(self, *, grace_seconds: float | None = None) -> None:
+        """Handle what is queued (for at most `grace_seconds`), then stop.
+
+        Rows not written by then (the database is down, say) go to `_abandon`, which
+        reports them: they are never dropped silently.
+        """
+        try:
+            async with asyncio.timeout(grace_seconds):
+                await self.flush()
+        except TimeoutError:
+            pass
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
+        leftover = list(self._batch)
+        self._batch = []
+        while not self._queue.empty():
+            leftover.append(self._queue.get_nowait())
+            self._queue.task_done()
+        if leftover:
+            self._abandon(leftover)
 
     async def _handle(self, batch: list[Row]) -> None:
+        raise NotImplementedError
+
+    def _abandon(self, rows: list[Row]) -> None:
+        """Rows still unwritten when the writer closed (after its grace period)."""
         raise NotImplementedError
 
     async def _run(self) -> None:
@@ -62,6 +84,9 @@ class BatchWriter(Generic[Row]):
                     batch.append(await asyncio.wait_for(self._queue.get(), timeout))
                 except TimeoutError:
                     break
+            taken = len(batch)
+            self._batch = batch
             await self._handle(batch)
-            for _ in batch:
+            self._batch = []
+            for _ in range(taken):
                 self._queue.task_done()

@@ -12,7 +12,7 @@ from litestar.di import NamedDependency
 from litestar.params import FromQuery, Parameter
 from litestar.response import Stream
 
-from app.audit.export import export_ndjson
+from app.audit.export import export_ndjson, started
 from app.audit.usage import usage_report
 from app.db.pool import tenant_transaction
 from app.identity.guards import requires
@@ -93,12 +93,10 @@ class AuditController(Controller):
         since, until = _utc(since), _utc(until)
         if since is not None and until is not None and since >= until:
             raise ValidationFailed("since: must be earlier than until")
-        return Stream(
-            export_ndjson(
-                state.resources.pool, scope=caller, since=since, until=until, limit=limit
-            ),
-            media_type="application/x-ndjson",
+        lines = export_ndjson(
+            state.resources.pool, scope=caller, since=since, until=until, limit=limit
         )
+        return Stream(await started(lines), media_type="application/x-ndjson")
 
 
 def _utc(moment: datetime | None) -> datetime | None:

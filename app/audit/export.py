@@ -41,6 +41,27 @@ async def export_ndjson(
             yield msgspec.json.encode(_line(row)) + b"\n"
 
 
+async def started(lines: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    """`lines` with its first item already fetched.
+
+    A failure to reach the database is raised now, as an error response, rather than after a
+    200 has started streaming.
+
+    Raises:
+        Exception: Whatever fetching the first item raised.
+    """
+    first = await anext(aiter(lines), None)
+
+    async def rest() -> AsyncIterator[bytes]:
+        if first is None:
+            return
+        yield first
+        async for line in lines:
+            yield line
+
+    return rest()
+
+
 def _line(row: Any) -> dict[str, Any]:
     return {
         "id": row["id"],

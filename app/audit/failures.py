@@ -76,6 +76,10 @@ class AuthFailureLog(BatchWriter[AuthFailure]):
             _log.exception("writing %d auth-failure rows failed; dropped", len(batch))
             _DROPPED.add(len(batch))
 
+    def _abandon(self, rows: list[AuthFailure]) -> None:
+        _log.error("service stopping: %d auth-failure rows not written; dropped", len(rows))
+        _DROPPED.add(len(rows))
+
     async def _write(self, batch: list[AuthFailure]) -> None:
         async with self._pool.acquire() as connection:
             await connection.executemany(

@@ -1,11 +1,29 @@
 """The audit trail: one row per authenticated request, written off the hot path.
 
-Rows go into a bounded in-memory queue that a background task drains in batches (one
-transaction per tenant, so RLS checks every row), each row hash-chained to the tenant's
-previous one under a per-tenant advisory lock (`app/audit/chain.py`). When the queue is
-full, `record` waits: requests slow down rather than lose audit rows. That is a deliberate
-choice: an audit trail with silent gaps is worse than back-pressure, and a full queue means
-Postgres is already the bottleneck. `close()` drains everything before the service exits.
+Rows go into a bounded in-memory queue that a background task drains in batches. Each
+tenant's rows in a batch are written in their own transaction (so RLS checks every row),
+hash-chained to the tenant's previous row under a per-tenant advisory lock
+(`app/audit/chain.py`). When the queue is full, `record` waits: requests slow down rather
+than lose audit rows. That is a deliberate choice: an audit trail with silent gaps is worse
+than back-pressure, and a full queue means Postgres is already the bottleneck.
+
+What happens to a row that cannot be written:
+
+- Postgres unavailable (stopped, restarting, connection lost): the rows are kept and retried
+  with backoff until it is back; the bounded queue pushes back on requests meanwhile. A retry
+  after a connection lost during a commit first looks for the rows already written, so an
+  uncertain commit is not written twice.
+- Postgres rejects a tenant's rows (a constraint or data error, e.g. the tenant was
+  offboarded between the request and the write: `audit_events_tenant_id_fkey`): that
+  tenant's rows are retried one by one in their own transactions, and a row still refused
+  is parked: logged at ERROR (tenant, time, route, status, trace id) and counted in
+  `bulkhead.audit.rejected` (attribute `reason`: `tenant_gone`, `rejected` or `error`).
+  Other tenants' rows in the same batch are written regardless. A gone tenant's rows are not
+  kept anywhere else: offboarding deleted that tenant's trail, and keeping rows of a tenant
+  that no longer exists would undo it.
+- Shutdown: `close(grace_seconds=...)` drains the queue for at most the grace period; rows
+  still unwritten after it are logged one by one at ERROR and counted in
+  `bulkhead.audit.unwritten`.
 """
 
 from __future__ import annotations
@@ -14,15 +32,44 @@ import asyncio
 import logging
 from dataclasses import asdict, astuple, dataclass
 from datetime import datetime
-from itertools import groupby
 
 import asyncpg
+from opentelemetry import metrics
 
 from app.audit.batching import BatchWriter
 from app.audit.chain import append_lock, link
-from app.db.pool import set_tenant
+from app.db.errors import database_unavailable
+from app.db.pool import Connection, set_tenant
 
 _log = logging.getLogger(__name__)
+
+_meter = metrics.get_meter("bulkhead.audit")
+REJECTED = _meter.create_counter(
+    "bulkhead.audit.rejected",
+    unit="{row}",
+    description="Audit rows Postgres refused (parked: logged, not written), by reason",
+)
+UNWRITTEN = _meter.create_counter(
+    "bulkhead.audit.unwritten",
+    unit="{row}",
+    description="Audit rows still unwritten when the service stopped (after the grace period)",
+)
+RETRIES = _meter.create_counter(
+    "bulkhead.audit.retries",
+    unit="{attempt}",
+    description="Audit writes retried (Postgres unavailable or a transient error)",
+)
+
+# Errors on other than connection failures are retried this often before the rows are
+# isolated and parked: a permanent error must not stall every tenant's trail.
+_TRANSIENT_ATTEMPTS = 5
+_MAX_BACKOFF_SECONDS = 2.0
+
+_INSERT = """
+    INSERT INTO audit_events (tenant_id, occurred_at, principal, credential_id, method, route,
+        status, latency_ms, source_ip, trace_id, seq, prev_hash, row_hash)
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
+"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,7 +89,7 @@ class AuditRow:
 
 
 class AuditWriter(BatchWriter[AuditRow]):
-    """Buffers audit rows and writes them in batches."""
+    """Buffers audit rows and writes them in batches (module docstring: failure handling)."""
 
     def __init__(
         self, pool: asyncpg.Pool, *, buffer_size: int, batch_size: int, flush_interval: float
@@ -60,48 +107,117 @@ class AuditWriter(BatchWriter[AuditRow]):
         await self._queue.put(row)
 
     async def _handle(self, batch: list[AuditRow]) -> None:
-        delay = 0.1
+        by_tenant: dict[str, list[AuditRow]] = {}
+        for row in batch:
+            by_tenant.setdefault(row.tenant_id, []).append(row)
+        for rows in by_tenant.values():
+            await self._deliver(rows)
+            done = {id(row) for row in rows}
+            batch[:] = [row for row in batch if id(row) not in done]
+
+    async def _deliver(self, rows: list[AuditRow]) -> None:
+        """Write one tenant's rows: retry while Postgres is away, isolate what it refuses."""
+        failures, delay = 0, 0.1
         while True:
             try:
-                await self._write(batch)
+                await self._insert(rows, after_failure=failures > 0)
+            except (asyncpg.IntegrityConstraintViolationError, asyncpg.DataError) as exc:
+                await self._isolate(rows, exc)
                 return
-            except (asyncpg.IntegrityConstraintViolationError, asyncpg.DataError):
-                # A row Postgres will never accept (its tenant was offboarded meanwhile):
-                # retrying would stall the trail for everyone, so log it and move on.
-                _log.exception("audit batch rejected by the database: %s", _summary(batch))
-                return
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
-                # Keep the rows and retry: the bounded queue pushes back on requests meanwhile.
-                _log.exception("audit write failed; retrying in %.1fs", delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
-
-    async def _write(self, batch: list[AuditRow]) -> None:
-        ordered = sorted(batch, key=lambda r: r.tenant_id)
-        async with self._pool.acquire() as connection:
-            for tenant_id, rows in groupby(ordered, key=lambda r: r.tenant_id):
-                async with connection.transaction():
-                    await set_tenant(connection, tenant_id)
-                    seq, prev = await append_lock(connection, tenant_id)
-                    records = []
-                    for row in rows:
-                        seq += 1
-                        values = asdict(row) | {"seq": seq}
-                        row_hash = link(prev, values)
-                        records.append((*astuple(row), seq, prev, row_hash))
-                        prev = row_hash
-                    await connection.executemany(
-                        """
-                        INSERT INTO audit_events (tenant_id, occurred_at, principal,
-                            credential_id, method, route, status, latency_ms, source_ip, trace_id,
-                            seq, prev_hash, row_hash)
-                        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
-                        """,
-                        records,
+            except Exception as exc:
+                failures += 1
+                outage = database_unavailable(exc)
+                if not outage and (
+                    failures >= _TRANSIENT_ATTEMPTS
+                    or not isinstance(exc, asyncpg.PostgresError | asyncpg.InterfaceError)
+                ):
+                    await self._isolate(rows, exc)
+                    return
+                RETRIES.add(1)
+                if outage:
+                    _log.warning(
+                        "audit write: database unavailable (%s); %d rows kept, retry %d in %.1fs",
+                        type(exc).__name__,
+                        len(rows),
+                        failures,
+                        delay,
                     )
+                else:
+                    _log.exception("audit write failed; retry %d in %.1fs", failures, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, _MAX_BACKOFF_SECONDS)
+                continue
+            if failures:
+                _log.info("audit write: %d rows written after %d retries", len(rows), failures)
+            return
+
+    async def _isolate(self, rows: list[AuditRow], exc: Exception) -> None:
+        if len(rows) > 1:
+            # One bad row must not take its neighbours: each gets its own transaction.
+            for row in rows:
+                await self._deliver([row])
+            return
+        _park(rows[0], exc)
+
+    async def _insert(self, rows: list[AuditRow], *, after_failure: bool) -> None:
+        tenant_id = rows[0].tenant_id
+        async with self._pool.acquire() as connection, connection.transaction():
+            await set_tenant(connection, tenant_id)
+            seq, prev = await append_lock(connection, tenant_id)
+            if after_failure:
+                # The last attempt may have committed before its connection broke.
+                rows = await _not_yet_written(connection, rows)
+            records = []
+            for row in rows:
+                seq += 1
+                row_hash = link(prev, asdict(row) | {"seq": seq})
+                records.append((*astuple(row), seq, prev, row_hash))
+                prev = row_hash
+            if records:
+                await connection.executemany(_INSERT, records)
+
+    def _abandon(self, rows: list[AuditRow]) -> None:
+        for row in rows:
+            _log.error("audit row not written before shutdown: %s", _describe(row))
+        _log.error(
+            "service stopping: %d audit rows could not be written within the grace period"
+            " (database unavailable?); they are listed above",
+            len(rows),
+        )
+        UNWRITTEN.add(len(rows))
 
 
-def _summary(batch: list[AuditRow]) -> str:
-    return ", ".join(
-        f"{r.tenant_id} {r.method} {r.route} {r.status} trace={r.trace_id}" for r in batch
+async def _not_yet_written(connection: Connection, rows: list[AuditRow]) -> list[AuditRow]:
+    """`rows` minus those already in the table (same tenant, time and trace id)."""
+    written = await connection.fetch(
+        "SELECT occurred_at, trace_id FROM audit_events"
+        " WHERE tenant_id = $1 AND occurred_at = ANY($2::timestamptz[])",
+        rows[0].tenant_id,
+        [row.occurred_at for row in rows],
+    )
+    present = {(r["occurred_at"], r["trace_id"]) for r in written}
+    return [row for row in rows if (row.occurred_at, row.trace_id) not in present]
+
+
+def _park(row: AuditRow, exc: Exception) -> None:
+    if isinstance(exc, asyncpg.ForeignKeyViolationError):
+        reason = "tenant_gone"
+    elif isinstance(exc, asyncpg.IntegrityConstraintViolationError | asyncpg.DataError):
+        reason = "rejected"
+    else:
+        reason = "error"
+    REJECTED.add(1, {"reason": reason})
+    _log.error(
+        "audit row rejected (%s), not written: %s: %s",
+        reason,
+        _describe(row),
+        f"{type(exc).__name__}: {exc}"[:300],
+    )
+
+
+def _describe(row: AuditRow) -> str:
+    # Enough to find the request again (its trace); no principal or address in the log.
+    return (
+        f"tenant={row.tenant_id} at={row.occurred_at.isoformat()} {row.method} {row.route}"
+        f" status={row.status} trace={row.trace_id}"
     )

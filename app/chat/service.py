@@ -30,6 +30,7 @@ from app.chat.grounding import (
     stored_context,
 )
 from app.config import ChatSettings, LlmSettings
+from app.db.errors import database_unavailable
 from app.db.pool import tenant_transaction
 from app.llm.chains import estimate_cost
 from app.llm.keys import SecretResolver, scrub
@@ -435,9 +436,14 @@ class ChatService:
                 await self._record_failure(scope, ledger, "stream_interrupted", started, trace_id)
                 yield ("error", {"code": "provider_stream_interrupted", "message": scrub(str(exc))})
             except Exception as exc:
-                _log.error("streamed chat failed", exc_info=exc)
                 span.set_attribute("error.type", type(exc).__name__)
-                yield ("error", {"code": "internal_error", "message": "the answer failed"})
+                if database_unavailable(exc):
+                    # The turn could not be saved: say so in the stream's own terms.
+                    _log.warning("streamed chat: database unavailable: %s", type(exc).__name__)
+                    yield ("error", {"code": "database_unavailable", "message": "retry later"})
+                else:
+                    _log.error("streamed chat failed", exc_info=exc)
+                    yield ("error", {"code": "internal_error", "message": "the answer failed"})
             finally:
                 await upstream.aclose()
                 span.end()

@@ -45,11 +45,15 @@ async def connect(dsn: str) -> asyncpg.Connection[asyncpg.Record]:
     return connection
 
 
-async def create_pool(dsn: str, *, min_size: int, max_size: int) -> asyncpg.Pool:
+async def create_pool(
+    dsn: str, *, min_size: int, max_size: int, connect_timeout: float = 60.0
+) -> asyncpg.Pool:
     """Open the asyncpg pool with JSONB decoded to Python values.
 
     Released connections are not sent asyncpg's reset query (see
-    `_release_without_reset_query`): that saves a round trip on every checkout.
+    `_release_without_reset_query`): that saves a round trip on every checkout. A connection
+    the server dropped (a restart, a failover) is replaced on its next checkout, so the pool
+    recovers by itself once Postgres is back; `connect_timeout` bounds each new connection.
     """
     return await asyncpg.create_pool(
         dsn,
@@ -57,6 +61,7 @@ async def create_pool(dsn: str, *, min_size: int, max_size: int) -> asyncpg.Pool
         max_size=max_size,
         init=_init_connection,
         reset=_release_without_reset_query,
+        timeout=connect_timeout,
     )
 
 
