@@ -226,6 +226,15 @@ async def wait_for_tenant(app: Litestar, tenant_id: str) -> None:
             await asyncio.sleep(0.02)
 
 
+async def flush_audit(client: AsyncTestClient[Litestar]) -> None:
+    """Wait until the app's audit writer has written every row queued so far.
+
+    The app runs in the test client's portal thread: its writer's queue belongs to that loop.
+    """
+    app: Litestar = client.app  # type: ignore[assignment]
+    await asyncio.to_thread(client.blocking_portal.call, app.state.audit.flush)
+
+
 @pytest.fixture
 async def tenant_pair(
     make_tenant: TenantFactory, app: Litestar, client: AsyncTestClient[Litestar]

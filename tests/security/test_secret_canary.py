@@ -28,7 +28,7 @@ from app.cli import main
 from app.config import Settings, get_settings
 from app.tenancy.manifest import ChainEntry, LlmSpec
 from scripts.provider_emulator import EmulatorServer
-from tests.conftest import AuthHeaders, TenantFactory, wait_for_tenant
+from tests.conftest import AuthHeaders, TenantFactory, flush_audit, wait_for_tenant
 
 Client = AsyncTestClient[Litestar]
 
@@ -162,7 +162,7 @@ async def test_canary_secret_values_appear_nowhere(
     called = {path: n - calls_before.get(path, 0) for path, n in emulator.calls.items()}
     assert called.get("/v1/chat/completions", 0) >= 2  # each request, plus one refetch retry
     assert called.get("/v1/messages", 0) >= 2
-    await app.state.audit.flush()  # every row is queued before its response starts
+    await flush_audit(client)  # every row is queued before its response starts
 
     haystacks: dict[str, list[str]] = {
         "cli": cli_outputs,
