@@ -31,7 +31,7 @@ from app.secrets.values import SecretRef, SecretValue
 from app.secrets.vault import VaultSecretsBackend
 from app.tenancy.keycheck import admin_scope
 from app.tenancy.offboard import delete_secrets, offboard
-from tests.conftest import AuthHeaders, TenantFactory, wait_for_tenant
+from tests.conftest import AuthHeaders, TenantFactory, flush_audit, wait_for_tenant
 from tests.integration.test_tenant_apply import cli, cli_env  # noqa: F401 - fixture
 from tests.servers import OpenBao
 
@@ -129,30 +129,22 @@ async def test_offboard_exports_then_leaves_nothing_and_spares_the_other_tenant(
     question = await _populate(victim, client, auth, owner_pool, kek, app_pool)
     await _populate(bystander, client, auth, owner_pool, kek, app_pool)
 
-    async def audited() -> bool:
-        for tenant in (victim, bystander):
-            counts = await _rows_mentioning(owner_pool, tenant)
-            if not (counts["audit_events"] > 0 and counts["usage"] > 0):
-                return False
-        return True
-
-    await _until(audited)
-    # The audit writer batches in the app's own loop: wait until its last batch has landed
-    # (two snapshots a few flush intervals apart agree) before taking the snapshots below.
-    previous: list[dict[str, int]] = []
-
-    async def settled() -> bool:
-        nonlocal previous
-        current = [await _rows_mentioning(owner_pool, t) for t in (victim, bystander)]
-        stable, previous = current == previous, current
-        await asyncio.sleep(0.25)
-        return stable
-
-    await _until(settled)
+    # Every audit row is queued before its response starts: once the writer has flushed,
+    # the snapshots below see all of them.
+    await flush_audit(client)
     before = await _rows_mentioning(owner_pool, victim)
     assert all(
         before[t] > 0
-        for t in ("documents", "messages", "secrets", "tenant_keys", "api_keys", "auth_failures")
+        for t in (
+            "documents",
+            "messages",
+            "secrets",
+            "tenant_keys",
+            "api_keys",
+            "auth_failures",
+            "audit_events",
+            "usage",
+        )
     )
     bystander_before = await _rows_mentioning(owner_pool, bystander)
     index = app.state.resources.index
