@@ -201,9 +201,12 @@ def run(config: RunConfig, workdir: Path, *, database_url: str | None, started: 
 
 
 def start_servers(
-    workdir: Path, owner_url: str, cleanup: contextlib.ExitStack
+    workdir: Path, owner_url: str, cleanup: contextlib.ExitStack, *, floor: bool = True
 ) -> dict[str, stack.ServerProcess]:
-    """Start Bulkhead (`bulkhead serve`) and the floor, same uvicorn flags; stopped by `cleanup`."""
+    """Start Bulkhead (`bulkhead serve`) and the floor, same uvicorn flags; stopped by `cleanup`.
+
+    With `floor=False` only Bulkhead is started.
+    """
     env = stack.clean_environment()
     tenants_dir = workdir / "no-tenants"  # empty: the demo corpus is not seeded
     tenants_dir.mkdir()
@@ -226,14 +229,16 @@ def start_servers(
         log=logs / "bulkhead.log",
     )
     cleanup.callback(bulkhead.stop)
-    floor = stack.ServerProcess(
+    if not floor:
+        return {"bulkhead": bulkhead}
+    floor_server = stack.ServerProcess(
         FLOOR,
         stack.uvicorn_command("benchmarks.floor_app:create_app", stack.free_port()),
         env=env,
         log=logs / "floor.log",
     )
-    cleanup.callback(floor.stop)
-    return {"bulkhead": bulkhead, FLOOR: floor}
+    cleanup.callback(floor_server.stop)
+    return {"bulkhead": bulkhead, FLOOR: floor_server}
 
 
 def preflight(server: stack.ServerProcess, targets: list[Target]) -> None:
