@@ -201,13 +201,20 @@ def run(config: RunConfig, workdir: Path, *, database_url: str | None, started: 
 
 
 def start_servers(
-    workdir: Path, owner_url: str, cleanup: contextlib.ExitStack, *, floor: bool = True
+    workdir: Path,
+    owner_url: str,
+    cleanup: contextlib.ExitStack,
+    *,
+    floor: bool = True,
+    command: list[str] | None = None,
+    env: dict[str, str] | None = None,
 ) -> dict[str, stack.ServerProcess]:
     """Start Bulkhead (`bulkhead serve`) and the floor, same uvicorn flags; stopped by `cleanup`.
 
-    With `floor=False` only Bulkhead is started.
+    With `floor=False` only Bulkhead is started; `command` replaces `bulkhead serve` (a
+    wrapper around it) and `env` adds variables to its environment.
     """
-    env = stack.clean_environment()
+    clean = stack.clean_environment()
     tenants_dir = workdir / "no-tenants"  # empty: the demo corpus is not seeded
     tenants_dir.mkdir()
     logs = workdir / "logs"
@@ -215,10 +222,11 @@ def start_servers(
     port = stack.free_port()
     bulkhead = stack.ServerProcess(
         "bulkhead",
-        stack.serve_command(),
+        command or stack.serve_command(),
         port=port,
         env={
-            **env,
+            **clean,
+            **(env or {}),
             "BULKHEAD_HOST": "127.0.0.1",
             "BULKHEAD_PORT": str(port),
             "BULKHEAD_DEV": "true",
@@ -234,7 +242,7 @@ def start_servers(
     floor_server = stack.ServerProcess(
         FLOOR,
         stack.uvicorn_command("benchmarks.floor_app:create_app", stack.free_port()),
-        env=env,
+        env=clean,
         log=logs / "floor.log",
     )
     cleanup.callback(floor_server.stop)

@@ -17,6 +17,11 @@ read every `--sample-every` requests until `--requests` were sent or `--seconds`
 growth is the least-squares slope of RSS against requests, given per 10,000 requests in MiB
 and as a share of the RSS after warm-up; the target is <= 2% per 10,000 requests per kind.
 
+With `--heap` the server runs under `tracemalloc` (`benchmarks/traced_serve.py`): the Python
+heap is sampled with RSS, so growth in Python objects is told from native growth (RSS minus
+heap: Qdrant Edge, C extensions, the allocator), and the source lines that grew most during
+each kind are printed. Tracing slows the server several times over.
+
 The run is bounded (`--seconds` per kind, `--requests` per kind), loopback only, and stops
 everything it started. Prints a table; writes `benchmarks/results/soak-<UTC time>.json`.
 """
@@ -27,10 +32,13 @@ import argparse
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import json
 import os
 import random
 import shutil
+import signal
+import statistics
 import sys
 import tempfile
 import time
@@ -67,6 +75,7 @@ class SoakConfig:
     sample_every: int
     seconds: float
     concurrency: int
+    heap: bool
     keep: bool
 
 
@@ -79,6 +88,8 @@ class Sample:
     rss_mib: float
     anon_mib: float
     file_mib: float
+    heap_mib: float = 0.0
+    """The Python heap `tracemalloc` traces (0 without `--heap`)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,6 +100,8 @@ class KindResult:
     samples: list[Sample]
     errors: int
     error_samples: list[str]
+    heap_top: list[str] = dataclasses.field(default_factory=list)
+    """With `--heap`: the source lines whose allocations grew most while measuring."""
 
     @property
     def requests(self) -> int:
@@ -103,15 +116,11 @@ class KindResult:
 
     def growth_mib(self, field: str = "rss_mib") -> float:
         """Least-squares slope of `field` against requests, in MiB per `PER` requests."""
-        points = [(s.requests, getattr(s, field)) for s in self.samples]
-        if len(points) < 2:
+        requests = [s.requests for s in self.samples]
+        if len(set(requests)) < 2:
             return 0.0
-        mean_x = sum(x for x, _ in points) / len(points)
-        mean_y = sum(y for _, y in points) / len(points)
-        spread = sum((x - mean_x) ** 2 for x, _ in points)
-        if not spread:
-            return 0.0
-        slope = sum((x - mean_x) * (y - mean_y) for x, y in points) / spread
+        values: list[float] = [getattr(s, field) for s in self.samples]
+        slope, _ = statistics.linear_regression(requests, values)
         return slope * PER
 
     @property
@@ -133,6 +142,39 @@ def memory(pid: int) -> tuple[float, float, float]:
         if name in wanted:
             wanted[name] = int(value.split()[0]) / 1024
     return wanted["VmRSS"], wanted["RssAnon"], wanted["RssFile"]
+
+
+class HeapProbe:
+    """Reads the traced Python heap of a `traced_serve` process (see there) by signal."""
+
+    TIMEOUT_SECONDS = 120.0
+
+    def __init__(self, pid: int, path: Path) -> None:
+        """Probe process `pid`, which answers in `path`."""
+        self._pid = pid
+        self._path = path
+        self._sent = 0
+
+    def _ask(self, signum: int) -> dict[str, Any]:
+        self._sent += 1
+        os.kill(self._pid, signum)
+        deadline = time.monotonic() + self.TIMEOUT_SECONDS
+        while time.monotonic() < deadline:
+            with contextlib.suppress(FileNotFoundError, ValueError):
+                answer: dict[str, Any] = json.loads(self._path.read_text())
+                if answer["signals"] == self._sent:
+                    return answer
+            time.sleep(0.05)
+        raise RuntimeError(f"no heap answer from {self._pid} in {self.TIMEOUT_SECONDS:.0f} s")
+
+    def heap_mib(self) -> float:
+        """The traced heap's size now."""
+        return float(self._ask(signal.SIGUSR1)["traced"]) / 2**20
+
+    def growth(self) -> list[str]:
+        """The lines that grew most since the previous call (nothing on the first)."""
+        top: list[str] = self._ask(signal.SIGUSR2)["top"]
+        return top
 
 
 def reingest_target(vocabulary: corpus.Vocabulary, tokens: list[str], ids: int) -> Target:
@@ -204,45 +246,66 @@ def _load(
 
 
 def soak(
-    kind: str, targets: list[Target], server: stack.ServerProcess, config: SoakConfig
+    kind: str,
+    targets: list[Target],
+    server: stack.ServerProcess,
+    config: SoakConfig,
+    heap: HeapProbe | None,
 ) -> KindResult:
     """Warm up, then load in steps of `sample_every` requests, reading RSS after each."""
     say = harness.say
-    load = {"base_url": server.base_url, "concurrency": config.concurrency}
+    load = functools.partial(_load, base_url=server.base_url, concurrency=config.concurrency)
     say(f"{kind}: warm-up, {config.warmup:,} requests ...")
-    warm = _load(targets, requests=config.warmup, seconds=config.seconds, **load)
+    warm = load(targets, requests=config.warmup, seconds=config.seconds)
     errors = sum(r.errors for r in warm)
     error_samples = [s for r in warm for s in r.error_samples]
+
+    def sample(sent: int, seconds: float) -> Sample:
+        return Sample(sent, seconds, *memory(server.pid), heap.heap_mib() if heap else 0.0)
+
+    if heap:
+        heap.growth()  # the baseline snapshot
     started = time.perf_counter()
-    samples = [Sample(0, 0.0, *memory(server.pid))]
+    samples = [sample(0, 0.0)]
     sent = 0
     while sent < config.requests:
         left = config.seconds - (time.perf_counter() - started)
         if left <= 0:
             break
         step = min(config.sample_every, config.requests - sent)
-        results = _load(targets, requests=step, seconds=left, **load)
+        results = load(targets, requests=step, seconds=left)
         sent += sum(r.requests for r in results)
         errors += sum(r.errors for r in results)
         error_samples += [s for r in results for s in r.error_samples]
-        samples.append(Sample(sent, time.perf_counter() - started, *memory(server.pid)))
-    result = KindResult(kind, samples, errors, error_samples[:5])
+        samples.append(sample(sent, time.perf_counter() - started))
+    top = heap.growth() if heap else []
+    result = KindResult(kind, samples, errors, error_samples[:5], top)
     say(
         f"{kind}: {result.requests:,} requests in {samples[-1].seconds:.0f} s"
         f" ({result.rps:,.0f}/s), RSS {samples[0].rss_mib:,.1f} -> {samples[-1].rss_mib:,.1f} MiB,"
         f" {result.growth_mib():+.2f} MiB ({result.growth_percent:+.2f}%) per {PER:,} requests"
     )
+    if heap:
+        say(f"  Python heap {result.growth_mib('heap_mib'):+.2f} MiB per {PER:,}; grew most:")
+        say("\n".join(f"    {line}" for line in top[:8]))
     if errors:
         say(f"  {errors:,} errors: {error_samples[:2]}\n{server.log_tail(20)}")
     return result
+
+
+def heap_text(result: KindResult) -> str:
+    """The Python heap's growth per `PER` requests, or `-` when it was not traced."""
+    if not any(s.heap_mib for s in result.samples):
+        return "-"
+    return f"{result.growth_mib('heap_mib'):+.2f}"
 
 
 def table(results: list[KindResult]) -> str:
     """One line per kind: throughput, RSS, growth per 10,000 requests (total, anon, file)."""
     header = (
         f"{'kind':<9} {'requests':>9} {'rps':>6} {'rss_start':>10} {'rss_end':>8}"
-        f" {'MiB/10k':>8} {'%/10k':>7} {'anon/10k':>9} {'file/10k':>9} {'KiB/req':>8}"
-        f" {'errors':>7}  target"
+        f" {'MiB/10k':>8} {'%/10k':>7} {'anon/10k':>9} {'file/10k':>9} {'heap/10k':>9}"
+        f" {'KiB/req':>8} {'errors':>7}  target"
     )
     lines = [header]
     for r in results:
@@ -250,7 +313,8 @@ def table(results: list[KindResult]) -> str:
             f"{r.kind:<9} {r.requests:>9,} {r.rps:>6.0f} {r.samples[0].rss_mib:>10.1f}"
             f" {r.samples[-1].rss_mib:>8.1f} {r.growth_mib():>+8.2f} {r.growth_percent:>+6.2f}%"
             f" {r.growth_mib('anon_mib'):>+9.2f} {r.growth_mib('file_mib'):>+9.2f}"
-            f" {r.growth_mib() * 1024 / PER:>+8.2f} {r.errors:>7,}  {'met' if r.met else 'MISSED'}"
+            f" {heap_text(r):>9} {r.growth_mib() * 1024 / PER:>+8.2f} {r.errors:>7,}"
+            f"  {'met' if r.met else 'MISSED'}"
         )
     return "\n".join(lines)
 
@@ -284,8 +348,17 @@ def run(config: SoakConfig, workdir: Path) -> int:
             issuer.mint(tenant=t, subject=f"soak-user-{n}", roles=roles, ttl_seconds=7200)
             for n, t in enumerate(tenant_ids)
         ]
-        server = harness.start_servers(workdir, owner_url, cleanup, floor=False)["bulkhead"]
+        heap_file = workdir / "heap.json"
+        server = harness.start_servers(
+            workdir,
+            owner_url,
+            cleanup,
+            floor=False,
+            command=[sys.executable, "-m", "benchmarks.traced_serve"] if config.heap else None,
+            env={"SOAK_HEAP_FILE": str(heap_file)} if config.heap else None,
+        )["bulkhead"]
         server.wait_ready("/readyz")
+        heap = HeapProbe(server.pid, heap_file) if config.heap else None
         vocabulary = corpus.Vocabulary()
         every = {
             "reingest": reingest_target(vocabulary, tokens, config.ids),
@@ -305,7 +378,13 @@ def run(config: SoakConfig, workdir: Path) -> int:
         say(f"seeded {seeded.requests:,} documents, RSS {memory(server.pid)[0]:,.1f} MiB")
         harness.preflight(server, [every["search"], every["chat"]])
         results = [
-            soak(kind, list(every.values()) if kind == "mixed" else [every[kind]], server, config)
+            soak(
+                kind,
+                list(every.values()) if kind == "mixed" else [every[kind]],
+                server,
+                config,
+                heap,
+            )
             for kind in config.kinds
         ]
     say("")
@@ -333,6 +412,8 @@ def run(config: SoakConfig, workdir: Path) -> int:
                 "growth_percent_per_10k": r.growth_percent,
                 "anon_mib_per_10k": r.growth_mib("anon_mib"),
                 "file_mib_per_10k": r.growth_mib("file_mib"),
+                "heap_mib_per_10k": r.growth_mib("heap_mib") if config.heap else None,
+                "heap_top": r.heap_top,
                 "samples": [dataclasses.asdict(s) for s in r.samples],
             }
             for r in results
@@ -365,6 +446,9 @@ def parse_args(argv: list[str] | None) -> SoakConfig:
     parser.add_argument("--sample-every", type=int, default=500, help="RSS read every (500)")
     parser.add_argument("--seconds", type=float, default=30.0, help="per kind, at most (30)")
     parser.add_argument("--concurrency", type=int, default=8, help="requests in flight (8)")
+    parser.add_argument(
+        "--heap", action="store_true", help="trace the Python heap too (slow; see above)"
+    )
     parser.add_argument("--keep", action="store_true", help="keep the temp dir (server logs)")
     args = parser.parse_args(argv)
     if min(args.tenants, args.ids, args.requests, args.sample_every, args.concurrency) < 1:
@@ -380,6 +464,7 @@ def parse_args(argv: list[str] | None) -> SoakConfig:
         sample_every=args.sample_every,
         seconds=args.seconds,
         concurrency=args.concurrency,
+        heap=args.heap,
         keep=args.keep,
     )
 
