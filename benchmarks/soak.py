@@ -88,6 +88,8 @@ class Sample:
     rss_mib: float
     anon_mib: float
     file_mib: float
+    p99_ms: float
+    """The 99th percentile latency of the step that ended here (0 for the first sample)."""
     heap_mib: float = 0.0
     """The Python heap `tracemalloc` traces (0 without `--heap`)."""
 
@@ -122,6 +124,16 @@ class KindResult:
         values: list[float] = [getattr(s, field) for s in self.samples]
         slope, _ = statistics.linear_regression(requests, values)
         return slope * PER
+
+    @property
+    def p99_ms(self) -> float:
+        """The median over the steps of each step's p99 latency (ms)."""
+        return statistics.median(s.p99_ms for s in self.samples[1:]) if self.requests else 0.0
+
+    @property
+    def worst_p99_ms(self) -> float:
+        """The worst step's p99 latency (ms): what an upkeep pause costs shows here."""
+        return max(s.p99_ms for s in self.samples)
 
     @property
     def growth_percent(self) -> float:
@@ -260,13 +272,14 @@ def soak(
     errors = sum(r.errors for r in warm)
     error_samples = [s for r in warm for s in r.error_samples]
 
-    def sample(sent: int, seconds: float) -> Sample:
-        return Sample(sent, seconds, *memory(server.pid), heap.heap_mib() if heap else 0.0)
+    def sample(sent: int, seconds: float, p99_ms: float) -> Sample:
+        heap_mib = heap.heap_mib() if heap else 0.0
+        return Sample(sent, seconds, *memory(server.pid), p99_ms, heap_mib)
 
     if heap:
         heap.growth()  # the baseline snapshot
     started = time.perf_counter()
-    samples = [sample(0, 0.0)]
+    samples = [sample(0, 0.0, 0.0)]
     sent = 0
     while sent < config.requests:
         left = config.seconds - (time.perf_counter() - started)
@@ -277,7 +290,8 @@ def soak(
         sent += sum(r.requests for r in results)
         errors += sum(r.errors for r in results)
         error_samples += [s for r in results for s in r.error_samples]
-        samples.append(sample(sent, time.perf_counter() - started))
+        p99_ms = max(r.p99_ms for r in results)
+        samples.append(sample(sent, time.perf_counter() - started, p99_ms))
     top = heap.growth() if heap else []
     result = KindResult(kind, samples, errors, error_samples[:5], top)
     say(
@@ -303,14 +317,16 @@ def heap_text(result: KindResult) -> str:
 def table(results: list[KindResult]) -> str:
     """One line per kind: throughput, RSS, growth per 10,000 requests (total, anon, file)."""
     header = (
-        f"{'kind':<9} {'requests':>9} {'rps':>6} {'rss_start':>10} {'rss_end':>8}"
+        f"{'kind':<9} {'requests':>9} {'rps':>6} {'p99_ms':>7} {'worst':>7}"
+        f" {'rss_start':>10} {'rss_end':>8}"
         f" {'MiB/10k':>8} {'%/10k':>7} {'anon/10k':>9} {'file/10k':>9} {'heap/10k':>9}"
         f" {'KiB/req':>8} {'errors':>7}  target"
     )
     lines = [header]
     for r in results:
         lines.append(
-            f"{r.kind:<9} {r.requests:>9,} {r.rps:>6.0f} {r.samples[0].rss_mib:>10.1f}"
+            f"{r.kind:<9} {r.requests:>9,} {r.rps:>6.0f} {r.p99_ms:>7.1f} {r.worst_p99_ms:>7.1f}"
+            f" {r.samples[0].rss_mib:>10.1f}"
             f" {r.samples[-1].rss_mib:>8.1f} {r.growth_mib():>+8.2f} {r.growth_percent:>+6.2f}%"
             f" {r.growth_mib('anon_mib'):>+9.2f} {r.growth_mib('file_mib'):>+9.2f}"
             f" {heap_text(r):>9} {r.growth_mib() * 1024 / PER:>+8.2f} {r.errors:>7,}"
@@ -406,6 +422,8 @@ def run(config: SoakConfig, workdir: Path) -> int:
                 "kind": r.kind,
                 "requests": r.requests,
                 "rps": r.rps,
+                "p99_ms_median_of_steps": r.p99_ms,
+                "p99_ms_worst_step": r.worst_p99_ms,
                 "errors": r.errors,
                 "error_samples": r.error_samples,
                 "growth_mib_per_10k": r.growth_mib(),
