@@ -15,6 +15,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from importlib import metadata
 from pathlib import Path
@@ -92,6 +93,26 @@ def parse_args(argv: list[str] | None) -> RunConfig:
 def say(message: str) -> None:
     """Progress on stdout, unbuffered."""
     print(message, flush=True)
+
+
+def run_in_scratch(prefix: str, *, keep: bool, body: Callable[[Path], int]) -> int:
+    """`body` in a new temporary directory, with no Bulkhead or OpenTelemetry setting set.
+
+    The run configures the service itself; settings from the caller's shell would skew it.
+    The directory is removed afterwards unless `keep`; the wall time is printed.
+    """
+    for key in [k for k in os.environ if k.startswith(("BULKHEAD_", "OTEL_"))]:
+        del os.environ[key]
+    started = time.perf_counter()
+    workdir = Path(tempfile.mkdtemp(prefix=prefix))
+    try:
+        return body(workdir)
+    finally:
+        if keep:
+            say(f"kept {workdir}")
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+        say(f"total wall time {time.perf_counter() - started:,.1f} s")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -45,20 +45,14 @@ import functools
 import json
 import os
 import random
-import shutil
 import signal
 import statistics
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from app.config import Settings
-from app.db.migrate import upgrade
-from app.identity.dev_issuer import DevIssuer
-from app.secrets.kek import load_master_key
 from app.tenancy.scope import Role
 from benchmarks import chat, corpus, harness, report, stack
 from benchmarks.loadgen import LoadPlan, LoadResult, generate_load
@@ -70,7 +64,7 @@ KINDS = ("reingest", "search", "chat", "stream", "list", "mixed")
 DEFAULT_KINDS = ("reingest", "search", "chat", "stream", "list")
 WRITING_KINDS = frozenset({"reingest", "mixed"})
 SECTIONS = 4
-"""Sections per soak document: about one chunk each at the default chunker geometry."""
+"""Sections per soak document: one chunk each (the chunker cuts at headings)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -363,26 +357,7 @@ def run(config: SoakConfig, workdir: Path) -> int:
     """Set up Postgres, the emulator, the tenants and `bulkhead serve`; soak each kind."""
     say = harness.say
     with contextlib.ExitStack() as cleanup:
-        owner_url = cleanup.enter_context(
-            stack.postgres(workdir, server_url=os.environ.get("DATABASE_URL"))
-        )
-        upgrade(owner_url, app_role=harness.APP_ROLE)
-        logs = workdir / "emulator-logs"
-        logs.mkdir()
-        emulator = stack.ServerProcess(
-            "emulator",
-            stack.uvicorn_command("scripts.provider_emulator:ProviderEmulator", stack.free_port()),
-            env=stack.clean_environment(),
-            log=logs / "emulator.log",
-        )
-        cleanup.callback(emulator.stop)
-        emulator.wait_ready("/_emulator/calls")
-        tenant_ids = corpus.tenant_ids(config.tenants)
-        kek = load_master_key(Settings(dev=True, data_dir=workdir))
-        asyncio.run(chat.onboard(owner_url, tenant_ids, kek=kek, emulator=emulator.base_url))
-        issuer = DevIssuer.load_or_create(
-            workdir / "dev-issuer.pem", issuer=stack.DEV_ISSUER, audience=stack.AUDIENCE
-        )
+        owner_url, _, tenant_ids, issuer = chat.chat_stack(workdir, config.tenants, cleanup)
         roles = [Role.INGEST, Role.SEARCH, Role.CHAT]
         tokens = [
             issuer.mint(tenant=t, subject=f"soak-user-{n}", roles=roles, ttl_seconds=7200)
@@ -521,19 +496,9 @@ def parse_args(argv: list[str] | None) -> SoakConfig:
 def main(argv: list[str] | None = None) -> int:
     """Run the soak; 0 when every kind met the target without errors."""
     config = parse_args(argv)
-    # The run configures the service itself; settings from the caller's shell would skew it.
-    for key in [k for k in os.environ if k.startswith(("BULKHEAD_", "OTEL_"))]:
-        del os.environ[key]
-    started = time.perf_counter()
-    workdir = Path(tempfile.mkdtemp(prefix="bulkhead-bench-soak-"))
-    try:
-        return run(config, workdir)
-    finally:
-        if config.keep:
-            harness.say(f"kept {workdir}")
-        else:
-            shutil.rmtree(workdir, ignore_errors=True)
-        harness.say(f"total wall time {time.perf_counter() - started:,.1f} s")
+    return harness.run_in_scratch(
+        "bulkhead-bench-soak-", keep=config.keep, body=lambda workdir: run(config, workdir)
+    )
 
 
 if __name__ == "__main__":
