@@ -49,8 +49,6 @@ class ShardUpkeep:
         self._every = every_chunks
         self._since = 0
         self._task: asyncio.Task[None] | None = None
-        self.passes = 0
-        """Upkeep passes completed."""
 
     def wrote(self, chunks: int) -> None:
         """Count `chunks` chunks written or removed; start a pass when one is due.
@@ -74,7 +72,6 @@ class ShardUpkeep:
     def _run(self) -> None:
         self._shard.optimize()
         self._shard.flush()
-        self.passes += 1
 
     async def settle(self) -> None:
         """Wait for a running pass to finish (before the shard is closed)."""
