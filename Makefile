@@ -7,7 +7,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 
 .DEFAULT_GOAL := help
-.PHONY: help dev test lint typecheck unit bench bench-quick bench-identity bench-chat bench-1m lock clean
+.PHONY: help dev test lint typecheck unit bench bench-quick bench-identity bench-chat bench-soak bench-1m lock clean
 
 help: ## Show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -57,6 +57,9 @@ bench-identity: $(VENV)/.dev ## Identity micro-benchmarks (JWT, API key, revocat
 
 bench-chat: $(VENV)/.dev ## /v1/chat vs the provider emulator at concurrency 16, py-spy profile
 	$(BIN)/python -m benchmarks.chat --profile-seconds 10
+
+bench-soak: $(VENV)/.dev ## Memory soak: RSS growth per 10,000 requests per kind (re-ingest, search, chat...)
+	$(BIN)/python -m benchmarks.soak
 
 bench-1m: $(VENV)/.dev ## Qdrant Edge in-process: 1M chunks / 1,000 tenants, filtered p99, ingest rate, RSS
 	$(BIN)/python -m benchmarks.edge_scale --chunks 1000000 --tenants 1000

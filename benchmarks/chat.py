@@ -40,10 +40,9 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import msgspec
 
@@ -230,32 +229,50 @@ def summarise(collapsed: str, top: int = 14) -> str:
     return "\n".join(lines)
 
 
+class ChatStack(NamedTuple):
+    """What a benchmark of the chat path starts before Bulkhead."""
+
+    owner_url: str
+    emulator: stack.ServerProcess
+    tenant_ids: list[str]
+    issuer: DevIssuer
+
+
+def chat_stack(workdir: Path, tenants: int, cleanup: contextlib.ExitStack) -> ChatStack:
+    """A migrated database, the provider emulator, `tenants` tenants chained to it, an issuer.
+
+    Everything started is stopped (the database dropped) by `cleanup`.
+    """
+    owner_url = cleanup.enter_context(
+        stack.postgres(workdir, server_url=os.environ.get("DATABASE_URL"))
+    )
+    upgrade(owner_url, app_role=harness.APP_ROLE)
+    logs = workdir / "emulator-logs"
+    logs.mkdir()
+    emulator = stack.ServerProcess(
+        "emulator",
+        stack.uvicorn_command("scripts.provider_emulator:ProviderEmulator", stack.free_port()),
+        env=stack.clean_environment(),
+        log=logs / "emulator.log",
+    )
+    cleanup.callback(emulator.stop)
+    emulator.wait_ready("/_emulator/calls")
+    tenant_ids = corpus.tenant_ids(tenants)
+    kek = load_master_key(Settings(dev=True, data_dir=workdir))
+    asyncio.run(onboard(owner_url, tenant_ids, kek=kek, emulator=emulator.base_url))
+    issuer = DevIssuer.load_or_create(
+        workdir / "dev-issuer.pem", issuer=stack.DEV_ISSUER, audience=stack.AUDIENCE
+    )
+    return ChatStack(owner_url, emulator, tenant_ids, issuer)
+
+
 def run(
     config: harness.RunConfig, profile_seconds: int, rates: tuple[float, ...], workdir: Path
 ) -> int:
     """Set up, measure emulator / chat / floor, profile, report; tear down on the way out."""
     say = harness.say
     with contextlib.ExitStack() as cleanup:
-        owner_url = cleanup.enter_context(
-            stack.postgres(workdir, server_url=os.environ.get("DATABASE_URL"))
-        )
-        upgrade(owner_url, app_role=harness.APP_ROLE)
-        logs = workdir / "emulator-logs"
-        logs.mkdir()
-        emulator = stack.ServerProcess(
-            "emulator",
-            stack.uvicorn_command("scripts.provider_emulator:ProviderEmulator", stack.free_port()),
-            env=stack.clean_environment(),
-            log=logs / "emulator.log",
-        )
-        cleanup.callback(emulator.stop)
-        emulator.wait_ready("/_emulator/calls")
-        tenant_ids = corpus.tenant_ids(config.tenants)
-        kek = load_master_key(Settings(dev=True, data_dir=workdir))
-        asyncio.run(onboard(owner_url, tenant_ids, kek=kek, emulator=emulator.base_url))
-        issuer = DevIssuer.load_or_create(
-            workdir / "dev-issuer.pem", issuer=stack.DEV_ISSUER, audience=stack.AUDIENCE
-        )
+        owner_url, emulator, tenant_ids, issuer = chat_stack(workdir, config.tenants, cleanup)
         tokens = [
             issuer.mint(tenant=t, subject=f"bench-user-{n}", roles=[Role.CHAT], ttl_seconds=7200)
             for n, t in enumerate(tenant_ids)
@@ -356,19 +373,11 @@ def run(
 def main(argv: list[str] | None = None) -> int:
     """Run the chat benchmark; 0 when every request succeeded."""
     config, profile_seconds, rates = parse_args(argv)
-    # The run configures the service itself; settings from the caller's shell would skew it.
-    for key in [k for k in os.environ if k.startswith(("BULKHEAD_", "OTEL_"))]:
-        del os.environ[key]
-    started = time.perf_counter()
-    workdir = Path(tempfile.mkdtemp(prefix="bulkhead-bench-chat-"))
-    try:
-        return run(config, profile_seconds, rates, workdir)
-    finally:
-        if config.keep:
-            harness.say(f"kept {workdir}")
-        else:
-            shutil.rmtree(workdir, ignore_errors=True)
-        harness.say(f"total wall time {time.perf_counter() - started:,.1f} s")
+    return harness.run_in_scratch(
+        "bulkhead-bench-chat-",
+        keep=config.keep,
+        body=lambda workdir: run(config, profile_seconds, rates, workdir),
+    )
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from importlib import metadata
 from pathlib import Path
@@ -92,6 +93,26 @@ def parse_args(argv: list[str] | None) -> RunConfig:
 def say(message: str) -> None:
     """Progress on stdout, unbuffered."""
     print(message, flush=True)
+
+
+def run_in_scratch(prefix: str, *, keep: bool, body: Callable[[Path], int]) -> int:
+    """`body` in a new temporary directory, with no Bulkhead or OpenTelemetry setting set.
+
+    The run configures the service itself; settings from the caller's shell would skew it.
+    The directory is removed afterwards unless `keep`; the wall time is printed.
+    """
+    for key in [k for k in os.environ if k.startswith(("BULKHEAD_", "OTEL_"))]:
+        del os.environ[key]
+    started = time.perf_counter()
+    workdir = Path(tempfile.mkdtemp(prefix=prefix))
+    try:
+        return body(workdir)
+    finally:
+        if keep:
+            say(f"kept {workdir}")
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+        say(f"total wall time {time.perf_counter() - started:,.1f} s")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -201,10 +222,20 @@ def run(config: RunConfig, workdir: Path, *, database_url: str | None, started: 
 
 
 def start_servers(
-    workdir: Path, owner_url: str, cleanup: contextlib.ExitStack
+    workdir: Path,
+    owner_url: str,
+    cleanup: contextlib.ExitStack,
+    *,
+    floor: bool = True,
+    command: list[str] | None = None,
+    env: dict[str, str] | None = None,
 ) -> dict[str, stack.ServerProcess]:
-    """Start Bulkhead (`bulkhead serve`) and the floor, same uvicorn flags; stopped by `cleanup`."""
-    env = stack.clean_environment()
+    """Start Bulkhead (`bulkhead serve`) and the floor, same uvicorn flags; stopped by `cleanup`.
+
+    With `floor=False` only Bulkhead is started; `command` replaces `bulkhead serve` (a
+    wrapper around it) and `env` adds variables to its environment.
+    """
+    clean = stack.clean_environment()
     tenants_dir = workdir / "no-tenants"  # empty: the demo corpus is not seeded
     tenants_dir.mkdir()
     logs = workdir / "logs"
@@ -212,10 +243,11 @@ def start_servers(
     port = stack.free_port()
     bulkhead = stack.ServerProcess(
         "bulkhead",
-        stack.serve_command(),
+        command or stack.serve_command(),
         port=port,
         env={
-            **env,
+            **clean,
+            **(env or {}),
             "BULKHEAD_HOST": "127.0.0.1",
             "BULKHEAD_PORT": str(port),
             "BULKHEAD_DEV": "true",
@@ -226,14 +258,16 @@ def start_servers(
         log=logs / "bulkhead.log",
     )
     cleanup.callback(bulkhead.stop)
-    floor = stack.ServerProcess(
+    if not floor:
+        return {"bulkhead": bulkhead}
+    floor_server = stack.ServerProcess(
         FLOOR,
         stack.uvicorn_command("benchmarks.floor_app:create_app", stack.free_port()),
-        env=env,
+        env=clean,
         log=logs / "floor.log",
     )
-    cleanup.callback(floor.stop)
-    return {"bulkhead": bulkhead, FLOOR: floor}
+    cleanup.callback(floor_server.stop)
+    return {"bulkhead": bulkhead, FLOOR: floor_server}
 
 
 def preflight(server: stack.ServerProcess, targets: list[Target]) -> None:

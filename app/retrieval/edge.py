@@ -51,6 +51,7 @@ from app.retrieval.scoping import (
     publish_plan,
     stale_pending,
 )
+from app.retrieval.upkeep import VACUUM_ONLY, ShardUpkeep
 from app.tenancy.scope import TenantScope
 
 __all__ = ["BM25_VECTOR", "DENSE_VECTOR", "EdgeIndex"]
@@ -126,6 +127,8 @@ class EdgeIndex:
         self._bm25 = qe.Bm25()
         self._write_lock = asyncio.Lock()
         self._gate = VersionGate()
+        # Replaced and deleted chunks are only marked deleted until the shard is optimized.
+        self._upkeep = ShardUpkeep(shard, self._write_lock)
 
     @classmethod
     def open(
@@ -146,6 +149,7 @@ class EdgeIndex:
             ),
             sparse_vectors={BM25_VECTOR: qe.EdgeSparseVectorParams(modifier=qe.Modifier.Idf)},
             max_search_threads=search_threads,
+            optimizers=VACUUM_ONLY,
         )
         if (path / "edge_config.json").exists():
             shard = qe.EdgeShard.load(str(path), config)
@@ -215,6 +219,7 @@ class EdgeIndex:
 
         async with self._write_lock:
             await asyncio.to_thread(write)
+        self._upkeep.wrote(len(chunks))
 
     async def search(
         self,
@@ -379,6 +384,7 @@ class EdgeIndex:
             await asyncio.to_thread(
                 self._shard.update, qe.UpdateOperation.delete_points_by_filter(condition)
             )
+        self._upkeep.wrote(before)
         return before
 
     async def tenant_points(self, *, scope: TenantScope) -> int:
@@ -427,6 +433,7 @@ class EdgeIndex:
 
     async def close(self) -> None:
         """Flush and close the shard."""
+        await self._upkeep.settle()
         async with self._write_lock:
             await asyncio.to_thread(self._shard.flush)
             self._shard.close()
