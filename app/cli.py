@@ -131,6 +131,7 @@ def _freeze_startup_heap() -> None:
 def _serve(settings: Settings) -> None:
     import uvicorn
 
+    from app.edge.server import server_options
     from app.main import create_app
 
     app = create_app(settings)
@@ -145,6 +146,7 @@ def _serve(settings: Settings) -> None:
         access_log=False,
         proxy_headers=False,
         server_header=False,
+        **server_options(settings.http),
     )
 
 

@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from litestar import Litestar
+from litestar.config.cors import CORSConfig
 from litestar.di import Provide
 from litestar.middleware import DefineMiddleware
 from litestar.plugins.opentelemetry import OpenTelemetryConfig, OpenTelemetryPlugin
@@ -16,6 +17,8 @@ from app.chat.completions import CompletionsController
 from app.chat.controllers import ChatController
 from app.chat.conversation_controllers import ConversationController, UserDataController
 from app.config import Settings, get_settings
+from app.edge.errors import EXCEPTION_HANDLERS as EDGE_EXCEPTION_HANDLERS
+from app.edge.middleware import InputBoundaryMiddleware
 from app.health import DevJwksController, HealthController
 from app.identity.controllers import ApiKeyController, ServiceJwksController, TokenController
 from app.identity.guards import provide_scope, tenant_header_guard
@@ -32,6 +35,22 @@ from app.telemetry.setup import (
     configure_tracing,
     quiet_per_request_loggers,
 )
+
+
+def _cors(settings: Settings) -> CORSConfig | None:
+    """CORS for the configured origins only; none configured (the default) means none at all."""
+    origins = settings.http.cors_allowed_origins
+    if not origins:
+        return None
+    return CORSConfig(
+        allow_origins=origins,
+        allow_methods=["GET", "POST", "DELETE"],
+        allow_headers=["authorization", "content-type", "x-tenant-id"],
+        expose_headers=["x-trace-id", "retry-after", "ratelimit", "ratelimit-policy"],
+        allow_credentials=False,
+        max_age=600,
+    )
+
 
 PUBLIC_PATHS = ["^/healthz$", "^/readyz$", "^/dev/jwks.json$", "^/.well-known/jwks.json$"]
 
@@ -76,6 +95,12 @@ def create_app(settings: Settings | None = None) -> Litestar:
             ),
             # After authentication, before any handler work: the caller is known, nothing spent.
             DefineMiddleware(RateLimitMiddleware),
+            # Then the input boundary: nothing a handler sees can be unstorable or unbounded.
+            DefineMiddleware(
+                InputBoundaryMiddleware,
+                http=settings.http,
+                max_json_bytes=settings.limits.max_request_bytes,
+            ),
         ],
         plugins=[
             OpenTelemetryPlugin(
@@ -90,9 +115,10 @@ def create_app(settings: Settings | None = None) -> Litestar:
             "chat": Provide(provide_chat, sync_to_thread=False),
         },
         guards=[tenant_header_guard],
-        exception_handlers=EXCEPTION_HANDLERS,
+        exception_handlers={**EXCEPTION_HANDLERS, **EDGE_EXCEPTION_HANDLERS},
         before_send=[add_trace_header],
         request_max_body_size=settings.limits.max_request_bytes,
+        cors_config=_cors(settings),
         state=None,
         debug=False,
         openapi_config=None,

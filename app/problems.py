@@ -22,6 +22,7 @@ from litestar.exceptions import (
 from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
 from litestar.types import ExceptionHandlersMap
 
+from app.edge.fields import describe, validation_errors
 from app.secrets.scrub import scrub
 
 PROBLEM_JSON = "application/problem+json"
@@ -164,29 +165,21 @@ def handle_api_error(request: Request[Any, Any, Any], exc: ApiError) -> Response
     )
 
 
-def _validation_errors(exc: ValidationException) -> list[dict[str, Any]]:
-    extra = exc.extra if isinstance(exc.extra, list) else []
-    errors: list[dict[str, Any]] = []
-    for item in extra:
-        if isinstance(item, dict):
-            errors.append({k: str(v) for k, v in item.items() if k in {"key", "message", "source"}})
-    return errors
-
-
 def handle_http_exception(
     request: Request[Any, Any, Any], exc: HTTPException
 ) -> Response[dict[str, Any]]:
     """Map Litestar's own exceptions (routing, body parsing, guards) to stable codes."""
     status = exc.status_code
     if isinstance(exc, ValidationException):
-        detail = "the request body or parameters are not valid"
+        # The fields are named in `detail` too: a person reads that, a program `errors`.
+        errors = validation_errors(exc)
         return problem_response(
             request,
             status=422,
             code="validation_error",
             title="Validation error",
-            detail=detail,
-            errors=_validation_errors(exc) or [{"message": str(exc.detail)}],
+            detail=describe(errors),
+            errors=errors,
         )
     if isinstance(exc, NotFoundException):
         return problem_response(

@@ -21,6 +21,7 @@ import msgspec
 from multipart import MultipartSegment, ParserError, ParserLimitReached, PushMultipartParser
 
 from app.config import LimitSettings
+from app.edge.text import JsonRules, decode_json
 from app.problems import ApiError, PayloadTooLarge, ValidationFailed
 from app.retrieval.parsing import detect_format, document_id_from_filename, parse_file
 from app.retrieval.schemas import DocumentIn
@@ -236,10 +237,8 @@ def _per_file(fields: dict[str, list[str]], name: str, count: int, *, shared: bo
 
 
 def _json_object(value: str, *, where: str) -> dict[str, Any]:
-    try:
-        decoded = msgspec.json.decode(value)
-    except msgspec.DecodeError as exc:
-        raise ValidationFailed(f"{where}: not valid JSON ({exc})") from exc
+    # The edge's decoder: the same depth bound and NUL refusal as a JSON body.
+    decoded = decode_json(value, rules=JsonRules(), where=where)
     if not isinstance(decoded, dict):
         raise ValidationFailed(f"{where}: must be a JSON object")
     return decoded
