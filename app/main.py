@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -19,6 +20,7 @@ from app.chat.conversation_controllers import ConversationController, UserDataCo
 from app.config import Settings, get_settings
 from app.edge.errors import EXCEPTION_HANDLERS as EDGE_EXCEPTION_HANDLERS
 from app.edge.middleware import InputBoundaryMiddleware
+from app.edge.openapi import SCHEMA_PATH, openapi_config
 from app.health import DevJwksController, HealthController
 from app.identity.controllers import ApiKeyController, ServiceJwksController, TokenController
 from app.identity.guards import provide_scope, tenant_header_guard
@@ -37,6 +39,13 @@ from app.telemetry.setup import (
 )
 
 
+def _version() -> str:
+    try:
+        return importlib.metadata.version("bulkhead")
+    except importlib.metadata.PackageNotFoundError:  # pragma: no cover - run from a checkout
+        return "0.0.0"
+
+
 def _cors(settings: Settings) -> CORSConfig | None:
     """CORS for the configured origins only; none configured (the default) means none at all."""
     origins = settings.http.cors_allowed_origins
@@ -52,7 +61,13 @@ def _cors(settings: Settings) -> CORSConfig | None:
     )
 
 
-PUBLIC_PATHS = ["^/healthz$", "^/readyz$", "^/dev/jwks.json$", "^/.well-known/jwks.json$"]
+PUBLIC_PATHS = [
+    "^/healthz$",
+    "^/readyz$",
+    "^/dev/jwks.json$",
+    "^/.well-known/jwks.json$",
+    f"^{SCHEMA_PATH}(/|$)",
+]
 
 
 def create_app(settings: Settings | None = None) -> Litestar:
@@ -121,5 +136,5 @@ def create_app(settings: Settings | None = None) -> Litestar:
         cors_config=_cors(settings),
         state=None,
         debug=False,
-        openapi_config=None,
+        openapi_config=openapi_config(settings, version=_version()),
     )

@@ -22,12 +22,21 @@ from litestar.exceptions import (
 from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
 from litestar.types import ExceptionHandlersMap
 
-from app.edge.fields import describe, validation_errors
+from app.edge.fields import (
+    MAX_DETAIL_CHARS,
+    bound,
+    describe,
+    errors_from_detail,
+    validation_errors,
+)
 from app.secrets.scrub import scrub
 
 PROBLEM_JSON = "application/problem+json"
 
 _log = logging.getLogger(__name__)
+
+_FIELD_STATUSES = frozenset({400, 413, 422})
+"""Refusals of input, whose `errors` name the field."""
 
 _CODE_BY_STATUS = {
     400: "bad_request",
@@ -136,18 +145,25 @@ def problem_response(
     headers: Mapping[str, str] | None = None,
 ) -> Response[dict[str, Any]]:
     """Build the problem+json response every error path uses."""
+    if not errors and status in _FIELD_STATUSES:
+        # Every refusal of input names its field: taken from the detail when not given.
+        detail, errors = errors_from_detail(detail)
     body: dict[str, Any] = {
         "type": f"urn:bulkhead:problem:{code}",
         "title": title,
         "status": status,
         "code": code,
         # Last line of defence: a message that quotes an upstream error may carry a key.
-        "detail": scrub(detail),
+        "detail": scrub(bound(detail, MAX_DETAIL_CHARS)),
         "instance": request.url.path,
     }
     if errors:
         body["errors"] = [
-            {k: scrub(v) if isinstance(v, str) else v for k, v in error.items()} for error in errors
+            {
+                k: scrub(bound(v, MAX_DETAIL_CHARS)) if isinstance(v, str) else v
+                for k, v in error.items()
+            }
+            for error in errors
         ]
     return Response(body, status_code=status, media_type=PROBLEM_JSON, headers=dict(headers or {}))
 

@@ -84,3 +84,36 @@ def msgspec_errors(exc: Exception, *, root: str = "", source: str = "body") -> l
     elif root:
         key = f"{root}.{key}"
     return [field_error(key, message.strip() or "invalid value", source=source)]
+
+
+MAX_DETAIL_CHARS = 1_000
+MAX_MESSAGE_CHARS = 300
+# "documents[0].title: at most 500 characters", "files[0] ('a.txt'): no text found".
+_LEADING_KEY = re.compile(
+    r"^(?P<key>[A-Za-z_][A-Za-z0-9_.\[\]-]*)(?: \([^)]*\))?: (?P<message>.+)$", re.S
+)
+
+
+def bound(text: str, limit: int) -> str:
+    """`text` cut to `limit` characters: an error never echoes a megabyte the client sent."""
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def errors_from_detail(detail: str, *, source: str = "body") -> tuple[str, list[dict[str, Any]]]:
+    """The field a refusal's `detail` names, as an `errors` entry (and the detail naming it).
+
+    The service writes "field: message"; msgspec writes "message - at `$.field`". Either way
+    the field becomes `errors[0].key`, and `detail` leads with it.
+
+    Returns:
+        The detail (rewritten to lead with the field) and the entries; no entries when the
+        detail names no field.
+    """
+    if match := _LEADING_KEY.match(detail):
+        key, message = match["key"], match["message"]
+        return detail, [field_error(key, bound(message, MAX_MESSAGE_CHARS), source=source)]
+    if _AT.search(detail) or _UNKNOWN.search(detail):
+        (error,) = msgspec_errors(Exception(detail), source=source)
+        if error["key"] != source:
+            return f"{error['key']}: {error['message']}", [error]
+    return detail, []

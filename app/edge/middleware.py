@@ -135,13 +135,19 @@ def check_path(scope: HTTPScope) -> None:
     raw = scope.get("raw_path") or scope["path"].encode("utf-8", "surrogateescape")
     # Some servers (and test clients) leave the query on `raw_path`; it is checked apart.
     raw = raw.partition(b"?")[0]
+    params = scope.get("path_params") or {}
     try:
         unquote_to_bytes(raw).decode("utf-8")
     except UnicodeDecodeError:
+        # The server decoded the bad escapes to U+FFFD: the parameter holding one is named.
+        damaged = [str(n) for n, v in params.items() if isinstance(v, str) and "\ufffd" in v]
         raise refuse_field(
-            "path", "percent-escapes must encode UTF-8 text", source="path", malformed=True
+            label(damaged[0]) if len(damaged) == 1 else "path",
+            "percent-escapes must encode UTF-8 text",
+            source="path",
+            malformed=True,
         ) from None
-    for name, value in (scope.get("path_params") or {}).items():
+    for name, value in params.items():
         if isinstance(value, str):
             check_text(value, key=label(str(name)), source="path")
     if NUL in scope["path"]:

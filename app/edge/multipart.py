@@ -121,6 +121,17 @@ class MultipartInspector:
             raise refuse_field(self._key, message, source="body")
 
     def _end(self) -> None:
-        if self._segment is not None and self._segment.filename is None and b"\x00" in self._text:
-            raise nul_refusal(self._key, source="body")
+        if self._segment is not None and self._segment.filename is None:
+            if b"\x00" in self._text:
+                raise nul_refusal(self._key, source="body")
+            try:
+                # Cut at the inspection bound, a character may be split: ignore the tail.
+                self._text.decode("utf-8", errors="strict" if self._complete_text() else "ignore")
+            except UnicodeDecodeError:
+                raise refuse_field(
+                    self._key, "not UTF-8 text", source="body", malformed=True
+                ) from None
         self._segment = None
+
+    def _complete_text(self) -> bool:
+        return len(self._text) < _MAX_INSPECTED_FIELD_BYTES
