@@ -280,3 +280,34 @@ EXAMPLES: Final[dict[tuple[str, str], Any]] = {
     ("/v1/admin/api-keys/{key_id}/rotate", "post"): {"grace_seconds": 3600},
 }
 """Request body examples by (path, method)."""
+
+
+def sse_event_schema(path: str) -> dict[str, Any]:
+    """One server-sent event of a streamed chat answer (`stream: true`)."""
+    if path == "/v1/chat":
+        description = (
+            "`meta` (conversation_id, message_id, trace_id), `citations`, `delta` ({text})"
+            " repeated, then `done` (usage, provider, model, cited) or `error` ({code, message});"
+            " `data` is JSON."
+        )
+        event: dict[str, Any] = {
+            "type": "string",
+            "enum": ["meta", "citations", "delta", "done", "error"],
+        }
+    else:
+        description = (
+            "OpenAI `chat.completion.chunk` objects as JSON `data`, then `[DONE]`; a stream that"
+            ' breaks ends with an `{"error": ...}` event and no `[DONE]`.'
+        )
+        event = {"type": "string"}
+    return {
+        "type": "object",
+        "description": description,
+        "required": ["data"],
+        "properties": {
+            "event": event,
+            "data": {"type": "string"},
+            "id": {"type": "string"},
+            "retry": {"type": "integer"},
+        },
+    }

@@ -59,6 +59,8 @@ def validation_errors(exc: ValidationException) -> list[dict[str, Any]]:
         message = _AT.sub("", str(item.get("message", "invalid value"))).strip()
         source = _source(item.get("source"))
         key = _key(item.get("key"), str(item.get("message", "")), source)
+        if key == "body" and message.strip("'") == "data":
+            message = "a JSON body is required"  # Litestar names the missing parameter
         errors.append(field_error(key, message or "invalid value", source=source))
     return errors or [field_error("body", str(exc.detail), source="body")]
 

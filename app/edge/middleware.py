@@ -86,8 +86,11 @@ class InputBoundaryMiddleware:
         if scope["method"] not in _BODY_METHODS or not _takes_json(scope, media_type):
             return deadline
         body = await _read_body(scope, deadline, limit=self.max_json_bytes)
+        state = ScopeState.from_scope(scope)
         if not body:
-            return deadline
+            # Read already: the handler must still see the (empty) body, not wait for one.
+            state.body = body
+            return _replay(body, deadline)
         template = str(scope.get("path_template", ""))
         rules = JsonRules(
             max_depth=self.http.max_json_depth,
@@ -96,7 +99,6 @@ class InputBoundaryMiddleware:
         value = decode_json(body, rules=rules)
         # Litestar's `request.body()` and `request.json()` read these before the receive
         # channel, so the body is decoded exactly once; `replay` serves handlers that stream.
-        state = ScopeState.from_scope(scope)
         state.body = body
         state.json = value
         return _replay(body, deadline)

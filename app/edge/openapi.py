@@ -134,12 +134,15 @@ def _streaming(path: str, method: str, responses: dict[str, Any]) -> None:
         return
     text = {"schema": {"type": "string"}}
     if path in contract.PROVIDER_PATHS and method == "post":
+        # The handler returns `JSON | EventStream`: Litestar documents the stream as an empty
+        # schema inside a oneOf (anything matches it, so any answer matches both). The JSON
+        # answer is the JSON schema alone; the stream has its own media type below.
+        json_answer = ok.get("content", {}).get("application/json", {})
+        choices = json_answer.get("schema", {}).get("oneOf")
+        if choices:
+            (json_answer["schema"],) = [c for c in choices if c]
         ok.setdefault("content", {})[contract.EVENT_STREAM] = {
-            "schema": {
-                "type": "string",
-                "description": "With `stream: true`: server-sent events (`meta`, `citations`,"
-                " `delta`..., then `done` or `error`; OpenAI chunks on /v1/chat/completions).",
-            }
+            "schema": contract.sse_event_schema(path)
         }
     if path == "/v1/admin/audit" or path.endswith("/export"):
         ok["content"] = {contract.NDJSON: text}

@@ -309,3 +309,16 @@ async def test_nothing_is_written_by_a_refused_ingest(
     assert_problem(response, 400, "malformed_request", "documents[1].metadata.k" + "[0]" * 28)
     count = await owner_pool.fetchval("SELECT count(*) FROM documents WHERE tenant_id = $1", tenant)
     assert count == 0
+
+
+@pytest.mark.parametrize("url", ["/v1/admin/api-keys", "/v1/search", "/v1/chat"])
+async def test_an_empty_body_is_refused_not_waited_for(
+    client: Client, headers: dict[str, str], url: str
+) -> None:
+    """Found by the fuzzer: an empty body was read by the boundary and never handed on.
+
+    The handler then waited for a body until the client gave up.
+    """
+    response = await client.post(url, content=b"", headers=headers)
+    body = assert_problem(response, 422, "validation_error", "body")
+    assert "a JSON body is required" in body["detail"]
