@@ -78,15 +78,8 @@ def openapi_document(app: Litestar) -> dict[str, Any]:
         raise LookupError("this app serves no OpenAPI document")
     for plugin in config.render_plugins:
         if isinstance(plugin, ContractJsonPlugin):
-            generated = app.plugins.get(_openapi_plugin_type()).provide_openapi_schema()
-            return plugin.document(generated)
+            return plugin.document(app.openapi_schema.to_schema())
     raise LookupError("this app's OpenAPI config has no ContractJsonPlugin")
-
-
-def _openapi_plugin_type() -> Any:
-    from litestar._openapi.plugin import OpenAPIPlugin  # Litestar's own, not exported
-
-    return OpenAPIPlugin
 
 
 def complete(document: dict[str, Any]) -> dict[str, Any]:
