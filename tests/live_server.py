@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -26,12 +27,20 @@ from tests.servers import free_port, wait_until_ready
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="session")
-def live_server(
-    settings: Settings, tmp_root: Path, kek: bytes, dev_issuer: DevIssuer
+@contextmanager
+def served_bulkhead(
+    settings: Settings,
+    data_dir: Path,
+    *,
+    command: list[str],
+    name: str,
+    extra_env: dict[str, str] | None = None,
 ) -> Iterator[str]:
-    """Base URL of a uvicorn-served Bulkhead (dev mode, no demo corpus), stopped afterwards."""
-    data_dir = tmp_root / "live-server"
+    """Run `command` (a server of this app on `{port}`) against the test database; its URL.
+
+    The process shares the test database, master key and dev issuer key, has its own data
+    dir (and so its own Qdrant Edge shard), and is stopped on exit.
+    """
     data_dir.mkdir(exist_ok=True)
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("BULKHEAD_", "OTEL_"))}
@@ -42,24 +51,12 @@ def live_server(
         "BULKHEAD_TENANTS_DIR": str(settings.tenants_dir),
         "BULKHEAD_SECRETS__MASTER_KEY_FILE": str(settings.master_key_path.resolve()),
         "BULKHEAD_AUTH__DEV_SIGNING_KEY_FILE": str(settings.dev_signing_key_path.resolve()),
+        **(extra_env or {}),
     }
     log_path = data_dir / "server.log"
     with log_path.open("w") as log:
         process = subprocess.Popen(  # noqa: S603 - fixed arguments, our own app
-            [
-                sys.executable,
-                "-m",
-                "uvicorn",
-                "--factory",
-                "app.main:create_app",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-                "--no-access-log",
-                "--log-level",
-                "warning",
-            ],
+            [part.format(port=port) for part in command],
             cwd=REPO,
             env=env,
             stdout=log,
@@ -67,7 +64,7 @@ def live_server(
         )
         base = f"http://127.0.0.1:{port}"
         try:
-            wait_until_ready(process, base, log_path, timeout=60, name="live server")
+            wait_until_ready(process, base, log_path, timeout=60, name=name)
             yield base
         finally:
             process.terminate()
@@ -76,6 +73,31 @@ def live_server(
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
+
+
+@pytest.fixture(scope="session")
+def live_server(
+    settings: Settings, tmp_root: Path, kek: bytes, dev_issuer: DevIssuer
+) -> Iterator[str]:
+    """Base URL of a uvicorn-served Bulkhead (dev mode, no demo corpus), stopped afterwards."""
+    command = [
+        sys.executable,
+        "-m",
+        "uvicorn",
+        "--factory",
+        "app.main:create_app",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "{port}",
+        "--no-access-log",
+        "--log-level",
+        "warning",
+    ]
+    with served_bulkhead(
+        settings, tmp_root / "live-server", command=command, name="live server"
+    ) as base:
+        yield base
 
 
 async def wait_until_known(http: httpx.AsyncClient, headers: dict[str, str]) -> None:

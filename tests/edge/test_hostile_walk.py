@@ -22,6 +22,7 @@ from litestar.testing import AsyncTestClient
 
 from app.tenancy.scope import Role
 from tests.conftest import AuthHeaders, TenantFactory, wait_for_tenant
+from tests.edge.multipart import raw_multipart
 
 Client = AsyncTestClient[Litestar]
 ALL_ROLES = (Role.CHAT, Role.SEARCH, Role.INGEST, Role.ADMIN)
@@ -196,7 +197,7 @@ async def test_no_input_gets_a_5xx_and_every_refusal_names_the_field(
             form = operation.get("requestBody", {}).get("content", {}).get("multipart/form-data")
             if form:
                 for part, field, label in _hostile_parts(form["schema"]["properties"]):
-                    content, content_type = _multipart(part)
+                    content, content_type = raw_multipart(part)
                     await check(
                         method,
                         base_url,
@@ -234,18 +235,3 @@ def _hostile_parts(
             "deep-10k": b"[" * 10_000,
         }.items():
             yield [FILE, (f'name="{name}"'.encode(), raw)], name, label
-
-
-def _multipart(parts: list[tuple[bytes, bytes]]) -> tuple[bytes, str]:
-    boundary = b"walkboundary"
-    body = b"".join(
-        b"--"
-        + boundary
-        + b"\r\nContent-Disposition: form-data; "
-        + params
-        + b"\r\nContent-Type: text/plain\r\n\r\n"
-        + content
-        + b"\r\n"
-        for params, content in parts
-    )
-    return body + b"--" + boundary + b"--\r\n", "multipart/form-data; boundary=walkboundary"

@@ -20,6 +20,7 @@ from litestar.testing import AsyncTestClient
 
 from app.tenancy.scope import Role
 from tests.conftest import AuthHeaders, TenantFactory, wait_for_tenant
+from tests.edge.multipart import raw_multipart
 
 Client = AsyncTestClient[Litestar]
 ALL_ROLES = (Role.CHAT, Role.SEARCH, Role.INGEST, Role.ADMIN)
@@ -230,25 +231,6 @@ async def test_long_multipart_filename_is_a_422_naming_it_not_a_413(
         assert "20971520" not in problem["detail"]
 
 
-def raw_multipart(*parts: tuple[bytes, bytes]) -> tuple[bytes, str]:
-    """A multipart body from (disposition params, content) pairs, bytes exactly as given.
-
-    Clients percent-escape odd bytes in names; an attacker does not.
-    """
-    boundary = "edgeboundary"
-    body = b"".join(
-        b"--"
-        + boundary.encode()
-        + b"\r\nContent-Disposition: form-data; "
-        + params
-        + b"\r\nContent-Type: text/plain\r\n\r\n"
-        + content
-        + b"\r\n"
-        for params, content in parts
-    )
-    return body + b"--" + boundary.encode() + b"--\r\n", f"multipart/form-data; boundary={boundary}"
-
-
 async def test_nul_in_multipart_names_and_fields_is_a_422_naming_the_part(
     client: Client, headers: dict[str, str]
 ) -> None:
@@ -256,12 +238,12 @@ async def test_nul_in_multipart_names_and_fields_is_a_422_naming_the_part(
         (b'name="file"; filename="a\x00b.txt"', "files[0].filename"),
         (b'name="fi\x00le"; filename="a.txt"', "files[0].name"),
     ]:
-        body, content_type = raw_multipart((params, b"words"))
+        body, content_type = raw_multipart([(params, b"words")])
         response = await client.post(
             "/v1/documents", content=body, headers={**headers, "content-type": content_type}
         )
         assert_problem(response, 422, "validation_error", key)
-    body, content_type = raw_multipart((b'name="file"; filename="a\xffb.txt"', b"words"))
+    body, content_type = raw_multipart([(b'name="file"; filename="a\xffb.txt"', b"words")])
     response = await client.post(
         "/v1/documents", content=body, headers={**headers, "content-type": content_type}
     )

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -25,8 +23,7 @@ from app.config import HttpSettings, Settings
 from app.identity.dev_issuer import DevIssuer
 from app.tenancy.scope import Role
 from tests.conftest import TenantFactory
-from tests.live_server import wait_until_known
-from tests.servers import free_port, wait_until_ready
+from tests.live_server import served_bulkhead, wait_until_known
 
 REPO = Path(__file__).resolve().parents[2]
 HEADER_SECONDS, IDLE_SECONDS, TOTAL_SECONDS = 1.0, 1.0, 3.0
@@ -45,41 +42,19 @@ uvicorn.run(create_app(settings), host="127.0.0.1", port={port}, log_level="warn
 def slow_server(
     settings: Settings, tmp_root: Path, kek: bytes, dev_issuer: DevIssuer
 ) -> Iterator[str]:
-    data_dir = tmp_root / "timeouts-server"
-    data_dir.mkdir(exist_ok=True)
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("BULKHEAD_", "OTEL_"))}
-    env |= {
-        "DATABASE_URL": str(settings.db.url),
-        "BULKHEAD_DEV": "true",
-        "BULKHEAD_DATA_DIR": str(data_dir),
-        "BULKHEAD_TENANTS_DIR": str(settings.tenants_dir),
-        "BULKHEAD_SECRETS__MASTER_KEY_FILE": str(settings.master_key_path.resolve()),
-        "BULKHEAD_AUTH__DEV_SIGNING_KEY_FILE": str(settings.dev_signing_key_path.resolve()),
+    deadlines = {
         "BULKHEAD_HTTP__HEADER_READ_TIMEOUT_SECONDS": str(HEADER_SECONDS),
         "BULKHEAD_HTTP__BODY_IDLE_TIMEOUT_SECONDS": str(IDLE_SECONDS),
         "BULKHEAD_HTTP__BODY_READ_TIMEOUT_SECONDS": str(TOTAL_SECONDS),
     }
-    log_path = data_dir / "server.log"
-    with log_path.open("w") as log:
-        process = subprocess.Popen(  # noqa: S603 - fixed arguments, our own app
-            [sys.executable, "-c", LAUNCH.format(port=port)],
-            cwd=REPO,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        base = f"http://127.0.0.1:{port}"
-        try:
-            wait_until_ready(process, base, log_path, timeout=60, name="slow-client server")
-            yield base
-        finally:
-            process.terminate()
-            try:
-                process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+    with served_bulkhead(
+        settings,
+        tmp_root / "timeouts-server",
+        command=[sys.executable, "-c", LAUNCH],
+        name="slow-client server",
+        extra_env=deadlines,
+    ) as base:
+        yield base
 
 
 @pytest.fixture
