@@ -165,6 +165,7 @@ def _exit_on_signals() -> None:
 def _serve(settings: Settings) -> None:
     import uvicorn
 
+    from app.edge.server import server_options
     from app.main import create_app
 
     app = create_app(settings)
@@ -182,6 +183,7 @@ def _serve(settings: Settings) -> None:
         # On SIGTERM/SIGINT: stop accepting, give requests in flight this long, then cancel
         # them; the lifespan's exit then flushes the audit trail and closes the pools.
         timeout_graceful_shutdown=settings.shutdown.drain_seconds,
+        **server_options(settings.http),
     )
 
 

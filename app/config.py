@@ -190,6 +190,25 @@ class LimitSettings(BaseModel):
     default_top_k: int = Field(default=5, ge=1)
 
 
+class HttpSettings(BaseModel):
+    """The HTTP edge: how long a client may take to send a request, CORS, the API document."""
+
+    header_read_timeout_seconds: float = Field(default=10.0, gt=0)
+    """From connection (or the previous response) to the end of the request's headers."""
+    body_read_timeout_seconds: float = Field(default=60.0, gt=0)
+    """From the start of a request to the last byte of its body (408 after that)."""
+    body_idle_timeout_seconds: float = Field(default=15.0, gt=0)
+    """Longest wait for the next piece of a body that is still coming (408 after that)."""
+    max_json_depth: int = Field(default=32, ge=4, le=256)
+    """Deepest nesting of arrays and objects any JSON body may have (400 deeper)."""
+    cors_allowed_origins: list[str] = []
+    """Origins a browser may call the API from (`https://app.example.com`). Empty: no CORS
+    headers at all, so browsers refuse cross-origin calls (the default)."""
+    openapi_ui: bool | None = None
+    """Serve a browsable API UI at `/schema`. Empty: in dev mode only. The JSON document
+    (`/schema/openapi.json`) is always served."""
+
+
 class ChunkingSettings(BaseModel):
     """Chunker geometry, in characters."""
 
@@ -280,6 +299,7 @@ class Settings(BaseSettings):
     audit: AuditSettings = AuditSettings()
     shutdown: ShutdownSettings = ShutdownSettings()
     limits: LimitSettings = LimitSettings()
+    http: HttpSettings = HttpSettings()
     chunking: ChunkingSettings = ChunkingSettings()
     telemetry: TelemetrySettings = TelemetrySettings()
     llm: LlmSettings = LlmSettings()

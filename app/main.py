@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from litestar import Litestar
+from litestar.config.cors import CORSConfig
 from litestar.datastructures import State
 from litestar.di import Provide
 from litestar.middleware import DefineMiddleware
@@ -17,6 +19,9 @@ from app.chat.completions import CompletionsController
 from app.chat.controllers import ChatController
 from app.chat.conversation_controllers import ConversationController, UserDataController
 from app.config import Settings, get_settings
+from app.edge.errors import EXCEPTION_HANDLERS as EDGE_EXCEPTION_HANDLERS
+from app.edge.middleware import InputBoundaryMiddleware
+from app.edge.openapi import SCHEMA_PATH, openapi_config
 from app.health import DevJwksController, HealthController
 from app.identity.controllers import ApiKeyController, ServiceJwksController, TokenController
 from app.identity.guards import provide_scope, tenant_header_guard
@@ -34,7 +39,36 @@ from app.telemetry.setup import (
     quiet_per_request_loggers,
 )
 
-PUBLIC_PATHS = ["^/healthz$", "^/readyz$", "^/dev/jwks.json$", "^/.well-known/jwks.json$"]
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("bulkhead")
+    except importlib.metadata.PackageNotFoundError:  # pragma: no cover - run from a checkout
+        return "0.0.0"
+
+
+def _cors(settings: Settings) -> CORSConfig | None:
+    """CORS for the configured origins only; none configured (the default) means none at all."""
+    origins = settings.http.cors_allowed_origins
+    if not origins:
+        return None
+    return CORSConfig(
+        allow_origins=origins,
+        allow_methods=["GET", "POST", "DELETE"],
+        allow_headers=["authorization", "content-type", "x-tenant-id"],
+        expose_headers=["x-trace-id", "retry-after", "ratelimit", "ratelimit-policy"],
+        allow_credentials=False,
+        max_age=600,
+    )
+
+
+PUBLIC_PATHS = [
+    "^/healthz$",
+    "^/readyz$",
+    "^/dev/jwks.json$",
+    "^/.well-known/jwks.json$",
+    f"^{SCHEMA_PATH}(/|$)",
+]
 
 
 def create_app(settings: Settings | None = None) -> Litestar:
@@ -77,6 +111,12 @@ def create_app(settings: Settings | None = None) -> Litestar:
             ),
             # After authentication, before any handler work: the caller is known, nothing spent.
             DefineMiddleware(RateLimitMiddleware),
+            # Then the input boundary: nothing a handler sees can be unstorable or unbounded.
+            DefineMiddleware(
+                InputBoundaryMiddleware,
+                http=settings.http,
+                max_json_bytes=settings.limits.max_request_bytes,
+            ),
         ],
         plugins=[
             OpenTelemetryPlugin(
@@ -91,11 +131,12 @@ def create_app(settings: Settings | None = None) -> Litestar:
             "chat": Provide(provide_chat, sync_to_thread=False),
         },
         guards=[tenant_header_guard],
-        exception_handlers=EXCEPTION_HANDLERS,
+        exception_handlers={**EXCEPTION_HANDLERS, **EDGE_EXCEPTION_HANDLERS},
         before_send=[add_trace_header],
         request_max_body_size=settings.limits.max_request_bytes,
         # Read by the exception handler that answers 503 `database_unavailable`.
         state=State({"database_retry_after": settings.db.retry_after_seconds}),
+        cors_config=_cors(settings),
         debug=False,
-        openapi_config=None,
+        openapi_config=openapi_config(settings, version=_version()),
     )

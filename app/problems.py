@@ -24,6 +24,13 @@ from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
 from litestar.types import ExceptionHandlersMap
 
 from app.db.errors import database_unavailable
+from app.edge.fields import (
+    MAX_DETAIL_CHARS,
+    bound,
+    describe,
+    errors_from_detail,
+    validation_errors,
+)
 from app.secrets.scrub import scrub
 
 PROBLEM_JSON = "application/problem+json"
@@ -32,6 +39,8 @@ _log = logging.getLogger(__name__)
 
 DEFAULT_RETRY_AFTER = 2
 """`Retry-After` (seconds) of `database_unavailable` when the app state names none."""
+_FIELD_STATUSES = frozenset({400, 413, 422})
+"""Refusals of input, whose `errors` name the field."""
 
 _CODE_BY_STATUS = {
     400: "bad_request",
@@ -151,18 +160,25 @@ def problem_response(
     headers: Mapping[str, str] | None = None,
 ) -> Response[dict[str, Any]]:
     """Build the problem+json response every error path uses."""
+    if not errors and status in _FIELD_STATUSES:
+        # Every refusal of input names its field: taken from the detail when not given.
+        detail, errors = errors_from_detail(detail)
     body: dict[str, Any] = {
         "type": f"urn:bulkhead:problem:{code}",
         "title": title,
         "status": status,
         "code": code,
         # Last line of defence: a message that quotes an upstream error may carry a key.
-        "detail": scrub(detail),
+        "detail": scrub(bound(detail, MAX_DETAIL_CHARS)),
         "instance": request.url.path,
     }
     if errors:
         body["errors"] = [
-            {k: scrub(v) if isinstance(v, str) else v for k, v in error.items()} for error in errors
+            {
+                k: scrub(bound(v, MAX_DETAIL_CHARS)) if isinstance(v, str) else v
+                for k, v in error.items()
+            }
+            for error in errors
         ]
     return Response(body, status_code=status, media_type=PROBLEM_JSON, headers=dict(headers or {}))
 
@@ -180,29 +196,21 @@ def handle_api_error(request: Request[Any, Any, Any], exc: ApiError) -> Response
     )
 
 
-def _validation_errors(exc: ValidationException) -> list[dict[str, Any]]:
-    extra = exc.extra if isinstance(exc.extra, list) else []
-    errors: list[dict[str, Any]] = []
-    for item in extra:
-        if isinstance(item, dict):
-            errors.append({k: str(v) for k, v in item.items() if k in {"key", "message", "source"}})
-    return errors
-
-
 def handle_http_exception(
     request: Request[Any, Any, Any], exc: HTTPException
 ) -> Response[dict[str, Any]]:
     """Map Litestar's own exceptions (routing, body parsing, guards) to stable codes."""
     status = exc.status_code
     if isinstance(exc, ValidationException):
-        detail = "the request body or parameters are not valid"
+        # The fields are named in `detail` too: a person reads that, a program `errors`.
+        errors = validation_errors(exc)
         return problem_response(
             request,
             status=422,
             code="validation_error",
             title="Validation error",
-            detail=detail,
-            errors=_validation_errors(exc) or [{"message": str(exc.detail)}],
+            detail=describe(errors),
+            errors=errors,
         )
     if isinstance(exc, NotFoundException):
         return problem_response(

@@ -27,6 +27,70 @@ from tests.servers import free_port, wait_until_ready
 REPO = Path(__file__).resolve().parents[1]
 
 
+@contextmanager
+def served_bulkhead(
+    settings: Settings,
+    data_dir: Path,
+    *,
+    command: list[str],
+    name: str,
+    extra_env: dict[str, str] | None = None,
+) -> Iterator[str]:
+    """Run `command` (a server of this app on `{port}`) against the test database; its URL.
+
+    The process shares the test database, master key and dev issuer key, has its own data
+    dir (and so its own Qdrant Edge shard), and is stopped on exit.
+    """
+    data_dir.mkdir(exist_ok=True)
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("BULKHEAD_", "OTEL_"))}
+    env |= {
+        "DATABASE_URL": str(settings.db.url),
+        "BULKHEAD_DEV": "true",
+        "BULKHEAD_DATA_DIR": str(data_dir),
+        "BULKHEAD_TENANTS_DIR": str(settings.tenants_dir),
+        "BULKHEAD_SECRETS__MASTER_KEY_FILE": str(settings.master_key_path.resolve()),
+        "BULKHEAD_AUTH__DEV_SIGNING_KEY_FILE": str(settings.dev_signing_key_path.resolve()),
+        **(extra_env or {}),
+    }
+    log_path = data_dir / "server.log"
+    with log_path.open("w") as log:
+        process = subprocess.Popen(  # noqa: S603 - fixed arguments, our own app
+            [part.format(port=port) for part in command],
+            cwd=REPO,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        base = f"http://127.0.0.1:{port}"
+        try:
+            wait_until_ready(process, base, log_path, timeout=60, name=name)
+            yield base
+        finally:
+            process.terminate()
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+UVICORN = [
+    sys.executable,
+    "-m",
+    "uvicorn",
+    "--factory",
+    "app.main:create_app",
+    "--host",
+    "127.0.0.1",
+    "--port",
+    "{port}",
+    "--no-access-log",
+    "--log-level",
+    "warning",
+]
+
+
 @pytest.fixture(scope="session")
 def live_server(
     settings: Settings, tmp_root: Path, kek: bytes, dev_issuer: DevIssuer
@@ -42,50 +106,8 @@ def serve_replica(settings: Settings, data_dir: Path) -> Iterator[str]:
 
     Needs the `kek` and `dev_issuer` fixtures to have run (it reuses their key files).
     """
-    data_dir.mkdir(exist_ok=True)
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("BULKHEAD_", "OTEL_"))}
-    env |= {
-        "DATABASE_URL": str(settings.db.url),
-        "BULKHEAD_DEV": "true",
-        "BULKHEAD_DATA_DIR": str(data_dir),
-        "BULKHEAD_TENANTS_DIR": str(settings.tenants_dir),
-        "BULKHEAD_SECRETS__MASTER_KEY_FILE": str(settings.master_key_path.resolve()),
-        "BULKHEAD_AUTH__DEV_SIGNING_KEY_FILE": str(settings.dev_signing_key_path.resolve()),
-    }
-    log_path = data_dir / "server.log"
-    with log_path.open("w") as log:
-        process = subprocess.Popen(  # noqa: S603 - fixed arguments, our own app
-            [
-                sys.executable,
-                "-m",
-                "uvicorn",
-                "--factory",
-                "app.main:create_app",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-                "--no-access-log",
-                "--log-level",
-                "warning",
-            ],
-            cwd=REPO,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        base = f"http://127.0.0.1:{port}"
-        try:
-            wait_until_ready(process, base, log_path, timeout=60, name="live server")
-            yield base
-        finally:
-            process.terminate()
-            try:
-                process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+    with served_bulkhead(settings, data_dir, command=UVICORN, name="live server") as base:
+        yield base
 
 
 async def wait_until_known(http: httpx.AsyncClient, headers: dict[str, str]) -> None:

@@ -3,23 +3,31 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Annotated
 
 import msgspec
+
+from app.identity.api_keys import MAX_GRACE_SECONDS
+
+MAX_ALLOWED_CIDRS = 100
+"""CIDRs on one key: enough for any real network policy, few enough to check per request."""
+Cidr = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
 
 
 class CreateApiKey(msgspec.Struct, forbid_unknown_fields=True):
     """`POST /v1/admin/api-keys`."""
 
-    name: str
-    scopes: list[str]
+    name: Annotated[str, msgspec.Meta(min_length=1, max_length=80)]
+    scopes: Annotated[list[str], msgspec.Meta(min_length=1, max_length=4)]
+    """Roles the key grants (`chat`, `search`, `ingest`, `admin`)."""
     expires_at: datetime | None = None
-    allowed_cidrs: list[str] = []
+    allowed_cidrs: Annotated[list[Cidr], msgspec.Meta(max_length=MAX_ALLOWED_CIDRS)] = []
 
 
 class RotateApiKey(msgspec.Struct, forbid_unknown_fields=True):
     """`POST /v1/admin/api-keys/{id}/rotate`: how long the old key keeps working."""
 
-    grace_seconds: int = 3600
+    grace_seconds: Annotated[int, msgspec.Meta(ge=0, le=MAX_GRACE_SECONDS)] = 3600
 
 
 class ApiKeyOut(msgspec.Struct):

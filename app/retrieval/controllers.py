@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from typing import Annotated, Any
 
 from litestar import Controller, Request, delete, get, post
@@ -23,7 +24,12 @@ from app.retrieval.schemas import (
     decode_ingest_request,
 )
 from app.retrieval.service import DocumentService
-from app.retrieval.uploads import read_bounded_body, read_upload, upload_documents
+from app.retrieval.uploads import (
+    named_by_file,
+    read_bounded_body,
+    read_upload,
+    upload_documents,
+)
 from app.tenancy.scope import Role, TenantScope
 
 
@@ -66,7 +72,9 @@ class DocumentController(Controller):
             )
         for document in incoming:
             ensure_own_tenant(caller, document.tenant_id)
-        prepared = documents.prepare(incoming)
+        uploaded = media_type == "multipart/form-data"
+        with named_by_file() if uploaded else nullcontext():
+            prepared = documents.prepare(incoming)
         written = await documents.ingest(scope=caller, documents=prepared)
         return IngestResponse([IngestedDocument(id=i, chunks=n) for i, n in written])
 

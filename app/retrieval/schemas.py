@@ -6,6 +6,7 @@ from typing import Annotated, Any
 
 import msgspec
 
+from app.edge.fields import describe, msgspec_errors
 from app.problems import ValidationFailed
 
 DocumentId = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")]
@@ -46,9 +47,8 @@ def decode_ingest_request(body: bytes) -> IngestRequest:
     try:
         return msgspec.json.decode(body, type=IngestRequest)
     except msgspec.ValidationError as exc:
-        raise ValidationFailed(
-            f"the request body is not valid: {exc}", errors=[{"message": str(exc)}]
-        ) from exc
+        errors = msgspec_errors(exc)
+        raise ValidationFailed(describe(errors), errors=errors) from exc
     except msgspec.DecodeError as exc:
         raise ValidationFailed(f"the request body is not JSON: {exc}") from exc
 

@@ -392,6 +392,9 @@ def _encode_cursor(key: str) -> str:
 
 def _decode_cursor(cursor: str) -> str:
     try:
-        return base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        decoded = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
     except (binascii.Error, UnicodeDecodeError, ValueError) as exc:
         raise ValidationFailed("cursor: not a cursor returned by this endpoint") from exc
+    if "\x00" in decoded:  # a forged cursor: Postgres text cannot hold NUL
+        raise ValidationFailed("cursor: not a cursor returned by this endpoint")
+    return decoded

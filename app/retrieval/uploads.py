@@ -11,8 +11,10 @@ the file count and per-file size limits stop the upload at the first part that b
 from __future__ import annotations
 
 import asyncio
+import re
 from collections import defaultdict
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 from typing import Any
@@ -21,6 +23,8 @@ import msgspec
 from multipart import MultipartSegment, ParserError, ParserLimitReached, PushMultipartParser
 
 from app.config import LimitSettings
+from app.edge.fields import describe, msgspec_errors
+from app.edge.text import JsonRules, decode_json
 from app.problems import ApiError, PayloadTooLarge, ValidationFailed
 from app.retrieval.parsing import detect_format, document_id_from_filename, parse_file
 from app.retrieval.schemas import DocumentIn
@@ -30,6 +34,7 @@ FORM_FIELDS = frozenset({"id", "title", "metadata", "acl", "tenant_id"})
 MAX_FIELD_BYTES = 64 * 1024
 """A text form field (metadata or ACL JSON, an id, a title)."""
 _MAX_FIELDS_PER_FILE = len(FORM_FIELDS)
+_DOCUMENTS = re.compile(r"\bdocuments\[(\d+)\]")
 
 
 @dataclass(frozen=True, slots=True)
@@ -208,9 +213,10 @@ async def upload_documents(
         try:
             documents.append(msgspec.convert(raw, DocumentIn))
         except msgspec.ValidationError as exc:
+            errors = msgspec_errors(exc, root=where)
             raise ValidationFailed(
-                f"{where} ({upload.filename!r}): {exc}",
-                errors=[{"key": where, "filename": upload.filename, "message": str(exc)}],
+                f"{describe(errors)} (file {upload.filename!r})",
+                errors=[{**e, "filename": upload.filename} for e in errors],
             ) from exc
     return tenant, documents
 
@@ -236,10 +242,28 @@ def _per_file(fields: dict[str, list[str]], name: str, count: int, *, shared: bo
 
 
 def _json_object(value: str, *, where: str) -> dict[str, Any]:
-    try:
-        decoded = msgspec.json.decode(value)
-    except msgspec.DecodeError as exc:
-        raise ValidationFailed(f"{where}: not valid JSON ({exc})") from exc
+    # The edge's decoder: the same depth bound and NUL refusal as a JSON body.
+    decoded = decode_json(value, rules=JsonRules(), where=where)
     if not isinstance(decoded, dict):
         raise ValidationFailed(f"{where}: must be a JSON object")
     return decoded
+
+
+@contextmanager
+def named_by_file() -> Iterator[None]:
+    """Name an upload's fields by file: `files[0].title`, as the caller sent them.
+
+    The documents an upload becomes are checked like JSON ones, whose messages say
+    `documents[0]`; an upload has no `documents`, it has files.
+
+    Raises:
+        ApiError: The error raised inside, its detail and field names rewritten.
+    """
+    try:
+        yield
+    except ApiError as exc:
+        exc.detail = _DOCUMENTS.sub(r"files[\1]", exc.detail)
+        for error in exc.errors or []:
+            if isinstance(error.get("key"), str):
+                error["key"] = _DOCUMENTS.sub(r"files[\1]", error["key"])
+        raise

@@ -10,6 +10,11 @@ import re
 from functools import lru_cache
 from typing import Final
 
+# Where a credential may start: not right after a letter ("ask-" holds no key). Not `\b`:
+# `_` and digits are word characters to `\b`, and a key pasted as `_sk-...`, `9sk-...` or
+# `x_bk_...` must still be found.
+_START: Final = r"(?<![A-Za-z])"
+
 # (hint, pattern): a text can match a pattern only if its hint matches too. Hints are tiny
 # patterns that start with a literal, which the regex engine finds with a fast scan.
 _SHAPES: Final = (
@@ -19,26 +24,54 @@ _SHAPES: Final = (
         r"-----BEGIN [A-Z0-9 ]*PRIVATE KEY-----[\s\S]*?(?:-----END [A-Z0-9 ]*PRIVATE KEY-----|$)",
     ),
     # OpenAI / Anthropic keys, including the masked echo "sk-proj-****abcd".
-    (r"sk-", r"\bsk-(?:ant-|proj-|svcacct-|admin-)?[A-Za-z0-9_*\-]{8,}"),
+    (r"sk-", _START + r"sk-(?:ant-|proj-|svcacct-|admin-)?[A-Za-z0-9_*\-]{8,}"),
     # AWS access key ids, and secret keys where they are labelled as such.
     (
         r"A(?:KIA|SIA|GPA|IDA|ROA|NPA|NVA|IPA)",
-        r"\b(?:AKIA|ASIA|AGPA|AIDA|AROA|ANPA|ANVA|AIPA)[0-9A-Z]{16}\b",
+        _START + r"(?:AKIA|ASIA|AGPA|AIDA|AROA|ANPA|ANVA|AIPA)[0-9A-Z]{16}\b",
     ),
     # JWTs, Vault/OpenBao tokens, Bulkhead API keys, GitHub and Slack tokens.
-    (r"eyJ", r"\beyJ[A-Za-z0-9_\-]{5,}\.[A-Za-z0-9_\-]{5,}\.[A-Za-z0-9_\-]*"),
-    (r"hv[sbr]\.", r"\bhv[sbr]\.[A-Za-z0-9_\-]{20,}"),
-    (r"\.[A-Za-z0-9]{24}", r"\b[sbr]\.[A-Za-z0-9]{24,}\b"),
-    (r"bk_", r"\bbk_[A-Za-z0-9_\-]{16,}"),
-    (r"gh[pousr]_", r"\bgh[pousr]_[A-Za-z0-9]{30,}"),
-    (r"xox", r"\bxox[abpors]-[A-Za-z0-9\-]{10,}"),
+    (r"eyJ", _START + r"eyJ[A-Za-z0-9_\-]{5,}\.[A-Za-z0-9_\-]{5,}\.[A-Za-z0-9_\-]*"),
+    (r"hv[sbr]\.", _START + r"hv[sbr]\.[A-Za-z0-9_\-]{20,}"),
+    (r"\.[A-Za-z0-9]{24}", _START + r"[sbr]\.[A-Za-z0-9]{24,}\b"),
+    (r"bk_", _START + r"bk_[A-Za-z0-9_\-]{16,}"),
+    (r"gh[pousr]_", _START + r"gh[pousr]_[A-Za-z0-9]{30,}"),
+    (r"xox", _START + r"xox[abpors]-[A-Za-z0-9\-]{10,}"),
+)
+
+_PROSE_AFTER_SCHEME: Final = (
+    # Words of 8+ letters that follow "token", "bearer" or "basic" in the service's own
+    # messages and docs ("token algorithm not accepted", "token exchange", "token lifetime
+    # exceeds the maximum"), and plain English ones such a sentence may use. Any other run of
+    # 8+ characters there is taken for a credential, as it must be ("Bearer abcdefghij").
+    "accepted",
+    "algorithm",
+    "audience",
+    "credential",
+    "endpoint",
+    "exchange",
+    "exchanged",
+    "lifetime",
+    "presented",
+    "provided",
+    "rejected",
+    "required",
+    "revocation",
+    "rotation",
+    "signature",
+    "validation",
+    "verification",
 )
 
 CREDENTIAL_SHAPES: Final = re.compile("|".join(pattern for _, pattern in _SHAPES))
 """Credentials recognisable by their shape alone."""
 
 LABELLED_CREDENTIAL: Final = re.compile(
-    r"(?i)(\b(?:bearer|basic|token)\s+)[A-Za-z0-9._~+/=\-]{8,}"
+    # After a scheme word, a value, not one of the service's own words: "token algorithm
+    # not accepted" is a sentence, and must reach the caller whole (`_PROSE_AFTER_SCHEME`).
+    r"(?i)(\b(?:bearer|basic|token)\s+)"
+    r"(?!(?:" + "|".join(_PROSE_AFTER_SCHEME) + r")(?![A-Za-z0-9._~+/=\-]))"
+    r"[A-Za-z0-9._~+/=\-]{8,}"
     r"|((?:aws_secret_access_key|api[_-]?key|password|passwd|secret_key|client_secret)"
     r"[\"']?\s*[:=]\s*[\"']?)[^\s\"',;}&]{6,}"
 )
