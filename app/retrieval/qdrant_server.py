@@ -2,11 +2,11 @@
 
 The condition of every query, count, delete and conditional upsert is `forced_condition`
 (shared with the Edge adapter) translated to qdrant-client's models by `_client_filter`; BM25
-sparse vectors come from the same `qdrant_edge.Bm25` encoder with the same IDF modifier, its
-statistics counted over the caller's readable chunks only (`scoping.statistics_corpus`), so both
-adapters score alike and no tenant's chunks move another's scores. `isolation: shared` tenants
-live in one collection; `isolation: dedicated` tenants in their own, where the forced filter
-still applies (defence in depth).
+sparse vectors come from the same `qdrant_edge.Bm25` encoder with the same IDF modifier, so both
+adapters score alike. `isolation: shared` tenants live in one collection, where the statistics
+are counted over the caller's readable chunks only (`scoping.statistics_corpus`), so no tenant's
+chunks move another's scores; `isolation: dedicated` tenants in their own, where the forced
+filter still applies (defence in depth) and the collection's statistics are the tenant's.
 
 Each tenant's requests go through the client `TenantClients.for_scope` hands out: in server mode,
 one built with the tenant's scoped JWT (see `qdrant_keys`), never the cluster key.
@@ -227,14 +227,7 @@ class QdrantServerIndex:
         collection = self.collection(scope)
         bm25 = models.SparseVector(indices=list(sparse.indices), values=list(sparse.values))
         condition = _client_filter(forced_condition(scope, reading=True, matches=matches))
-        # IDF over the chunks the caller may read, never the whole collection
-        # (`statistics_corpus`); a server older than 1.19 would ignore it, so
-        # `require_tenant_statistics` refuses to start against one.
-        statistics = models.SearchParams(
-            idf=models.IdfCorpusParams(
-                corpus=condition if not matches else _client_filter(statistics_corpus(scope))
-            )
-        )
+        statistics = self._statistics(scope, condition if not matches else None)
         request: dict[str, Any]
         if dense is None:
             request = {"query": bm25, "using": BM25_VECTOR, "search_params": statistics}
@@ -277,6 +270,23 @@ class QdrantServerIndex:
             if (hit := hit_from_payload(str(point.id), float(point.score), point.payload))
             is not None
         ]
+
+    def _statistics(
+        self, scope: TenantScope, reading: models.Filter | None
+    ) -> models.SearchParams | None:
+        """The IDF corpus of a BM25 search: the chunks the caller may read (`statistics_corpus`).
+
+        `reading`, if given, is that condition already converted (a search without a metadata
+        filter). A server older than 1.19 would ignore the corpus, so `require_tenant_statistics`
+        refuses to start against one. None in a dedicated collection, left as it was: the tenant
+        is alone there, so the collection's statistics are already its own (they also count its
+        pending versions and every ACL group), and a corpus is counted at query time at a cost
+        that grows with the tenant's size (see the README).
+        """
+        if self._isolation_of(scope.tenant_id) == "dedicated":
+            return None
+        corpus = reading if reading is not None else _client_filter(statistics_corpus(scope))
+        return models.SearchParams(idf=models.IdfCorpusParams(corpus=corpus))
 
     async def delete_document(
         self,

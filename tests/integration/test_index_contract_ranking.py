@@ -2,9 +2,10 @@
 
 Runs on the same three adapters as `test_index_contract.py` (Qdrant Edge; Qdrant server with
 shared and dedicated isolation through qdrant-client's local mode, no server binary here).
-A tenant's BM25 scores are those of a plain BM25 over the chunks its caller may read
-(`bm25_reference`), and stay bit-identical whatever other tenants store; pending versions, ACL
-groups the caller lacks and the caller's metadata filter do not enter the statistics.
+A tenant's BM25 scores stay bit-identical whatever other tenants store. Where tenants share
+storage they are those of a plain BM25 over the chunks the caller may read (`bm25_reference`):
+pending versions, ACL groups the caller lacks and the caller's metadata filter do not enter the
+statistics. A dedicated collection keeps the statistics it always had: the tenant's own.
 """
 
 from __future__ import annotations
@@ -23,12 +24,26 @@ from app.retrieval.qdrant_collections import QdrantServerTooOld, require_tenant_
 from tests.integration.bm25_reference import assert_scores_match, reference_scores
 from tests.integration.index_harness import ADAPTERS, Harness, chunk, open_harness, scope
 
+SHARED = tuple(kind for kind in ADAPTERS if kind != "qdrant-dedicated")
+"""Where tenants share storage: Edge, and the server's shared collection."""
+
+
+async def _opened(kind: str, tmp_path: Path) -> AsyncIterator[Harness]:
+    async with open_harness(kind, tmp_path, dense_size=2) as opened:
+        for tenant_id in ("acme", "globex"):
+            await opened.onboard(tenant_id)
+        yield opened
+
 
 @pytest.fixture(params=ADAPTERS)
 async def harness(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Harness]:
-    async with open_harness(request.param, tmp_path, dense_size=2) as opened:
-        for tenant_id in ("acme", "globex"):
-            await opened.onboard(tenant_id)
+    async for opened in _opened(request.param, tmp_path):
+        yield opened
+
+
+@pytest.fixture(params=SHARED)
+async def shared(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Harness]:
+    async for opened in _opened(request.param, tmp_path):
         yield opened
 
 
@@ -81,8 +96,9 @@ async def test_another_tenants_documents_never_move_a_tenants_scores(harness: Ha
         assert_scores_match(scores, reference_scores(query, globex))
 
 
-async def test_statistics_count_only_the_chunks_the_caller_may_read(harness: Harness) -> None:
+async def test_statistics_count_only_the_chunks_the_caller_may_read(shared: Harness) -> None:
     """Within a tenant too: chunks of groups the caller lacks do not enter its statistics."""
+    harness = shared
     public = _docs("acme", ["zorblat handbook", "quux handbook", "zorblat and quux policy"])
     board = [
         chunk("acme", f"board-{n}", f"zorblat board minutes {n}", acl=("board",), dense=[0.0, 1.0])
@@ -98,8 +114,9 @@ async def test_statistics_count_only_the_chunks_the_caller_may_read(harness: Har
 
 
 async def test_a_pending_version_enters_the_statistics_only_once_published(
-    harness: Harness,
+    shared: Harness,
 ) -> None:
+    harness = shared
     current = _docs("acme", ["zorblat once", "quux once", "filler words"])
     await harness.index.upsert(scope=scope("acme"), chunks=current)
     before = await _scores(harness, "acme", "zorblat quux")
@@ -118,6 +135,31 @@ async def test_a_pending_version_enters_the_statistics_only_once_published(
         await _scores(harness, "acme", "zorblat quux"),
         reference_scores("zorblat quux", new + current[1:]),
     )
+
+
+async def test_a_dedicated_collection_keeps_its_own_statistics_as_before(
+    tmp_path: Path,
+) -> None:
+    """`isolation: dedicated` is left as it was: its statistics are already the tenant's.
+
+    The collection holds the tenant alone; its statistics count every chunk stored there,
+    pending versions and all groups.
+    """
+    async with open_harness("qdrant-dedicated", tmp_path, dense_size=2) as harness:
+        await harness.onboard("acme")
+        await harness.onboard("globex")
+        public = _docs("acme", ["zorblat handbook", "quux handbook", "zorblat and quux"])
+        board = [
+            chunk("acme", f"board-{n}", f"zorblat minutes {n}", acl=("board",), dense=[0.0, 1.0])
+            for n in range(5)
+        ]
+        await harness.index.upsert(scope=scope("acme"), chunks=public + board)
+        await harness.index.upsert(scope=scope("globex"), chunks=_docs("globex", ["zorblat"] * 40))
+
+        scores = await _scores(harness, "acme", "zorblat quux")
+
+    expected = reference_scores("zorblat quux", public + board)
+    assert_scores_match(scores, {c.chunk_id: expected[c.chunk_id] for c in public})
 
 
 async def test_a_metadata_filter_narrows_the_results_not_the_statistics(harness: Harness) -> None:

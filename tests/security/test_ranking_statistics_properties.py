@@ -8,7 +8,8 @@ tenants' documents drawn from the same words. Then, for callers of `acme` with d
 and drawn queries:
 
 - BM25 scores equal a reference BM25 computed here (`bm25_reference`) over the chunks the caller
-  may read, alone: the published versions of `acme`'s documents visible to its groups;
+  may read, alone: the published versions of `acme`'s documents visible to its groups (in a
+  dedicated collection, left as it was, over every chunk `acme` stored there);
 - after the crowd writes many more chunks holding every word, leaves an unpublished version
   behind, deletes documents and offboards a tenant, BM25, dense and hybrid (RRF) results, chunk
   ids and scores, are bit-identical to what they were before.
@@ -78,10 +79,12 @@ PROPERTY_SETTINGS = settings(
 
 @dataclass
 class Model:
-    """What `acme` has published: the chunks of each document's current version, and its ACL."""
+    """What `acme` has published (each document's current version) and what the index holds."""
 
     versions: dict[str, int] = field(default_factory=dict)
     published: dict[str, list[ChunkRecord]] = field(default_factory=dict)
+    stored: dict[str, list[ChunkRecord]] = field(default_factory=dict)
+    """Every chunk of the document in the index: published, and pending leftovers of crashes."""
     made: int = 0
     """Chunks made so far: each gets its own dense direction, so the dense leg has no ties."""
 
@@ -112,6 +115,16 @@ class Model:
             if c.acl_groups is None or set(c.acl_groups) & {ACL_EVERYONE, *groups}
         ]
 
+    def corpus(self, kind: str, groups: list[str]) -> list[ChunkRecord]:
+        """What the caller's statistics are counted over.
+
+        In shared storage, the chunks it may read. A dedicated collection is left as it was:
+        its statistics are the collection's, every chunk the tenant stored.
+        """
+        if kind == "qdrant-dedicated":
+            return [c for records in self.stored.values() for c in records]
+        return self.readable(groups)
+
 
 async def _replay(
     harness: Harness, operations: list[tuple[str, str, str, Any]], crowd: list[tuple[str, str, int]]
@@ -127,6 +140,7 @@ async def _replay(
         if kind == "delete":
             await index.delete_document(scope=caller, document_id=document_id)
             model.published.pop(document_id, None)
+            model.stored.pop(document_id, None)
             continue
         records = model.chunks(document_id, version, text, acl)
         model.versions[document_id] = version
@@ -134,7 +148,7 @@ async def _replay(
             # A first ingest of an id the history already used replaces it, as the service does.
             await index.delete_document(scope=caller, document_id=document_id)
             await index.upsert(scope=caller, chunks=records)
-            model.published[document_id] = records
+            model.published[document_id] = model.stored[document_id] = records
             continue
         await index.upsert(scope=caller, chunks=records, pending=True)
         if kind == "reingest":
@@ -142,7 +156,10 @@ async def _replay(
             await index.publish(
                 scope=caller, versions=[DocumentVersion(document_id, version, groups)]
             )
-            model.published[document_id] = records
+            # Publishing retires every older version, pending leftovers included.
+            model.published[document_id] = model.stored[document_id] = records
+        else:
+            model.stored[document_id] = model.stored.get(document_id, []) + records
     return model
 
 
@@ -199,7 +216,9 @@ async def _check(
             after = await _results(harness, callers)
 
     for (groups, query), answers in zip(callers, before, strict=True):
-        assert_scores_match(answers[0], reference_scores(query, model.readable(groups)))
+        readable = {c.chunk_id for c in model.readable(groups)}
+        reference = reference_scores(query, model.corpus(kind, groups))
+        assert_scores_match(answers[0], {i: v for i, v in reference.items() if i in readable})
     assert after == before
 
 
