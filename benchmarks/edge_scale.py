@@ -186,6 +186,7 @@ async def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         "tenants": args.tenants,
         "ingest": {
             "chunks_per_second": round(stats.chunks_per_second),
+            "chunks_per_cpu_second": round(stats.chunks_per_cpu_second),
             "upsert_seconds": round(stats.upsert_seconds, 1),
             "wall_seconds": round(stats.wall_seconds, 1),
             "close_seconds": round(stats.close_seconds, 1),
@@ -270,6 +271,7 @@ def report(record: dict[str, Any]) -> str:
             f" {machine['load_average_at_end']} at end",
             f"BM25 ingestion: {rate:,} chunks/s"
             f" (target >= {INGEST_TARGET:,}: {_verdict(rate >= INGEST_TARGET)}),"
+            f" {ingest['chunks_per_cpu_second']:,} per CPU-second;"
             f" wall {ingest['wall_seconds']} s incl. text generation",
             _latency("filtered top-10:", filtered) + f" (p99 target <= {P99_TARGET_MS} ms:"
             f" {_verdict(filtered['p99_ms'] <= P99_TARGET_MS)})",
