@@ -276,12 +276,9 @@ class QdrantServerIndex:
     ) -> models.SearchParams | None:
         """The IDF corpus of a BM25 search: the chunks the caller may read (`statistics_corpus`).
 
-        `reading`, if given, is that condition already converted (a search without a metadata
-        filter). A server older than 1.19 would ignore the corpus, so `require_tenant_statistics`
-        refuses to start against one. None in a dedicated collection, left as it was: the tenant
-        is alone there, so the collection's statistics are already its own (they also count its
-        pending versions and every ACL group), and a corpus is counted at query time at a cost
-        that grows with the tenant's size (see the README).
+        `reading`: that condition already converted, if the search has no metadata filter.
+        None in a dedicated collection, left as it was: its statistics are the tenant's already,
+        and a corpus costs query time in proportion to the tenant's size (see the README).
         """
         if self._isolation_of(scope.tenant_id) == "dedicated":
             return None
