@@ -9,6 +9,9 @@ Re-ingestion writes a new version *pending*: its chunks carry an empty ACL list,
 no reader's ACL condition, so searches keep seeing the old version while the new one is
 embedded and written. `publish` then reveals the new version and removes the older ones,
 behind a `VersionGate` that no search crosses while the switch is half done.
+
+BM25 ranks with the IDF modifier, its statistics counted at query time over the caller's
+readable chunks only (`scoping.statistics_corpus`): another tenant's chunks never move a score.
 """
 
 from __future__ import annotations
@@ -50,6 +53,7 @@ from app.retrieval.scoping import (
     point_id,
     publish_plan,
     stale_pending,
+    statistics_corpus,
 )
 from app.retrieval.upkeep import VACUUM_ONLY, ShardUpkeep
 from app.tenancy.scope import TenantScope
@@ -115,7 +119,7 @@ def _edge_clause(clause: Clause) -> Any:
 
 
 class EdgeIndex:
-    """VectorIndex over one Qdrant Edge shard with BM25 sparse vectors (IDF modifier).
+    """VectorIndex over one Qdrant Edge shard with BM25 sparse vectors (per-caller IDF).
 
     A shard opened with `dense_size` also holds one dense (cosine) vector per chunk; it serves
     the tenants whose embedder produces vectors of that model and size.
@@ -237,20 +241,30 @@ class EdgeIndex:
         """
         condition = _scoped_filter(scope, reading=True, matches=matches)
         bm25 = qe.Query.Nearest(self._bm25.embed_query(query), using=BM25_VECTOR)
+        # IDF over the chunks the caller may read, never the whole shard (`statistics_corpus`):
+        # without a metadata filter that is the search's own condition, converted once.
+        statistics = qe.SearchParams(
+            idf=qe.IdfParams(
+                corpus=condition if not matches else _edge_filter(statistics_corpus(scope))
+            )
+        )
+        params: qe.SearchParams | None = None
         if dense is None:
             scoring: Any = bm25
             prefetches = None
+            params = statistics
         elif not lexical:
             scoring, prefetches = qe.Query.Nearest(dense, using=DENSE_VECTOR), None
         else:
             # Each leg carries the scoped filter itself: isolation must not depend on whether
-            # the engine propagates the outer filter into prefetches.
+            # the engine propagates the outer filter into prefetches. The BM25 leg carries
+            # the tenant's statistics (RRF itself only reads the legs' ranks).
             candidates = top_k * HYBRID_CANDIDATES
             prefetches = [
                 qe.Prefetch(
                     candidates, query=qe.Query.Nearest(dense, using=DENSE_VECTOR), filter=condition
                 ),
-                qe.Prefetch(candidates, query=bm25, filter=condition),
+                qe.Prefetch(candidates, query=bm25, filter=condition, params=statistics),
             ]
             scoring = qe.Fusion.Rrf(RRF_K)
         request = qe.QueryRequest(
@@ -258,6 +272,7 @@ class EdgeIndex:
             query=scoring,
             prefetches=prefetches,
             filter=condition,
+            params=params,
             # Only what a hit shows: each payload field is converted from the engine per access.
             with_payload=list(HIT_FIELDS),
         )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -85,3 +86,34 @@ async def ensure_collection(
         for field, schema in _FIELD_INDEXES.items():
             await client.create_payload_index(name, field, schema)
     return True
+
+
+MIN_SERVER_VERSION = (1, 19)
+"""The first Qdrant release that honours `SearchParams.idf` (an IDF corpus narrowed by a filter)."""
+
+
+class QdrantServerTooOld(RuntimeError):
+    """The server would ignore the per-tenant IDF corpus: collection-wide statistics."""
+
+
+async def require_tenant_statistics(client: AsyncQdrantClient) -> str:
+    """Check that the server computes BM25 statistics over a tenant's points; its version.
+
+    An older server ignores the unknown `idf` search parameter instead of refusing it (gRPC
+    drops unknown fields), so it would rank every shared tenant with statistics over the whole
+    collection: the leak `scoping.statistics_corpus` closes. Better not to start.
+
+    Raises:
+        QdrantServerTooOld: The server is older than `MIN_SERVER_VERSION`, or its version
+            cannot be read.
+    """
+    version = (await client.info()).version
+    found = tuple(int(part) for part in re.findall(r"\d+", version)[:2])
+    if len(found) < len(MIN_SERVER_VERSION) or found < MIN_SERVER_VERSION:
+        needed = ".".join(map(str, MIN_SERVER_VERSION))
+        raise QdrantServerTooOld(
+            f"Qdrant server {version!r}: Bulkhead needs Qdrant >= {needed}, which computes BM25"
+            " statistics over each tenant's own points (per-tenant IDF); an older server would"
+            " rank every shared tenant with statistics of the whole collection"
+        )
+    return version

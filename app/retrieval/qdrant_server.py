@@ -3,8 +3,10 @@
 The condition of every query, count, delete and conditional upsert is `forced_condition`
 (shared with the Edge adapter) translated to qdrant-client's models by `_client_filter`; BM25
 sparse vectors come from the same `qdrant_edge.Bm25` encoder with the same IDF modifier, so both
-adapters score alike. `isolation: shared` tenants live in one collection; `isolation: dedicated`
-tenants in their own, where the forced filter still applies (defence in depth).
+adapters score alike. `isolation: shared` tenants live in one collection, where the statistics
+are counted over the caller's readable chunks only (`scoping.statistics_corpus`), so no tenant's
+chunks move another's scores; `isolation: dedicated` tenants in their own, where the forced
+filter still applies (defence in depth) and the collection's statistics are the tenant's.
 
 Each tenant's requests go through the client `TenantClients.for_scope` hands out: in server mode,
 one built with the tenant's scoped JWT (see `qdrant_keys`), never the cluster key.
@@ -59,6 +61,7 @@ from app.retrieval.scoping import (
     hit_from_payload,
     publish_plan,
     stale_pending,
+    statistics_corpus,
 )
 from app.tenancy.scope import TenantScope
 
@@ -224,14 +227,16 @@ class QdrantServerIndex:
         collection = self.collection(scope)
         bm25 = models.SparseVector(indices=list(sparse.indices), values=list(sparse.values))
         condition = _client_filter(forced_condition(scope, reading=True, matches=matches))
+        statistics = self._statistics(scope, condition if not matches else None)
         request: dict[str, Any]
         if dense is None:
-            request = {"query": bm25, "using": BM25_VECTOR}
+            request = {"query": bm25, "using": BM25_VECTOR, "search_params": statistics}
         elif not lexical:
             request = {"query": list(dense), "using": DENSE_VECTOR}
         else:
             # Each leg carries the forced filter itself: isolation must not depend on whether
-            # the server propagates the outer filter into prefetches.
+            # the server propagates the outer filter into prefetches. The BM25 leg carries the
+            # tenant's statistics (RRF itself only reads the legs' ranks).
             candidates = top_k * HYBRID_CANDIDATES
             request = {
                 "prefetch": [
@@ -239,7 +244,11 @@ class QdrantServerIndex:
                         query=list(dense), using=DENSE_VECTOR, filter=condition, limit=candidates
                     ),
                     models.Prefetch(
-                        query=bm25, using=BM25_VECTOR, filter=condition, limit=candidates
+                        query=bm25,
+                        using=BM25_VECTOR,
+                        filter=condition,
+                        params=statistics,
+                        limit=candidates,
                     ),
                 ],
                 "query": models.RrfQuery(rrf=models.Rrf(k=RRF_K)),
@@ -261,6 +270,20 @@ class QdrantServerIndex:
             if (hit := hit_from_payload(str(point.id), float(point.score), point.payload))
             is not None
         ]
+
+    def _statistics(
+        self, scope: TenantScope, reading: models.Filter | None
+    ) -> models.SearchParams | None:
+        """The IDF corpus of a BM25 search: the chunks the caller may read (`statistics_corpus`).
+
+        `reading`: that condition already converted, if the search has no metadata filter.
+        None in a dedicated collection, left as it was: its statistics are the tenant's already,
+        and a corpus costs query time in proportion to the tenant's size (see the README).
+        """
+        if self._isolation_of(scope.tenant_id) == "dedicated":
+            return None
+        corpus = reading if reading is not None else _client_filter(statistics_corpus(scope))
+        return models.SearchParams(idf=models.IdfCorpusParams(corpus=corpus))
 
     async def delete_document(
         self,

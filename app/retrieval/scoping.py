@@ -151,6 +151,25 @@ def forced_condition(
     return AllOf(must=tuple(must))
 
 
+def statistics_corpus(scope: TenantScope) -> AllOf:
+    """The points every BM25 ranking statistic of `scope`'s searches is computed over.
+
+    BM25's IDF needs N (how many chunks) and n(t) (how many of them contain the term t). Taken
+    over a whole shard or collection, they depend on every tenant's chunks: one tenant could
+    learn whether others' documents contain a word, and another tenant's ingestion would move
+    its scores. Qdrant's IDF corpus (`SearchParams.idf`) counts only the points matching this
+    condition, at query time: the chunks the caller may read (its tenant, its ACL groups,
+    published versions only). So every statistic is a function of those chunks alone, and it is
+    always that of the points stored now: ingestion, re-ingestion, deletion, reindexing,
+    offboarding, crash recovery and restarts need nothing of their own to keep it right.
+
+    The caller's metadata filter is not part of it: a filter narrows the results, not what
+    a word's rarity is measured against. The document side of BM25 (term frequency and length
+    normalisation, with `avg_len` a fixed encoder parameter) depends on the chunk's text alone.
+    """
+    return forced_condition(scope, reading=True)
+
+
 def metadata_clause(match: MetadataMatch) -> Clause:
     """One caller filter entry, addressed under `metadata.` so it can never name our fields."""
     key = f"{METADATA_FIELD}.{match.key}"

@@ -15,6 +15,7 @@ from app.config import Settings
 from app.retrieval.edge import EdgeIndex
 from app.retrieval.index import VectorIndex
 from app.retrieval.qdrant_clients import ScopedKeyClients, SharedClient
+from app.retrieval.qdrant_collections import require_tenant_statistics
 from app.retrieval.qdrant_keys import TenantKeyMinter, jwt_ref
 from app.retrieval.qdrant_server import CollectionNames, Isolation, IsolationOf, QdrantServerIndex
 from app.secrets.backend import SecretNotFound, SecretsBackend
@@ -145,6 +146,7 @@ async def open_vector_index(
 
     Raises:
         SecretNotFound: The cluster key's ref holds nothing.
+        QdrantServerTooOld: The server cannot keep BM25 statistics per tenant (before 1.19).
     """
     if settings.vectors.backend == "edge":
         edge = EdgeIndex.open(settings.vector_path, search_threads=settings.vectors.search_threads)
@@ -170,7 +172,9 @@ async def open_vector_index(
         index = QdrantServerIndex(
             clients, isolation_of=isolation_of, names=CollectionNames(qdrant.collection_prefix)
         )
-        # Fails start-up when the server is unreachable, as a broken Edge shard does.
+        # Fails start-up when the server is unreachable, as a broken Edge shard does, or too
+        # old to keep BM25 statistics per tenant.
+        await require_tenant_statistics(admin.client)
         await admin.minter.ensure_platform_collections()
         await refresh_tenants(admin.minter, tenant_ids(), isolation_of)
         task = asyncio.create_task(
