@@ -73,6 +73,6 @@ async def test_another_tenants_documents_and_hidden_groups_never_move_search_sco
         }
         for n in range(20)
     ]
-    await _ingest(client, auth(b), board)
+    await _ingest(client, auth(b, groups=("board",)), board)  # a writer must be in the group
     assert await _scores(client, auth(b, groups=("staff",))) == before
     assert await _scores(client, auth(b, groups=("board",))) != before
