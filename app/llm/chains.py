@@ -10,6 +10,7 @@ from app.llm.keys import SecretResolver
 from app.llm.local import LocalProvider
 from app.llm.openai_chat import OpenAIProvider
 from app.llm.provider import Provider
+from app.llm.remote import RemoteProvider
 from app.llm.router import ChainLink, ChainPolicy, ProviderChain, UnavailableProvider
 from app.tenancy.manifest import ChainEntry
 
@@ -45,7 +46,7 @@ def provider_for(
         return LocalProvider()
     if entry.secret is None:
         return UnavailableProvider(entry.provider, "has no secret in the manifest")
-    kinds: dict[str, type[OpenAIProvider] | type[AnthropicProvider]] = {
+    kinds: dict[str, type[RemoteProvider]] = {
         "openai": OpenAIProvider,
         "anthropic": AnthropicProvider,
     }

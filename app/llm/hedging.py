@@ -21,7 +21,7 @@ from opentelemetry.trace import Span
 from app.llm.breaker import CircuitBreaker
 from app.llm.links import ChainLink
 from app.llm.provider import Completion, CompletionRequest, ProviderError
-from app.llm.rules import ChainRules
+from app.llm.rules import ChainRules, EntryTurn
 from app.llm.run import ChainRun, as_provider_error, circuit_open
 from app.tenancy.scope import TenantScope
 
@@ -56,15 +56,10 @@ async def _complete_entry(
     """
     link = rules.links[index]
     asked = replace(request, model=link.entry.model)
-    turn_end = rules.turn_end(run, index)
+    turn = EntryTurn(rules, run, index, breaker)
     last = index == len(rules.links) - 1
-    hedge_at = None if last else min(time.monotonic() + rules.policy.hedge_after, turn_end)
-    retries, refetched = 0, False
-    while True:
-        budget = rules.attempt_budget(run, turn_end)
-        if budget is None:
-            rules.out_of_time(run, link, breaker)
-            return await complete_from(rules, run, index + 1, request)
+    hedge_at = None if last else min(time.monotonic() + rules.policy.hedge_after, turn.end)
+    while (budget := turn.budget()) is not None:
         span, started = run.start_attempt(link), time.perf_counter()
         call = _call(link, asked, run.scope, budget)
         late: asyncio.Task[Completion] | None = None
@@ -80,38 +75,27 @@ async def _complete_entry(
         except (ProviderError, TimeoutError) as exc:
             error = as_provider_error(exc)
             run.failed(span, link, error, started)
-            step = await rules.after_failure(
-                run, index, error, retries=retries, refetched=refetched, turn_end=turn_end
-            )
-            if step == "failover":
-                run.fail_over(link, error.reason)
-                return await complete_from(rules, run, index + 1, request)
-            refetched = refetched or step == "refetch"
-            retries += step == "retry"
-            continue
+            if await turn.retry(error):
+                continue
+            break
         except BaseException:
-            run.cancelled(span, link, started)
-            if breaker is not None:
-                breaker.release()
+            turn.abandoned(span, started)
             raise
         if late is not None:
-            return await _hedged(rules, run, index, request, late, span, started)
-        if breaker is not None:
-            breaker.success()
-        run.succeeded(span, link, completion, started)
+            return await _hedged(turn, request, late, span, started)
+        turn.answered(span, completion, started)
         return completion
+    return await complete_from(rules, run, index + 1, request)
 
 
 async def _hedged(
-    rules: ChainRules,
-    run: ChainRun,
-    index: int,
+    turn: EntryTurn,
     request: CompletionRequest,
     late: asyncio.Task[Completion],
     span: Span,
     started: float,
 ) -> Completion | None:
-    """Race a late attempt of entry `index` against the rest of the chain.
+    """Race a late attempt of the turn's entry against the rest of the chain.
 
     The first answer wins and the other side is cancelled. A late attempt that loses
     counts as a late timeout for its breaker (a hung provider is cut off this way); the
@@ -121,11 +105,10 @@ async def _hedged(
     Raises:
         ProviderRejected: A provider refused the request itself.
     """
-    link = rules.links[index]
-    breaker = rules.breaker(run.scope, link)
+    rules, run, link = turn.rules, turn.run, turn.link
     run.span.add_event("hedge", {"gen_ai.request.model": link.entry.model})
     run.failover_reason = "hedge"
-    rival = asyncio.ensure_future(complete_from(rules, run, index + 1, request))
+    rival = asyncio.ensure_future(complete_from(rules, run, turn.index + 1, request))
     settled = False
     try:
         await asyncio.wait({late, rival}, return_when=asyncio.FIRST_COMPLETED)
@@ -133,7 +116,7 @@ async def _hedged(
             answer = rival.result()
             if answer is not None:
                 settled = True
-                await _outrun(rules, run, link, late, span, started)
+                await _outrun(turn, late, span, started)
                 return answer
             await asyncio.wait({late})
         settled = True
@@ -146,36 +129,25 @@ async def _hedged(
             run.fail_over(link, error.reason)
             return await rival
         await _cancel(rival)
-        if breaker is not None:
-            breaker.success()
-        run.succeeded(span, link, completion, started)
+        turn.answered(span, completion, started)
         return completion
     except BaseException:
         if not settled:
             await _cancel(late)
-            run.cancelled(span, link, started)
-            if breaker is not None:
-                breaker.release()
+            turn.abandoned(span, started)
         raise
     finally:
         await _cancel(rival)
 
 
 async def _outrun(
-    rules: ChainRules,
-    run: ChainRun,
-    link: ChainLink,
-    late: asyncio.Task[Completion],
-    span: Span,
-    started: float,
+    turn: EntryTurn, late: asyncio.Task[Completion], span: Span, started: float
 ) -> None:
     """Close a late attempt that another entry beat to the answer."""
-    breaker = rules.breaker(run.scope, link)
+    rules, run, link = turn.rules, turn.run, turn.link
     if late.done() and not late.cancelled() and late.exception() is None:
         # It answered in the same instant: not late after all, but its answer is unused.
-        run.cancelled(span, link, started)
-        if breaker is not None:
-            breaker.release()
+        turn.abandoned(span, started)
         return
     if late.done() and not late.cancelled():
         error = as_provider_error(late.exception() or TimeoutError())

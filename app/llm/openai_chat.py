@@ -3,22 +3,17 @@
 from __future__ import annotations
 
 from collections.abc import AsyncGenerator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
-import httpx2
 import msgspec
 import openai
 from openai.types.chat import ChatCompletionMessageParam
 
-from app.llm.clients import SdkClients
-from app.llm.errors import classify
-from app.llm.keys import SecretResolver
 from app.llm.provider import Completion, CompletionRequest, ProviderError, StreamEvent
-from app.llm.remote import EntryKey, conversation, endpoint_of, system_prompt
+from app.llm.remote import RemoteProvider, chat_messages, system_prompt
 
 if TYPE_CHECKING:
     from app.secrets.values import SecretValue
-    from app.tenancy.manifest import ChainEntry
     from app.tenancy.scope import TenantScope
 
 
@@ -49,25 +44,11 @@ class _ChatCompletion(msgspec.Struct):
 _decode_completion = msgspec.json.Decoder(_ChatCompletion).decode
 
 
-class OpenAIProvider:
+class OpenAIProvider(RemoteProvider):
     """One chain entry served by OpenAI (or anything speaking its API at `base_url`)."""
 
     name = "openai"
-
-    def __init__(
-        self,
-        entry: ChainEntry,
-        resolver: SecretResolver,
-        *,
-        clients: SdkClients,
-        connect_timeout: float,
-        max_output_tokens: int,
-    ) -> None:
-        self._keys = EntryKey(entry, resolver)
-        self._clients = clients
-        self._connect_timeout = connect_timeout
-        self._max_output_tokens = max_output_tokens
-        self.endpoint = endpoint_of(entry.base_url, "api.openai.com")
+    default_host = "api.openai.com"
 
     def _client(self, key: SecretValue, scope: TenantScope) -> openai.AsyncOpenAI:
         return self._clients.openai(
@@ -83,46 +64,32 @@ class OpenAIProvider:
         }
 
     def _messages(self, request: CompletionRequest) -> list[ChatCompletionMessageParam]:
-        messages: list[ChatCompletionMessageParam] = [
-            {"role": "system", "content": system_prompt(request)}
-        ]
-        for role, content in conversation(request):
-            if role == "assistant":
-                messages.append({"role": "assistant", "content": content})
-            else:
-                messages.append({"role": "user", "content": content})
-        return messages
+        system: ChatCompletionMessageParam = {"role": "system", "content": system_prompt(request)}
+        return [system, *cast("list[ChatCompletionMessageParam]", chat_messages(request))]
 
-    async def complete(
-        self, request: CompletionRequest, *, scope: TenantScope, time_budget: float
+    async def _complete(
+        self,
+        key: SecretValue,
+        request: CompletionRequest,
+        *,
+        scope: TenantScope,
+        time_budget: float,
     ) -> Completion:
-        """One Chat Completions call.
-
-        Raises:
-            ProviderError: The call failed; the message never carries the key.
-        """
-        key = await self._keys.key(scope=scope)
-        try:
-            # What `chat.completions.create` sends, without its per-call TypedDict transform
-            # of the params (aliases and formats, none of which apply to these plain strings
-            # and ints: tests/unit/test_openai_body.py): that transform was ~10% of a chat
-            # request's CPU. Same endpoint, auth, errors and status handling; the answer is
-            # read as bytes and decoded by msgspec into the five fields used, which checks
-            # their types and costs a fraction of building the SDK's pydantic `ChatCompletion`;
-            # the body goes as msgspec-encoded bytes, which the SDK sends as they are instead
-            # of deep-copying the messages and encoding them with the json module.
-            raw = await self._client(key, scope).post(
-                "/chat/completions",
-                content=msgspec.json.encode(self.body(request)),
-                cast_to=bytes,
-                options={
-                    "timeout": httpx2.Timeout(time_budget, connect=self._connect_timeout),
-                    "security": {"bearer_auth": True},
-                },
-            )
-            response = _decode_completion(raw)
-        except Exception as exc:
-            raise classify(exc, key=key.reveal()) from None
+        # What `chat.completions.create` sends, without its per-call TypedDict transform
+        # of the params (aliases and formats, none of which apply to these plain strings
+        # and ints: tests/unit/test_openai_body.py): that transform was ~10% of a chat
+        # request's CPU. Same endpoint, auth, errors and status handling; the answer is
+        # read as bytes and decoded by msgspec into the five fields used, which checks
+        # their types and costs a fraction of building the SDK's pydantic `ChatCompletion`;
+        # the body goes as msgspec-encoded bytes, which the SDK sends as they are instead
+        # of deep-copying the messages and encoding them with the json module.
+        raw = await self._client(key, scope).post(
+            "/chat/completions",
+            content=msgspec.json.encode(self.body(request)),
+            cast_to=bytes,
+            options={"timeout": self._timeout(time_budget), "security": {"bearer_auth": True}},
+        )
+        response = _decode_completion(raw)
         if not response.choices:
             raise ProviderError("the provider returned no choices", reason="malformed_response")
         choice = response.choices[0]
@@ -137,43 +104,39 @@ class OpenAIProvider:
             response_id=response.id,
         )
 
-    async def stream(
-        self, request: CompletionRequest, *, scope: TenantScope, time_budget: float
+    async def _stream(
+        self,
+        key: SecretValue,
+        request: CompletionRequest,
+        *,
+        scope: TenantScope,
+        time_budget: float,
     ) -> AsyncGenerator[StreamEvent, None]:
-        """A streamed Chat Completions call: text deltas, then the completion with usage.
-
-        Raises:
-            ProviderError: The call failed, or the stream broke or ended without finishing.
-        """
-        key = await self._keys.key(scope=scope)
         parts: list[str] = []
         response_id = model = finish = ""
         input_tokens = output_tokens = 0
+        stream = await self._client(key, scope).chat.completions.create(
+            model=request.model,
+            messages=self._messages(request),
+            max_completion_tokens=self._max_output_tokens,
+            stream=True,
+            stream_options={"include_usage": True},
+            timeout=self._timeout(time_budget),
+        )
         try:
-            stream = await self._client(key, scope).chat.completions.create(
-                model=request.model,
-                messages=self._messages(request),
-                max_completion_tokens=self._max_output_tokens,
-                stream=True,
-                stream_options={"include_usage": True},
-                timeout=httpx2.Timeout(time_budget, connect=self._connect_timeout),
-            )
-            try:
-                async for chunk in stream:
-                    response_id, model = chunk.id or response_id, chunk.model or model
-                    if chunk.usage is not None:
-                        input_tokens = chunk.usage.prompt_tokens
-                        output_tokens = chunk.usage.completion_tokens
-                    for choice in chunk.choices:
-                        if choice.delta.content:
-                            parts.append(choice.delta.content)
-                            yield choice.delta.content
-                        if choice.finish_reason:
-                            finish = choice.finish_reason
-            finally:
-                await stream.close()
-        except Exception as exc:
-            raise classify(exc, key=key.reveal()) from None
+            async for chunk in stream:
+                response_id, model = chunk.id or response_id, chunk.model or model
+                if chunk.usage is not None:
+                    input_tokens = chunk.usage.prompt_tokens
+                    output_tokens = chunk.usage.completion_tokens
+                for choice in chunk.choices:
+                    if choice.delta.content:
+                        parts.append(choice.delta.content)
+                        yield choice.delta.content
+                    if choice.finish_reason:
+                        finish = choice.finish_reason
+        finally:
+            await stream.close()
         if not finish:
             # A stream that ends without a finish reason was cut, not completed.
             raise ProviderError("the stream ended before the answer", reason="stream_interrupted")
@@ -186,10 +149,3 @@ class OpenAIProvider:
             finish_reason=finish,
             response_id=response_id,
         )
-
-    async def invalidate_key(self, *, scope: TenantScope) -> None:
-        """Forget the tenant's key for this entry."""
-        await self._keys.invalidate(scope=scope)
-
-    async def aclose(self) -> None:
-        """Nothing to release: the connection pools belong to `SdkClients`."""

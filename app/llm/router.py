@@ -31,7 +31,7 @@ from app.llm.links import ChainLink, UnavailableProvider
 from app.llm.local import LocalProvider
 from app.llm.policy import ChainPolicy
 from app.llm.provider import Completion, CompletionRequest, ProviderError, StreamEvent
-from app.llm.rules import ChainRules
+from app.llm.rules import ChainRules, EntryTurn
 from app.llm.run import (
     AttemptRecord,
     ChainRun,
@@ -189,21 +189,16 @@ class ProviderChain:
                 breaker = self._rules.breaker(scope, link)
                 if circuit_open(run, link, breaker):
                     continue
-                turn_end = self._rules.turn_end(run, index)
-                retries, refetched = 0, False
+                turn = EntryTurn(self._rules, run, index, breaker)
                 asked = replace(request, model=link.entry.model)
-                while True:
-                    budget = self._rules.attempt_budget(run, turn_end)
-                    if budget is None:
-                        self._rules.out_of_time(run, link, breaker)
-                        break
+                while (budget := turn.budget()) is not None:
                     span, started = run.start_attempt(link), time.perf_counter()
                     # The first token must come within the entry's turn too; after it, the
                     # answer has only the attempt's own budget (no failover is possible then).
                     clock = AttemptClock(
                         budget=budget,
                         first_token_timeout=min(
-                            self.policy.first_token_timeout, turn_end - time.monotonic()
+                            self.policy.first_token_timeout, turn.end - time.monotonic()
                         ),
                     )
                     events = link.provider.stream(asked, scope=scope, time_budget=budget)
@@ -221,32 +216,16 @@ class ProviderChain:
                         run.failed(span, link, error, started)
                         if sent_content:
                             raise broken_off(run, breaker, error) from None
-                        step = await self._rules.after_failure(
-                            run,
-                            index,
-                            error,
-                            retries=retries,
-                            refetched=refetched,
-                            turn_end=turn_end,
-                        )
-                        if step == "failover":
-                            run.fail_over(link, error.reason)
-                            break
-                        refetched = refetched or step == "refetch"
-                        retries += step == "retry"
-                        continue
+                        if await turn.retry(error):
+                            continue
+                        break
                     except BaseException:
-                        # The caller went away (or was cancelled): no verdict on the provider.
-                        run.cancelled(span, link, started)
-                        if breaker is not None:
-                            breaker.release()
+                        turn.abandoned(span, started)
                         raise
                     finally:
                         with suppress(Exception):
                             await events.aclose()
-                    if breaker is not None:
-                        breaker.success()
-                    run.succeeded(span, link, done, started)
+                    turn.answered(span, done, started)
                     yield done
                     return
                 if run.remaining() <= 0:

@@ -17,13 +17,17 @@ from __future__ import annotations
 
 import asyncio
 import time
+from typing import TYPE_CHECKING
 
 from app.llm.breaker import BreakerRegistry, CircuitBreaker
 from app.llm.links import ChainLink
 from app.llm.policy import BREAKER_FAILURES, RETRYABLE, TIMEOUTS, ChainPolicy, retry_delay
-from app.llm.provider import ProviderError
+from app.llm.provider import Completion, ProviderError
 from app.llm.run import ChainRun, ProviderRejected
 from app.tenancy.scope import TenantScope
+
+if TYPE_CHECKING:
+    from opentelemetry.trace import Span
 
 
 class ChainRules:
@@ -134,3 +138,64 @@ class ChainRules:
         if delay > 0:
             await asyncio.sleep(delay)
         return "retry"
+
+
+class EntryTurn:
+    """One entry's turn in one request: its end, its breaker, its retries and key refetch.
+
+    The plain path (`hedging`) and the streamed one (`ProviderChain.stream`) run the same
+    loop over it: ask `budget()` for each attempt, `retry(error)` after each failure, and end
+    with `answered(...)` or `abandoned(...)`.
+    """
+
+    def __init__(
+        self, rules: ChainRules, run: ChainRun, index: int, breaker: CircuitBreaker | None
+    ) -> None:
+        self.rules = rules
+        self.run = run
+        self.index = index
+        self.link = rules.links[index]
+        self.breaker = breaker
+        self.end = rules.turn_end(run, index)
+        self._retries = 0
+        self._refetched = False
+
+    def budget(self) -> float | None:
+        """Seconds the next attempt may take; None (the entry is left) when the turn is over."""
+        budget = self.rules.attempt_budget(self.run, self.end)
+        if budget is None:
+            self.rules.out_of_time(self.run, self.link, self.breaker)
+        return budget
+
+    async def retry(self, error: ProviderError) -> bool:
+        """After a failed attempt: True to try the entry again, False when it was failed over.
+
+        Raises:
+            ProviderRejected: The provider refused the request itself; no entry will do better.
+        """
+        step = await self.rules.after_failure(
+            self.run,
+            self.index,
+            error,
+            retries=self._retries,
+            refetched=self._refetched,
+            turn_end=self.end,
+        )
+        if step == "failover":
+            self.run.fail_over(self.link, error.reason)
+            return False
+        self._refetched = self._refetched or step == "refetch"
+        self._retries += step == "retry"
+        return True
+
+    def answered(self, span: Span, completion: Completion, started: float) -> None:
+        """The attempt answered: close its breaker's trial and record it."""
+        if self.breaker is not None:
+            self.breaker.success()
+        self.run.succeeded(span, self.link, completion, started)
+
+    def abandoned(self, span: Span, started: float) -> None:
+        """The caller went away (or another answer won): no verdict on the provider."""
+        self.run.cancelled(span, self.link, started)
+        if self.breaker is not None:
+            self.breaker.release()
