@@ -18,7 +18,8 @@ Create Date: 2026-11-23
 
 from collections.abc import Sequence
 
-from alembic import context, op
+from alembic import op
+from app.db.migrate import app_role
 
 revision: str = "0001"
 down_revision: str | None = None
@@ -188,19 +189,8 @@ SCHEMA = (
 )
 
 
-def _app_role() -> str:
-    role = (
-        context.config.attributes.get("app_role")
-        or context.get_x_argument(as_dictionary=True).get("app_role")
-        or "bulkhead_app"
-    )
-    if not role.replace("_", "").isalnum():
-        raise ValueError(f"invalid app role name: {role!r}")
-    return role
-
-
 def upgrade() -> None:
-    role = _app_role()
+    role = app_role()
     for statement in SCHEMA:
         op.execute(statement)
     for table in TENANT_TABLES:

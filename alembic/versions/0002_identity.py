@@ -27,7 +27,8 @@ Create Date: 2026-11-23
 
 from collections.abc import Sequence
 
-from alembic import context, op
+from alembic import op
+from app.db.migrate import app_role
 
 revision: str = "0002"
 down_revision: str | None = "0001"
@@ -35,19 +36,8 @@ branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
 
-def _app_role() -> str:
-    role = (
-        context.config.attributes.get("app_role")
-        or context.get_x_argument(as_dictionary=True).get("app_role")
-        or "bulkhead_app"
-    )
-    if not role.replace("_", "").isalnum():
-        raise ValueError(f"invalid app role name: {role!r}")
-    return role
-
-
 def upgrade() -> None:
-    role = _app_role()
+    role = app_role()
     op.execute("ALTER TABLE api_keys ADD COLUMN replaced_by text")
     op.execute("CREATE POLICY owner_key_lookup ON api_keys FOR SELECT TO CURRENT_USER USING (true)")
     op.execute(

@@ -18,7 +18,8 @@ Create Date: 2026-11-30
 
 from collections.abc import Sequence
 
-from alembic import context, op
+from alembic import op
+from app.db.migrate import app_role
 
 revision: str = "0005"
 # Chained after main's 0004 (sealed messages) when main was merged into this branch.
@@ -116,19 +117,8 @@ STATEMENTS = (
 )
 
 
-def _app_role() -> str:
-    role = (
-        context.config.attributes.get("app_role")
-        or context.get_x_argument(as_dictionary=True).get("app_role")
-        or "bulkhead_app"
-    )
-    if not role.replace("_", "").isalnum():
-        raise ValueError(f"invalid app role name: {role!r}")
-    return role
-
-
 def upgrade() -> None:
-    role = _app_role()
+    role = app_role()
     for statement in STATEMENTS:
         op.execute(statement)
     for table in NEW_TENANT_TABLES:

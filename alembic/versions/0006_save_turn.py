@@ -24,7 +24,8 @@ Create Date: 2026-11-30
 
 from collections.abc import Sequence
 
-from alembic import context, op
+from alembic import op
+from app.db.migrate import app_role
 
 revision: str = "0006"
 down_revision: str | None = "0005"
@@ -37,19 +38,8 @@ SIGNATURE = """bulkhead_save_turn(
 )"""
 
 
-def _app_role() -> str:
-    role = (
-        context.config.attributes.get("app_role")
-        or context.get_x_argument(as_dictionary=True).get("app_role")
-        or "bulkhead_app"
-    )
-    if not role.replace("_", "").isalnum():
-        raise ValueError(f"invalid app role name: {role!r}")
-    return role
-
-
 def upgrade() -> None:
-    role = _app_role()
+    role = app_role()
     op.execute(
         """
         CREATE FUNCTION bulkhead_save_turn(

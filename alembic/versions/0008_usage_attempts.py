@@ -23,7 +23,8 @@ Create Date: 2026-12-07
 
 from collections.abc import Sequence
 
-from alembic import context, op
+from alembic import op
+from app.db.migrate import app_role
 
 revision: str = "0008"
 down_revision: str | None = "0006"
@@ -36,19 +37,8 @@ SIGNATURE = """bulkhead_save_turn(
 )"""
 
 
-def _app_role() -> str:
-    role = (
-        context.config.attributes.get("app_role")
-        or context.get_x_argument(as_dictionary=True).get("app_role")
-        or "bulkhead_app"
-    )
-    if not role.replace("_", "").isalnum():
-        raise ValueError(f"invalid app role name: {role!r}")
-    return role
-
-
 def upgrade() -> None:
-    role = _app_role()
+    role = app_role()
     op.execute("ALTER TABLE usage ADD COLUMN final boolean NOT NULL DEFAULT true")
     op.execute(
         """

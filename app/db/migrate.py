@@ -6,7 +6,7 @@ from pathlib import Path
 
 from alembic.config import Config
 
-from alembic import command
+from alembic import command, context
 from app.db.urls import sqlalchemy_url
 
 _REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -32,3 +32,19 @@ def alembic_config(owner_url: str, *, app_role: str) -> Config:
 def upgrade(owner_url: str, *, app_role: str, revision: str = "head") -> None:
     """Upgrade the database to `revision` as the owner role."""
     command.upgrade(alembic_config(owner_url, app_role=app_role), revision)
+
+
+def app_role() -> str:
+    """Inside a migration: the runtime role to grant to (`app_role` attribute or `-x` arg).
+
+    Raises:
+        ValueError: The name is not a plain identifier (it is spliced into GRANT statements).
+    """
+    role = (
+        context.config.attributes.get("app_role")
+        or context.get_x_argument(as_dictionary=True).get("app_role")
+        or "bulkhead_app"
+    )
+    if not role.replace("_", "").isalnum():
+        raise ValueError(f"invalid app role name: {role!r}")
+    return str(role)
