@@ -18,8 +18,6 @@ from app.problems import CredentialRefused, Unauthenticated
 from app.tenancy.registry import TenantRegistry
 from app.tenancy.scope import Role, TenantScope
 
-_ROLES = {role.value: role for role in Role}
-
 
 @lru_cache(maxsize=4096)
 def _networks(cidrs: tuple[str, ...]) -> tuple[IPNetwork, ...]:
@@ -91,11 +89,11 @@ class Authenticator:
         # An exchanged token dies with its key: revocation and expiry apply to it too.
         self.api_keys.check_usable(record, client=client)
         roles = claims.get("roles")
-        granted = {_ROLES[r] for r in roles if r in _ROLES} if isinstance(roles, list) else set()
+        granted = Role.known(roles) if isinstance(roles, list) else frozenset()
         return TenantScope(
             tenant_id=record.tenant_id,
             subject=str(claims["sub"]),
-            roles=frozenset(granted) & record.roles,
+            roles=granted & record.roles,
             credential_id=f"svc:{record.id}",
         )
 

@@ -27,7 +27,6 @@ from app.problems import CredentialRefused, Unauthenticated
 from app.tenancy.scope import Role
 
 _log = logging.getLogger(__name__)
-_ROLES = {role.value: role for role in Role}
 MISSING_CACHE_SECONDS = 30.0
 MISSING_CACHE_SIZE = 10_000
 
@@ -163,7 +162,7 @@ class ApiKeyStore:
             tenant_id=row["tenant_id"],
             name=row["name"],
             secret_hmac=bytes(row["secret_hmac"]),
-            roles=frozenset(_ROLES[s] for s in row["scopes"] if s in _ROLES),
+            roles=Role.known(row["scopes"]),
             allowed_cidrs=tuple(row["allowed_cidrs"]),
             expires_at=row["expires_at"].timestamp() if row["expires_at"] else None,
             revoked=row["revoked_at"] is not None,

@@ -20,7 +20,6 @@ from app.tenancy.scope import Role, TenantScope
 
 # Asymmetric only: HS* would let anyone holding the public key (i.e. everyone) forge tokens.
 ALLOWED_ALGORITHMS = frozenset({"EdDSA", "ES256", "RS256"})
-_KNOWN_ROLES = {role.value: role for role in Role}
 # Frontends send the same token on every request until it expires; its signature is checked
 # once and the result kept (keyed by SHA-256 of the token, bounded, dropped at `exp` or after
 # the JWKS TTL, whichever comes first).
@@ -148,11 +147,7 @@ class JwtVerifier:
         scope = TenantScope(
             tenant_id=binding.tenant_id,
             subject=subject,
-            roles=frozenset(
-                _KNOWN_ROLES[r]
-                for r in _strings(claims.get(binding.roles_claim))
-                if r in _KNOWN_ROLES
-            ),
+            roles=Role.known(_strings(claims.get(binding.roles_claim))),
             groups=tuple(sorted(set(_strings(claims.get(binding.groups_claim))))),
             credential_id=f"jwt:{kid}",
         )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from enum import StrEnum
 
@@ -14,6 +15,17 @@ class Role(StrEnum):
     SEARCH = "search"
     INGEST = "ingest"
     ADMIN = "admin"
+
+    @classmethod
+    def known(cls, names: Iterable[object]) -> frozenset[Role]:
+        """The roles among `names` (a token's claim, a key's scopes); anything else is ignored.
+
+        A credential may carry roles of other systems; they grant nothing here.
+        """
+        return frozenset(_BY_NAME[n] for n in names if isinstance(n, str) and n in _BY_NAME)
+
+
+_BY_NAME: dict[str, Role] = {role.value: role for role in Role}
 
 
 @dataclass(frozen=True, slots=True)

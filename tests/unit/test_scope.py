@@ -67,3 +67,10 @@ def test_roles() -> None:
     scope = _scope()
     assert scope.has(Role.CHAT)
     assert not scope.has(Role.ADMIN)
+
+
+def test_only_known_roles_are_granted_from_a_credential() -> None:
+    # One parser for a token's roles claim, an exchanged token's and an API key's scopes.
+    granted = Role.known(["chat", "superuser", "ADMIN", 7, None, "ingest", "chat"])
+    assert granted == frozenset({Role.CHAT, Role.INGEST})
+    assert Role.known([]) == frozenset()
