@@ -57,9 +57,16 @@ UNIT_WORDS = {
     "KiBy": "kibibytes",
     "MiBy": "mebibytes",
     "GiBy": "gibibytes",
+    "TiBy": "tibibytes",
     "KBy": "kilobytes",
     "MBy": "megabytes",
     "GBy": "gigabytes",
+    "TBy": "terabytes",
+    "B": "bytes",
+    "KB": "kilobytes",
+    "MB": "megabytes",
+    "GB": "gigabytes",
+    "TB": "terabytes",
     "m": "meters",
     "V": "volts",
     "A": "amperes",
@@ -165,6 +172,12 @@ def test_every_alert_is_tested_firing_and_quiet() -> None:
     assert names - firing == set(), "alerts never tested firing"
     assert names - quiet == set(), "alerts never tested staying quiet"
     assert firing | quiet <= names, "tests name alerts that do not exist"
+
+
+def test_the_operations_guide_lists_every_alert() -> None:
+    guide = (ROOT / "docs" / "operations.md").read_text(encoding="utf-8")
+    missing = {alert["alert"] for alert in _alerts() if f"`{alert['alert']}`" not in guide}
+    assert missing == set(), "docs/operations.md, section 4, does not list these alerts"
 
 
 def test_every_alert_says_how_bad_and_what_happened() -> None:
