@@ -26,10 +26,24 @@ $(VENV)/.dev: $(VENV)/.runtime requirements-dev.lock
 	$(BIN)/pip install --quiet -r requirements-dev.lock
 	@touch $@
 
+# promtool checks and unit-tests the alert rules (deploy/prometheus/). A promtool on PATH is
+# used as it is; otherwise it is unpacked from Debian's `prometheus` package into the venv, so
+# no Prometheus server is installed or started. `apt-get update` runs only when apt cannot
+# find the package (a fresh machine has no package lists).
+PROMTOOL := $(or $(shell command -v promtool 2>/dev/null),$(BIN)/promtool)
+
+$(BIN)/promtool: | $(BIN)/python
+	@command -v apt-get >/dev/null || { echo "promtool missing: install Prometheus's promtool on PATH" >&2; exit 1; }
+	@tmp=$$(mktemp -d) && trap 'rm -rf "$$tmp"' EXIT && cd "$$tmp" && \
+	{ apt-get download -qq prometheus 2>/dev/null || { apt-get update -qq && apt-get download -qq prometheus; }; } && \
+	dpkg-deb --fsys-tarfile prometheus_*.deb | tar -xO ./usr/bin/promtool > promtool && \
+	install -m 0755 promtool $(abspath $@)
+	$@ --version
+
 dev: $(VENV)/.runtime ## Run the service on the embedded default (Postgres, Qdrant Edge, demo tenants)
 	$(BIN)/bulkhead dev
 
-test: $(VENV)/.dev ## Run the whole suite: lint, format check, types, Dockerfile lint, tests
+test: $(VENV)/.dev $(PROMTOOL) ## Run the whole suite: lint, format check, types, Dockerfile lint, tests
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy app
@@ -43,7 +57,7 @@ lint: $(VENV)/.dev ## ruff check + format check only
 typecheck: $(VENV)/.dev ## mypy --strict on app/
 	$(BIN)/mypy app
 
-unit: $(VENV)/.dev ## Unit tests only (no database)
+unit: $(VENV)/.dev $(PROMTOOL) ## Unit tests only (no database)
 	$(BIN)/pytest tests/unit
 
 bench: $(VENV)/.dev ## Benchmarks: 100k chunks across 100 tenants (see benchmarks/README.md)
