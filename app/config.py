@@ -229,7 +229,7 @@ class LlmSettings(BaseModel):
 
     connect_timeout_seconds: float = Field(default=2.0, gt=0)
     first_token_timeout_seconds: float = Field(default=10.0, gt=0)
-    """A streamed attempt with no content token by then is abandoned (README: Failover timing)."""
+    """A streamed attempt with no content token by then is abandoned (docs/llm-providers.md)."""
     hedge_after_seconds: float = Field(default=10.0, gt=0)
     """A plain answer not in by then starts the next chain entry alongside; first one wins."""
     attempt_timeout_seconds: float = Field(default=30.0, gt=0)

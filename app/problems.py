@@ -1,4 +1,4 @@
-"""RFC 9457 problem details with Bulkhead's stable error codes (DESIGN §4).
+"""RFC 9457 problem details with Bulkhead's stable error codes (docs/api.md).
 
 Every error leaves the service through `problem_response`, so the shape and the codes are the
 same whether a guard, a validator, a service or Litestar itself raised it. Messages are written

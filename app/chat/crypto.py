@@ -1,4 +1,4 @@
-"""Conversation content at rest: AES-256-GCM under the tenant's data key (DESIGN §3.7).
+"""Conversation content at rest: AES-256-GCM under the tenant's data key (docs/chat.md).
 
 The data key is the one the local secrets backend keeps in `tenant_keys`, wrapped by the KEK
 (master key or Vault Transit), whichever secrets backend serves provider keys. Each message

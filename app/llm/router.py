@@ -1,6 +1,6 @@
 """ProviderChain: the tenant's ordered providers, tried in turn until one answers.
 
-Timing model (defaults in `LlmSettings`; README "Failover timing"): each attempt has a connect
+Timing model (defaults in `LlmSettings`; docs/llm-providers.md): each attempt has a connect
 timeout (in the SDK) and a total timeout, inside the request's deadline; each entry a turn, its
 even share of the time left (`rules`). A streamed attempt must produce its first content token
 within the first-token timeout, or the chain moves on; a plain attempt that is late is hedged

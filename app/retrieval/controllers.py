@@ -1,4 +1,4 @@
-"""HTTP endpoints for documents and search (DESIGN §4)."""
+"""HTTP endpoints for documents and search (docs/api.md, docs/ingestion.md)."""
 
 from __future__ import annotations
 

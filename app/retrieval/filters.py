@@ -1,6 +1,6 @@
 """Caller-supplied metadata filters: validated here, then nested under the forced conditions.
 
-Grammar (DESIGN §4): `{"key": value}` or `{"key": {"in": [v1, v2, ...]}}`, all keys ANDed.
+Grammar (docs/api.md): `{"key": value}` or `{"key": {"in": [v1, v2, ...]}}`, all keys ANDed.
 Values are strings, integers or booleans. Keys name the document's own metadata only; reserved
 keys (`tenant_id`, anything starting with `_bulkhead`) are refused, so a filter can narrow the
 caller's view but never name or widen the tenant condition.

@@ -1,7 +1,8 @@
 """The VectorIndex seam: what ingestion and search need from a vector store.
 
 Every method takes the caller's TenantScope. Adapters derive the tenant condition from it in a
-single function and never accept a tenant id from anywhere else (DESIGN §3.3).
+single function and never accept a tenant id from anywhere else (docs/architecture.md,
+Isolation).
 """
 
 from __future__ import annotations

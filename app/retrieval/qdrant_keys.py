@@ -1,4 +1,4 @@
-"""Per-tenant scoped Qdrant keys (DESIGN §3.4): minted at onboarding, revocable, re-minted early.
+"""Per-tenant scoped Qdrant keys (docs/vectors.md): minted at onboarding, revocable, renewed early.
 
 A tenant's key is a JWT signed (HS256) with the cluster API key, in the claim format Qdrant's
 server reads (`src/common/auth/claims.rs`, `lib/storage/src/rbac`):

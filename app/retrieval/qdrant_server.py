@@ -278,7 +278,7 @@ class QdrantServerIndex:
 
         `reading`: that condition already converted, if the search has no metadata filter.
         None in a dedicated collection, left as it was: its statistics are the tenant's already,
-        and a corpus costs query time in proportion to the tenant's size (see the README).
+        and a corpus costs query time in proportion to the tenant's size (see docs/vectors.md).
         """
         if self._isolation_of(scope.tenant_id) == "dedicated":
             return None

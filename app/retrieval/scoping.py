@@ -1,11 +1,11 @@
-"""The forced condition of every vector operation, decided once for every adapter (DESIGN §3.3).
+"""The forced condition of every vector operation, decided once for every adapter.
 
 `forced_condition` is the only place that says which points a scope may touch: the tenant (and,
 for reads, the caller's ACL groups) as top-level `must` clauses, and everything the caller or
 the service asks for nested as one further `must` clause. Nesting is what makes a caller's
 condition narrow-only: whatever it contains (a `should`, a `must_not`), it is ANDed with the
 tenant clause and can never sit beside it in an OR. Adapters translate the result to their
-client's model types and add nothing of their own.
+client's model types and add nothing of their own (docs/architecture.md, Isolation).
 
 The stored payload layout (`chunk_payload`) lives here too, so both adapters write the same
 fields the condition reads.

@@ -1,1 +1,1 @@
-"""Secrets: redacted values, tenant-scoped refs, and the backends that store them (DESIGN §3.5)."""
+"""Secrets: redacted values, tenant-scoped refs, the backends that store them (docs/secrets.md)."""

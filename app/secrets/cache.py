@@ -1,4 +1,4 @@
-"""SecretCache: the request path's only way to a secret value (DESIGN §3.5).
+"""SecretCache: the request path's only way to a secret value (docs/architecture.md, Isolation).
 
 TTL cache in front of any `SecretsBackend`, with single flight (N concurrent misses for one
 ref make one backend call), stale serving through a backend outage up to a maximum staleness

@@ -1,4 +1,4 @@
-"""The default backend: secrets in Postgres, envelope-encrypted per tenant (DESIGN §3.7).
+"""The default backend: secrets in Postgres, envelope-encrypted per tenant (docs/secrets.md).
 
 A tenant's 32-byte data key (DEK) is stored in `tenant_keys`, wrapped by the KEK (the master
 key, AES-GCM; or a Vault Transit key, see `wrapping.py`).

@@ -24,11 +24,11 @@ _INVALID_REF = (
 
 
 class SecretAccessDenied(PermissionError):
-    """A scope asked for a secret ref outside its tenant's prefix (DESIGN §3.5)."""
+    """A scope asked for a secret ref outside its tenant's prefix (docs/architecture.md)."""
 
 
 class SecretValue:
-    """A secret string whose `repr`, `str` and format output are redacted (DESIGN §3.8).
+    """A secret string whose `repr`, `str` and format output are redacted (docs/secrets.md).
 
     Call `reveal()` only at the point of use (an HTTP header, a client constructor).
     """

@@ -112,7 +112,7 @@ class PrivacySpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
 
 class TenantManifest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    """A tenant's declarative configuration (DESIGN §5)."""
+    """A tenant's declarative configuration (the format: docs/tenants.md)."""
 
     id: str
     name: str

@@ -25,7 +25,7 @@ _log = logging.getLogger(__name__)
 
 @dataclass(frozen=True, slots=True)
 class IssuerBinding:
-    """One issuer's mapping to one tenant (DESIGN §3.1)."""
+    """One issuer's mapping to one tenant (docs/architecture.md, Isolation)."""
 
     tenant_id: str
     issuer: str

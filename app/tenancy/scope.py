@@ -9,7 +9,7 @@ from enum import StrEnum
 
 
 class Role(StrEnum):
-    """Roles a credential can carry (DESIGN §4)."""
+    """Roles a credential can carry (docs/architecture.md, The HTTP contract)."""
 
     CHAT = "chat"
     SEARCH = "search"

@@ -99,7 +99,7 @@ async def _unready(base: str) -> bool:
 
 
 def _figures(name: str, answers: list[Answer], readiness_seconds: float) -> None:
-    """One line of what the test saw (`pytest -s` shows it; the README quotes it)."""
+    """One line of what the test saw (`pytest -s` shows it)."""
     ok = sum(a.status == 200 for a in answers)
     unavailable = sum(a.status == 503 for a in answers)
     other = len(answers) - ok - unavailable

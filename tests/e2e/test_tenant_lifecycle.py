@@ -1,4 +1,4 @@
-"""The tenant admin's whole cycle on the embedded default, as the README shows it.
+"""The tenant admin's whole cycle on the embedded default, as docs/tenants.md shows it.
 
 apply → store the key → apply --verify-keys → serve → create a service key with the bootstrap
 admin key → ingest and chat (OpenAI through the emulator) → rotate the OpenAI key while the
