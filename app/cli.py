@@ -12,7 +12,6 @@ import gc
 import importlib
 import logging
 import signal
-import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -335,5 +334,20 @@ def token(
     )
 
 
+def run() -> None:
+    """The `bulkhead` script: run the command, then exit without a last full GC pass.
+
+    At exit the interpreter runs the cyclic GC once over everything still alive, which for a
+    command that loaded pydantic and the JWT library is a third of `bulkhead token`'s wall
+    time (~0.1 s of ~0.35 s). Freezing the heap first (as `serve` does at start-up) skips that
+    pass; `atexit` handlers still run and reference counting still frees what it frees.
+    Only the script does this: tests invoke `main` in their own long-lived process.
+    """
+    try:
+        main()
+    finally:
+        gc.freeze()
+
+
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    run()
