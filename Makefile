@@ -7,7 +7,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 
 .DEFAULT_GOAL := help
-.PHONY: help dev test lint typecheck unit bench bench-quick bench-identity bench-chat bench-soak bench-1m lock clean
+.PHONY: help dev test lint typecheck unit bench bench-quick bench-identity bench-chat bench-soak bench-1m bench-cli lock clean
 
 help: ## Show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -77,6 +77,9 @@ bench-soak: $(VENV)/.dev ## Memory soak: RSS growth per 10,000 requests per kind
 
 bench-1m: $(VENV)/.dev ## Qdrant Edge in-process: 1M chunks / 1,000 tenants, filtered p99, ingest rate, RSS
 	$(BIN)/python -m benchmarks.edge_scale --chunks 1000000 --tenants 1000
+
+bench-cli: $(VENV)/.dev ## CLI wall times: --help, token, operator commands on a throwaway dev instance
+	$(BIN)/python -m benchmarks.cli
 
 lock: ## Regenerate requirements.lock and requirements-dev.lock from pyproject.toml
 	rm -rf .lock-venv

@@ -21,7 +21,7 @@ from app.config import Settings
 from app.db.errors import database_unavailable
 from app.db.pool import create_pool
 from app.db.readiness import ConnectProbe
-from app.db.urls import with_user
+from app.db.urls import runtime_url
 from app.identity.api_keys import ApiKeyHasher, derive_pepper
 from app.identity.authenticator import Authenticator
 from app.identity.dev_issuer import DevIssuer
@@ -86,11 +86,7 @@ def app_dsn(settings: Settings) -> str:
     Raises:
         RuntimeError: No database is configured.
     """
-    if settings.db.app_url:
-        return settings.db.app_url
-    if not settings.db.url:
-        raise RuntimeError("no database configured: set DATABASE_URL (or run `bulkhead dev`)")
-    return with_user(settings.db.url, settings.db.app_role)
+    return runtime_url(settings.db)
 
 
 @asynccontextmanager

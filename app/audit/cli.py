@@ -7,24 +7,26 @@ id and the reason), so it fits a cron job or a CI check.
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 import click
 
 from app.audit.chain import Verification, verify
-from app.config import get_settings
 from app.db.pool import connect, set_tenant
+from app.instance import data_dir_option, instance_settings
 
 
 @click.group()
 def audit() -> None:
-    """Audit trail operations (DATABASE_URL: the owner role)."""
+    """Audit trail operations (as the owner role)."""
 
 
 @audit.command("verify")
 @click.option("--tenant", required=True, help="Tenant id.")
-def verify_command(tenant: str) -> None:
+@data_dir_option
+def verify_command(tenant: str, data_dir: Path | None) -> None:
     """Verify TENANT's audit hash chain; exit 1 at the first modified, missing or moved row."""
-    settings = get_settings()
+    settings = instance_settings(data_dir)
     if not settings.db.url:
         raise click.ClickException("set DATABASE_URL (the owner role's connection)")
     result = asyncio.run(_verify(settings.db.url, tenant))

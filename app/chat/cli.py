@@ -18,15 +18,15 @@ import click
 from app.chat import repository
 from app.chat.conversations import user_export
 from app.chat.crypto import ConversationCipher
-from app.config import get_settings
+from app.config import Settings
 from app.db.pool import Connection
 from app.identity.cli import in_tenant
+from app.instance import data_dir_option, instance_settings
 from app.secrets.kek import MasterKeyError, load_master_key
 from app.secrets.local import TenantKeyMissing
 
 
-def _cipher() -> ConversationCipher:
-    settings = get_settings()
+def _cipher(settings: Settings) -> ConversationCipher:
     try:
         return ConversationCipher.from_settings(settings, load_master_key(settings))
     except MasterKeyError as exc:
@@ -59,9 +59,11 @@ def _write(records: list[dict[str, Any]], fmt: str, out: TextIO) -> None:
     default=None,
     help="Write to this file (created 0600) instead of stdout.",
 )
-def export(tenant: str, user_id: str, fmt: str, output: Path | None) -> None:
+@data_dir_option
+def export(tenant: str, user_id: str, fmt: str, output: Path | None, data_dir: Path | None) -> None:
     """Export a user's conversations (decrypted) and usage rows."""
-    cipher = _cipher()
+    settings = instance_settings(data_dir)
+    cipher = _cipher(settings)
 
     async def work(connection: Connection) -> list[dict[str, Any]]:
         try:
@@ -74,7 +76,7 @@ def export(tenant: str, user_id: str, fmt: str, output: Path | None) -> None:
         except TenantKeyMissing as exc:
             raise click.ClickException(str(exc)) from exc
 
-    records = in_tenant(tenant, work)
+    records = in_tenant(settings, tenant, work)
     if output is None:
         _write(records, fmt, sys.stdout)
         return
@@ -89,7 +91,8 @@ def export(tenant: str, user_id: str, fmt: str, output: Path | None) -> None:
 @click.option("--tenant", required=True, help="Tenant id.")
 @click.option("--user", "user_id", required=True, help="The user's subject (JWT `sub`).")
 @click.option("--yes", is_flag=True, help="Confirm: the conversations cannot be recovered.")
-def forget(tenant: str, user_id: str, yes: bool) -> None:
+@data_dir_option
+def forget(tenant: str, user_id: str, yes: bool, data_dir: Path | None) -> None:
     """Delete every conversation (messages, retrieved context) of a user."""
     if not yes:
         raise click.ClickException("this deletes the user's conversations for good: add --yes")
@@ -97,5 +100,5 @@ def forget(tenant: str, user_id: str, yes: bool) -> None:
     async def work(connection: Connection) -> int:
         return await repository.delete_user_conversations(connection, user_id=user_id)
 
-    deleted = in_tenant(tenant, work)
+    deleted = in_tenant(instance_settings(data_dir), tenant, work)
     click.echo(f"{tenant}/{user_id}: {deleted} conversations deleted")

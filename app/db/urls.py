@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit, urlunsplit
+
+if TYPE_CHECKING:
+    from app.config import DatabaseSettings
 
 
 def with_user(url: str, user: str, password: str | None = None) -> str:
@@ -27,3 +31,16 @@ def sqlalchemy_url(url: str) -> str:
 def database_name(url: str) -> str:
     """The database a URL names (`postgres` when it names none)."""
     return urlsplit(url).path.lstrip("/") or "postgres"
+
+
+def runtime_url(db: DatabaseSettings) -> str:
+    """The runtime (non-owner) role's connection string: `app_url`, else `url` as `app_role`.
+
+    Raises:
+        RuntimeError: No database is configured.
+    """
+    if db.app_url:
+        return db.app_url
+    if not db.url:
+        raise RuntimeError("no database configured: set DATABASE_URL (or run `bulkhead dev`)")
+    return with_user(db.url, db.app_role)

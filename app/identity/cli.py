@@ -1,4 +1,4 @@
-"""`bulkhead keys`: the admin API's API-key operations, for operators (DATABASE_URL).
+"""`bulkhead keys`: the admin API's API-key operations, for operators.
 
 Every command works inside one tenant as the runtime role, so Row-Level Security binds it exactly
 as it binds the admin endpoints (an owner that is a superuser would bypass RLS), and notifies
@@ -18,12 +18,13 @@ from typing import Any, TypeVar
 
 import click
 
-from app.config import Settings, get_settings
+from app.config import Settings
 from app.db.pool import Connection, connect, set_tenant
+from app.db.urls import runtime_url
 from app.identity import api_keys
 from app.identity.service_tokens import generate_signing_key
+from app.instance import data_dir_option, instance_settings
 from app.problems import ApiError
-from app.resources import app_dsn
 from app.secrets.kek import MasterKeyError, load_master_key
 
 T = TypeVar("T")
@@ -38,15 +39,14 @@ def _hasher(settings: Settings) -> api_keys.ApiKeyHasher:
         raise click.ClickException(str(exc)) from exc
 
 
-def in_tenant(tenant: str, work: Callable[[Connection], Awaitable[T]]) -> T:
+def in_tenant(settings: Settings, tenant: str, work: Callable[[Connection], Awaitable[T]]) -> T:
     """Run `work` in one transaction of the runtime role with RLS armed for `tenant`.
 
     The runtime role, not the owner: many owners are superusers, which Row-Level Security does
     not bind, and operator commands must not reach past the tenant they name.
     """
-    settings = get_settings()
     try:
-        url = app_dsn(settings)
+        url = runtime_url(settings.db)
     except RuntimeError as exc:
         raise click.ClickException(str(exc)) from exc
 
@@ -83,11 +83,18 @@ def keys() -> None:
 @click.option("--scopes", required=True, help="Comma-separated roles: chat,search,ingest,admin.")
 @click.option("--expires-in", type=int, default=None, help="Lifetime in seconds (default: none).")
 @click.option("--cidr", "cidrs", multiple=True, help="Allowed client network (repeatable).")
+@data_dir_option
 def create(
-    tenant: str, name: str, scopes: str, expires_in: int | None, cidrs: tuple[str, ...]
+    tenant: str,
+    name: str,
+    scopes: str,
+    expires_in: int | None,
+    cidrs: tuple[str, ...],
+    data_dir: Path | None,
 ) -> None:
     """Create a key; its plaintext is printed once, on stdout."""
-    hasher = _hasher(get_settings())
+    settings = instance_settings(data_dir)
+    hasher = _hasher(settings)
     expires = datetime.now(UTC) + timedelta(seconds=expires_in) if expires_in else None
 
     async def work(connection: Connection) -> api_keys.CreatedKey:
@@ -102,20 +109,21 @@ def create(
             allowed_cidrs=list(cidrs),
         )
 
-    created = in_tenant(tenant, work)
+    created = in_tenant(settings, tenant, work)
     click.echo(_show(created.info), err=True)
     click.echo(created.key)
 
 
 @keys.command("list")
 @click.option("--tenant", required=True)
-def list_(tenant: str) -> None:
+@data_dir_option
+def list_(tenant: str, data_dir: Path | None) -> None:
     """List a tenant's keys (never their secrets), one JSON object a line."""
 
     async def work(connection: Connection) -> list[api_keys.ApiKeyInfo]:
         return await api_keys.list_keys(connection, tenant_id=tenant)
 
-    for info in in_tenant(tenant, work):
+    for info in in_tenant(instance_settings(data_dir), tenant, work):
         click.echo(_show(info))
 
 
@@ -123,9 +131,11 @@ def list_(tenant: str) -> None:
 @click.option("--tenant", required=True)
 @click.argument("key_id")
 @click.option("--grace", type=int, default=3600, show_default=True, help="Seconds.")
-def rotate(tenant: str, key_id: str, grace: int) -> None:
+@data_dir_option
+def rotate(tenant: str, key_id: str, grace: int, data_dir: Path | None) -> None:
     """Issue a successor key; the old one works until the grace period ends."""
-    hasher = _hasher(get_settings())
+    settings = instance_settings(data_dir)
+    hasher = _hasher(settings)
 
     async def work(connection: Connection) -> Any:
         return await api_keys.rotate_key(
@@ -137,7 +147,7 @@ def rotate(tenant: str, key_id: str, grace: int) -> None:
             created_by=f"cli:{getpass.getuser()}",
         )
 
-    created, previous = in_tenant(tenant, work)
+    created, previous = in_tenant(settings, tenant, work)
     click.echo(_show(previous), err=True)
     click.echo(_show(created.info), err=True)
     click.echo(created.key)
@@ -146,13 +156,14 @@ def rotate(tenant: str, key_id: str, grace: int) -> None:
 @keys.command("revoke")
 @click.option("--tenant", required=True)
 @click.argument("key_id")
-def revoke(tenant: str, key_id: str) -> None:
+@data_dir_option
+def revoke(tenant: str, key_id: str, data_dir: Path | None) -> None:
     """Revoke a key on every replica at once."""
 
     async def work(connection: Connection) -> None:
         await api_keys.revoke_key(connection, tenant_id=tenant, key_id=key_id)
 
-    in_tenant(tenant, work)
+    in_tenant(instance_settings(data_dir), tenant, work)
     click.echo(f"{key_id}: revoked", err=True)
 
 

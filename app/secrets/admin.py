@@ -12,12 +12,15 @@ import os
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import TypeVar
 
 import click
 
 from app.config import Settings, get_settings
 from app.db.pool import connect, create_pool
+from app.db.urls import runtime_url
+from app.instance import data_dir_option, instance_settings
 from app.secrets.backend import SecretNotFound, SecretsBackend, SecretsReadOnly
 from app.secrets.kek import MasterKeyError, load_master_key, load_previous_master_keys
 from app.secrets.local import KekRotation, rotate_kek
@@ -72,9 +75,6 @@ async def open_backend(settings: Settings) -> AsyncIterator[SecretsBackend]:
     Yields:
         The open backend; closed (with its pool) on exit.
     """
-    # Imported here: resources imports the whole service (Litestar, Qdrant) for one helper.
-    from app.resources import app_dsn
-
     kek = None
     if settings.secrets.backend == "local":
         # Only the local store encrypts with the master key; Vault and AWS hold their own.
@@ -85,7 +85,7 @@ async def open_backend(settings: Settings) -> AsyncIterator[SecretsBackend]:
     has_db = bool(settings.db.url or settings.db.app_url)
     if settings.secrets.backend == "local" and not has_db:
         raise click.ClickException("set DATABASE_URL: the local backend keeps secrets in Postgres")
-    pool = await create_pool(app_dsn(settings), min_size=1, max_size=2) if has_db else None
+    pool = await create_pool(runtime_url(settings.db), min_size=1, max_size=2) if has_db else None
     try:
         backend = build_backend(settings, pool=pool, kek=kek)
         try:
@@ -97,9 +97,16 @@ async def open_backend(settings: Settings) -> AsyncIterator[SecretsBackend]:
             await pool.close()
 
 
-def _run(action: Callable[[SecretsBackend], Awaitable[_T]]) -> _T:
+def _instance(data_dir: Path | None) -> Settings:
+    """The instance's settings; a database only for the local backend, which keeps secrets in it."""
+    return instance_settings(data_dir, database=get_settings().secrets.backend == "local")
+
+
+def _run(data_dir: Path | None, action: Callable[[SecretsBackend], Awaitable[_T]]) -> _T:
+    settings = _instance(data_dir)
+
     async def main() -> _T:
-        async with open_backend(get_settings()) as backend:
+        async with open_backend(settings) as backend:
             try:
                 return await action(backend)
             except (SecretAccessDenied, SecretNotFound, SecretsReadOnly, LookupError) as exc:
@@ -141,13 +148,14 @@ _FROM_ENV = click.option(
 @click.argument("ref")
 @_EXTRA
 @_FROM_ENV
-def put(ref: str, extra: tuple[str, ...], from_env: str | None) -> None:
+@data_dir_option
+def put(ref: str, extra: tuple[str, ...], from_env: str | None, data_dir: Path | None) -> None:
     """Store a new version of REF (tenants/<id>/<name>); value from stdin or --from-env."""
     refuse_argv_values(extra)
     parsed = _ref(ref)
     value = read_secret_value(from_env)
     scope, platform = _admin_scope(parsed)
-    version = _run(lambda b: b.put(parsed, value, scope=scope, platform_refs=platform))
+    version = _run(data_dir, lambda b: b.put(parsed, value, scope=scope, platform_refs=platform))
     click.echo(f"{parsed}: stored version {version}")
 
 
@@ -155,7 +163,8 @@ def put(ref: str, extra: tuple[str, ...], from_env: str | None) -> None:
 @click.argument("ref")
 @_EXTRA
 @_FROM_ENV
-def rotate(ref: str, extra: tuple[str, ...], from_env: str | None) -> None:
+@data_dir_option
+def rotate(ref: str, extra: tuple[str, ...], from_env: str | None, data_dir: Path | None) -> None:
     """Replace an existing REF with a new version; replicas serve it within the cache TTL."""
     refuse_argv_values(extra)
     parsed = _ref(ref)
@@ -166,40 +175,43 @@ def rotate(ref: str, extra: tuple[str, ...], from_env: str | None) -> None:
         await backend.get(parsed, scope=scope, platform_refs=platform)  # must exist
         return await backend.put(parsed, value, scope=scope, platform_refs=platform)
 
-    click.echo(f"{parsed}: rotated to version {_run(action)}")
+    click.echo(f"{parsed}: rotated to version {_run(data_dir, action)}")
 
 
 @secrets.command("list")
 @click.argument("tenant")
-def list_(tenant: str) -> None:
+@data_dir_option
+def list_(tenant: str, data_dir: Path | None) -> None:
     """List TENANT's refs and their latest versions (never values)."""
     scope, _ = _admin_scope(_ref(f"tenants/{tenant}/x"))
-    for ref, version in _run(lambda b: b.list(scope=scope)):
+    for ref, version in _run(data_dir, lambda b: b.list(scope=scope)):
         click.echo(f"{ref}\tv{version}")
 
 
 @secrets.command("delete")
 @click.argument("ref")
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
-def delete(ref: str, yes: bool) -> None:
+@data_dir_option
+def delete(ref: str, yes: bool, data_dir: Path | None) -> None:
     """Delete every version of REF."""
     parsed = _ref(ref)
     if not yes:
         click.confirm(f"delete every version of {parsed}?", abort=True)
     scope, platform = _admin_scope(parsed)
-    deleted = _run(lambda b: b.delete(parsed, scope=scope, platform_refs=platform))
+    deleted = _run(data_dir, lambda b: b.delete(parsed, scope=scope, platform_refs=platform))
     click.echo(f"{parsed}: {'deleted' if deleted else 'nothing stored'}")
 
 
 @secrets.command("rotate-kek")
-def rotate_kek_command() -> None:
+@data_dir_option
+def rotate_kek_command(data_dir: Path | None) -> None:
     """Rewrap every tenant data key under the current master key.
 
     Zero-downtime procedure: 1) restart replicas with the new key as
     BULKHEAD_SECRETS__MASTER_KEY and the old one in BULKHEAD_SECRETS__PREVIOUS_MASTER_KEYS
     (a JSON list); 2) run this; 3) drop the previous keys and restart.
     """
-    settings = get_settings()
+    settings = instance_settings(data_dir)
     if not settings.db.url:
         raise click.ClickException("set DATABASE_URL (the owner role's connection)")
     try:

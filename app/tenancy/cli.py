@@ -1,6 +1,7 @@
 """`bulkhead tenants`: apply manifests, rotate a provider or vector key, offboard a tenant.
 
-Operator commands: they connect as the owner role (`DATABASE_URL`). Reports go to stderr; the
+Operator commands: they connect as the owner role (`DATABASE_URL`, else the dev instance's
+database found from `--data-dir`, see `app/instance.py`). Reports go to stderr; the
 only thing on stdout is a new tenant's bootstrap admin API key, printed once, so
 `bulkhead tenants apply tenants/acme.yaml > acme-admin.key` captures exactly the key.
 """
@@ -12,24 +13,28 @@ import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 import msgspec
 
-from app.chat.crypto import ConversationCipher
 from app.config import Settings, get_settings
 from app.db.pool import Connection, connect
 from app.identity.api_keys import ApiKeyHasher, derive_pepper
-from app.retrieval.setup import open_qdrant_admin
+from app.instance import data_dir_option, instance_settings
 from app.secrets.admin import open_backend, read_secret_value, refuse_argv_values
 from app.secrets.backend import SecretsBackend
 from app.secrets.kek import MasterKeyError, load_master_key
 from app.secrets.local import LocalSecretsBackend
 from app.secrets.setup import data_key_wrapper
 from app.tenancy.manifest import ManifestError, TenantManifest, load_manifest
-from app.tenancy.offboard import OffboardError, offboard
-from app.tenancy.onboard import OnboardRefused, OnboardReport, onboard
-from app.tenancy.rotation import RotationError, rotate_provider_key
+
+if TYPE_CHECKING:
+    from app.tenancy.onboard import OnboardReport
+
+# Each command imports what it runs (onboarding, offboarding, rotation, the Qdrant admin) in
+# its body: together they are seconds of imports (the provider SDKs, qdrant-client), and
+# `bulkhead tenants --help` needs none of them.
 
 
 def _say(text: str) -> None:
@@ -83,6 +88,8 @@ async def apply_files(
     Raises:
         click.ClickException: A manifest cannot be applied (nothing of it was written).
     """
+    from app.tenancy.onboard import OnboardRefused, onboard
+
     try:
         master = load_master_key(settings)
     except MasterKeyError as exc:
@@ -125,13 +132,14 @@ async def apply_files(
 @click.option(
     "--verify-keys", is_flag=True, help="Make one minimal completion with each provider key."
 )
-def apply(paths: tuple[Path, ...], dry_run: bool, verify_keys: bool) -> None:
+@data_dir_option
+def apply(paths: tuple[Path, ...], dry_run: bool, verify_keys: bool, data_dir: Path | None) -> None:
     """Create or update tenants from manifest files (idempotent; prints a diff)."""
-    settings = get_settings()
     try:
         manifests = [load_manifest(path) for path in paths]
     except ManifestError as exc:
         raise click.ClickException(str(exc)) from exc
+    settings = instance_settings(data_dir)
     if not asyncio.run(apply_files(settings, manifests, dry_run=dry_run, verify_keys=verify_keys)):
         # Applied, but a key is missing or refused: make scripts notice.
         if verify_keys:
@@ -158,13 +166,21 @@ async def _manifest_of(connection: Connection, tenant: str) -> TenantManifest:
     help="Seconds to wait after the switch before retiring the old key (default: 0 with the"
     " local backend, which notifies replicas; the secret cache TTL otherwise).",
 )
+@data_dir_option
 def rotate_key(
-    tenant: str, extra: tuple[str, ...], provider: str, from_env: str | None, settle: float | None
+    tenant: str,
+    extra: tuple[str, ...],
+    provider: str,
+    from_env: str | None,
+    settle: float | None,
+    data_dir: Path | None,
 ) -> None:
     """Replace TENANT's PROVIDER key: store, verify, switch, retire (key from stdin or env)."""
+    from app.tenancy.rotation import RotationError, rotate_provider_key
+
     refuse_argv_values(extra)
     value = read_secret_value(from_env)
-    settings = get_settings()
+    settings = instance_settings(data_dir)
 
     async def run() -> None:
         async with _session(settings) as (connection, backend):
@@ -191,11 +207,14 @@ def rotate_key(
 
 @tenants.command("rotate-vector-key")
 @click.argument("tenant")
-def rotate_vector_key(tenant: str) -> None:
+@data_dir_option
+def rotate_vector_key(tenant: str, data_dir: Path | None) -> None:
     """Revoke TENANT's Qdrant key at once and mint a fresh one (server mode)."""
-    settings = get_settings()
-    if settings.vectors.backend != "qdrant":
+    from app.retrieval.setup import open_qdrant_admin
+
+    if get_settings().vectors.backend != "qdrant":
         raise click.ClickException("per-tenant keys exist in server mode only (vectors.backend)")
+    settings = instance_settings(data_dir)
 
     async def run() -> None:
         async with _session(settings) as (connection, backend):
@@ -222,8 +241,12 @@ def rotate_vector_key(tenant: str) -> None:
     help="New or empty directory for the export (NDJSON files, 0600).",
 )
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
-def offboard_command(tenant: str, export_dir: Path, yes: bool) -> None:
+@data_dir_option
+def offboard_command(tenant: str, export_dir: Path, yes: bool, data_dir: Path | None) -> None:
     """Export TENANT's data, then destroy its data key and delete its vectors, rows, secrets."""
+    from app.chat.crypto import ConversationCipher
+    from app.tenancy.offboard import OffboardError, offboard
+
     if not yes:
         if not sys.stdin.isatty():
             raise click.ClickException("refusing to offboard without a terminal: pass --yes")
@@ -231,7 +254,7 @@ def offboard_command(tenant: str, export_dir: Path, yes: bool) -> None:
             f"offboard {tenant!r}: export to {export_dir}, then delete everything of it?",
             abort=True,
         )
-    settings = get_settings()
+    settings = instance_settings(data_dir)
     try:
         cipher = ConversationCipher.from_settings(settings, load_master_key(settings))
     except MasterKeyError as exc:

@@ -11,13 +11,12 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from app.chat import cli as chat_cli
+from app import config
 from app.chat import repository
 from app.chat.crypto import ConversationCipher
 from app.cli import main
 from app.config import Settings
 from app.db.pool import connect, set_tenant
-from app.identity import cli as identity_cli
 from app.llm.run import AttemptRecord
 from app.tenancy.scope import TenantScope
 from tests.conftest import TenantFactory
@@ -61,8 +60,7 @@ def test_export_then_forget(
     monkeypatch: pytest.MonkeyPatch,
     tmp_path: Path,
 ) -> None:
-    monkeypatch.setattr(chat_cli, "get_settings", lambda: settings)
-    monkeypatch.setattr(identity_cli, "get_settings", lambda: settings)
+    monkeypatch.setattr(config, "get_settings", lambda: settings)
     tenant = asyncio.run(make_tenant("gdpr"))
     cipher = ConversationCipher.from_settings(settings, kek)
     for user in ("u-1", "u-1", "u-2"):
@@ -120,8 +118,7 @@ def test_forget_and_export_stay_inside_the_named_tenant(
     The owner role of the test server is a superuser, which RLS does not bind; this fails if the
     commands go back to running as the owner with only a `user_id` condition.
     """
-    monkeypatch.setattr(chat_cli, "get_settings", lambda: settings)
-    monkeypatch.setattr(identity_cli, "get_settings", lambda: settings)
+    monkeypatch.setattr(config, "get_settings", lambda: settings)
     mine, theirs = asyncio.run(make_tenant("gdpr-a")), asyncio.run(make_tenant("gdpr-b"))
     cipher = ConversationCipher.from_settings(settings, kek)
     for tenant in (mine, theirs):

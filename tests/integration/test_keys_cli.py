@@ -10,9 +10,9 @@ import asyncpg
 import pytest
 from click.testing import CliRunner
 
+from app import config
 from app.cli import main
 from app.config import Settings
-from app.identity import cli as keys_cli
 from app.identity.api_keys import parse_key
 from tests.conftest import TenantFactory
 
@@ -36,7 +36,7 @@ def test_keys_cli_lifecycle(
     monkeypatch: pytest.MonkeyPatch,
     tmp_path: Path,
 ) -> None:
-    monkeypatch.setattr(keys_cli, "get_settings", lambda: settings)
+    monkeypatch.setattr(config, "get_settings", lambda: settings)
     tenant = asyncio.run(make_tenant("cli"))
     runner = CliRunner()
     created = runner.invoke(
