@@ -100,7 +100,9 @@ def dev_database(data_dir: Path) -> DevDatabase:
     Raises:
         NoDevDatabase: `data_dir` holds no embedded Postgres (`bulkhead dev` never ran there).
     """
-    from app.db.embedded import DATABASE
+    # Imported here, not at the top: `bulkhead token` locates its data dir with this module
+    # and must not load asyncpg (which `app.db.embedded` imports) to do so.
+    from app.db.embedded import DATABASE, start_embedded
 
     pgdata = data_dir / PG_SUBDIR
     url = running_server_url(pgdata, DATABASE)
@@ -111,6 +113,4 @@ def dev_database(data_dir: Path) -> DevDatabase:
             f"no database: set DATABASE_URL, or run `bulkhead dev` (no dev instance in"
             f" {data_dir}; --data-dir names another)"
         )
-    from app.db.embedded import start_embedded
-
     return DevDatabase(url=start_embedded(pgdata), started=True)
