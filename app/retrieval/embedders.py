@@ -17,8 +17,8 @@ from app.llm.chains import chain_policy
 from app.llm.clients import SdkClients
 from app.llm.embeddings import OpenAIEmbedder
 from app.retrieval.edge import EdgeIndex
-from app.retrieval.embedder_spec import EmbedderSpec, space_dimensions
 from app.retrieval.index import VectorIndex
+from app.tenancy.embedder_spec import EmbedderSpec, space_dimensions
 from app.tenancy.manifest import EmbeddingEndpoint, TenantManifest
 
 if TYPE_CHECKING:

@@ -22,12 +22,12 @@ from app.config import LlmSettings, Settings, get_settings
 from app.db.pool import connect
 from app.llm.breaker import BreakerPolicy, BreakerRegistry
 from app.retrieval.edge import EdgeIndex
-from app.retrieval.embedder_spec import EmbedderSpec
 from app.retrieval.embedders import TenantEmbedders
 from app.retrieval.index import ChunkRecord
 from app.retrieval.reindex import reindex_tenant
 from app.secrets.cache import SecretCache
 from app.secrets.local import LocalSecretsBackend
+from app.tenancy.embedder_spec import EmbedderSpec
 from app.tenancy.manifest import ManifestError, RetrievalSpec
 from app.tenancy.scope import TenantScope
 from tests.conftest import AuthHeaders, TenantFactory

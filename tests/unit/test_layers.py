@@ -68,7 +68,6 @@ KNOWN_VIOLATIONS: frozenset[tuple[str, str]] = frozenset(
         ("app.tenancy.keycheck", "app.secrets.backend"),
         ("app.tenancy.keycheck", "app.secrets.scrub"),
         ("app.tenancy.keycheck", "app.secrets.values"),
-        ("app.tenancy.manifest", "app.retrieval.embedder_spec"),
         ("app.tenancy.offboard", "app.chat.conversations"),
         ("app.tenancy.offboard", "app.chat.crypto"),
         ("app.tenancy.offboard", "app.chat.repository"),

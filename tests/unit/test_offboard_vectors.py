@@ -11,9 +11,9 @@ from pathlib import Path
 
 from app.config import Settings
 from app.retrieval.edge import EdgeIndex
-from app.retrieval.embedder_spec import EmbedderSpec
 from app.retrieval.embedders import VectorSpaces
 from app.retrieval.index import ChunkRecord
+from app.tenancy.embedder_spec import EmbedderSpec
 from app.tenancy.keycheck import admin_scope
 from app.tenancy.offboard import delete_vectors
 
