@@ -89,7 +89,9 @@ def create_app(settings: Settings | None = None) -> Litestar:
             app.state.client_addresses = resources.client_addresses
             app.state.audit = resources.audit
             if settings.dev:
-                await seed_demo_corpus(resources, settings)
+                await seed_demo_corpus(
+                    resources.documents, resources.registry.tenant_ids(), settings
+                )
             yield
         provider.force_flush()
 

@@ -21,7 +21,7 @@ from app.config import Settings
 from app.db.errors import database_unavailable
 from app.db.pool import create_pool
 from app.db.readiness import ConnectProbe
-from app.db.urls import with_user
+from app.db.urls import app_dsn
 from app.identity.api_keys import ApiKeyHasher, derive_pepper
 from app.identity.authenticator import Authenticator
 from app.identity.dev_issuer import DevIssuer
@@ -32,10 +32,8 @@ from app.identity.service_tokens import ServiceTokenIssuer
 from app.identity.tokens import JwtVerifier
 from app.limits.middleware import RequestLimiter
 from app.limits.store import CounterStore, PostgresCounters, RedisCounters
-from app.llm.breaker import BreakerRegistry
-from app.llm.chains import chain_policy
 from app.privacy.redact import RedactionKind, parse_kinds
-from app.retrieval.embedders import TenantEmbedders, VectorSpaces
+from app.retrieval.embedders import TenantEmbedders, VectorSpaces, tenant_embedders
 from app.retrieval.index import VectorIndex
 from app.retrieval.qdrant_server import Isolation
 from app.retrieval.reconcile import ReconcileReport, reconcile_at_start
@@ -78,19 +76,6 @@ class Resources:
     limiter: RequestLimiter
     reconciled: asyncio.Task[ReconcileReport | None]
     """The start-up vector reconcile pass (in the background: readiness does not wait)."""
-
-
-def app_dsn(settings: Settings) -> str:
-    """The runtime (non-owner) connection string.
-
-    Raises:
-        RuntimeError: No database is configured.
-    """
-    if settings.db.app_url:
-        return settings.db.app_url
-    if not settings.db.url:
-        raise RuntimeError("no database configured: set DATABASE_URL (or run `bulkhead dev`)")
-    return with_user(settings.db.url, settings.db.app_role)
 
 
 @asynccontextmanager
@@ -285,20 +270,6 @@ async def _purge_vectors(spaces: VectorSpaces, tenant_id: str) -> None:
     scope = TenantScope(tenant_id=tenant_id, subject="system:offboard", roles=frozenset())
     deleted = await spaces.delete_tenant(scope=scope)
     _log.info("tenant %r offboarded: deleted its %d vectors", tenant_id, deleted)
-
-
-def tenant_embedders(
-    settings: Settings, registry: TenantRegistry, spaces: VectorSpaces, resolver: SecretCache
-) -> TenantEmbedders:
-    """Each tenant's embedder, with its own breakers (one per tenant and embeddings model)."""
-    return TenantEmbedders(
-        registry=registry,
-        spaces=spaces,
-        resolver=resolver,
-        settings=settings.llm,
-        breakers=BreakerRegistry(chain_policy(settings.llm).breaker),
-        batch_size=settings.llm.embedding_batch_size,
-    )
 
 
 def _platform_refs(registry: TenantRegistry, tenant_id: str) -> frozenset[str]:

@@ -1,8 +1,12 @@
-"""Connection-URL helpers shared by the service, alembic and the dev launcher."""
+"""Connection-URL helpers shared by the service, its CLIs, alembic and the dev launcher."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit, urlunsplit
+
+if TYPE_CHECKING:
+    from app.config import Settings
 
 
 def with_user(url: str, user: str, password: str | None = None) -> str:
@@ -27,3 +31,16 @@ def sqlalchemy_url(url: str) -> str:
 def database_name(url: str) -> str:
     """The database a URL names (`postgres` when it names none)."""
     return urlsplit(url).path.lstrip("/") or "postgres"
+
+
+def app_dsn(settings: Settings) -> str:
+    """The runtime (non-owner) connection string.
+
+    Raises:
+        RuntimeError: No database is configured.
+    """
+    if settings.db.app_url:
+        return settings.db.app_url
+    if not settings.db.url:
+        raise RuntimeError("no database configured: set DATABASE_URL (or run `bulkhead dev`)")
+    return with_user(settings.db.url, settings.db.app_role)

@@ -20,10 +20,10 @@ import click
 
 from app.config import Settings, get_settings
 from app.db.pool import Connection, connect, set_tenant
+from app.db.urls import app_dsn
 from app.identity import api_keys
 from app.identity.service_tokens import generate_signing_key
 from app.problems import ApiError
-from app.resources import app_dsn
 from app.secrets.kek import MasterKeyError, load_master_key
 
 T = TypeVar("T")

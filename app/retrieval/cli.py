@@ -71,7 +71,8 @@ async def _run(
     settings: Settings, tenant_id: str, target: EmbedderSpec, batch_size: int, grace: float
 ) -> ReindexReport:
     # Imported here: resources imports the whole service (Litestar) for one helper.
-    from app.resources import app_dsn, tenant_embedders
+    from app.db.urls import app_dsn
+    from app.retrieval.embedders import tenant_embedders
 
     assert settings.db.url is not None  # noqa: S101 - checked by the caller
     kek = load_master_key(settings) if settings.secrets.backend == "local" else None

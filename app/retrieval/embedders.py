@@ -22,6 +22,7 @@ from app.tenancy.embedder_spec import EmbedderSpec, space_dimensions
 from app.tenancy.manifest import EmbeddingEndpoint, TenantManifest
 
 if TYPE_CHECKING:
+    from app.config import Settings
     from app.llm.keys import SecretResolver
     from app.tenancy.registry import TenantRegistry
     from app.tenancy.scope import TenantScope
@@ -185,3 +186,17 @@ class TenantEmbedders:
         """Close the SDK clients' connection pools."""
         self._embedders.clear()
         await self._sdk_clients.aclose()
+
+
+def tenant_embedders(
+    settings: Settings, registry: TenantRegistry, spaces: VectorSpaces, resolver: SecretResolver
+) -> TenantEmbedders:
+    """Each tenant's embedder, with its own breakers (one per tenant and embeddings model)."""
+    return TenantEmbedders(
+        registry=registry,
+        spaces=spaces,
+        resolver=resolver,
+        settings=settings.llm,
+        breakers=BreakerRegistry(chain_policy(settings.llm).breaker),
+        batch_size=settings.llm.embedding_batch_size,
+    )

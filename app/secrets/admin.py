@@ -73,7 +73,7 @@ async def open_backend(settings: Settings) -> AsyncIterator[SecretsBackend]:
         The open backend; closed (with its pool) on exit.
     """
     # Imported here: resources imports the whole service (Litestar, Qdrant) for one helper.
-    from app.resources import app_dsn
+    from app.db.urls import app_dsn
 
     kek = None
     if settings.secrets.backend == "local":

@@ -25,7 +25,7 @@ from app.chat.conversations import turn_record
 from app.chat.crypto import ConversationCipher
 from app.config import Settings
 from app.db.pool import Connection, connect, set_tenant
-from app.resources import app_dsn
+from app.db.urls import app_dsn
 from app.retrieval.edge import EdgeIndex
 from app.retrieval.embedders import VectorSpaces
 from app.retrieval.setup import purge_server_tenant
