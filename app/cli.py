@@ -18,13 +18,13 @@ from app.chat.cli import forget as chat_forget
 from app.config import Settings, get_settings
 from app.identity.cli import keys
 from app.identity.dev_issuer import DevIssuer
+from app.lifecycle.cli import apply_files, tenants
 from app.retrieval.cli import reindex
 from app.retrieval.ingest_cli import ingest
 from app.retrieval.vectors_cli import vectors
 from app.secrets.admin import secrets as secrets_group
 from app.secrets.kek import MasterKeyError, load_master_key
 from app.secrets.scrub import install_scrubbing
-from app.tenancy.cli import apply_files, tenants
 from app.tenancy.manifest import load_manifest
 from app.tenancy.scope import Role
 

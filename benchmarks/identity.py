@@ -40,10 +40,10 @@ from app.identity.api_keys import ApiKeyHasher, create_key, revoke_key
 from app.identity.jwks import JwksCache
 from app.identity.key_store import ApiKeyStore
 from app.identity.tokens import JwtVerifier
+from app.lifecycle.apply import apply_manifest
 from app.problems import Unauthenticated
 from app.tenancy.manifest import IdentitySpec, IssuerSpec, TenantManifest
 from app.tenancy.registry import TenantRegistry
-from app.tenancy.service import apply_manifest
 
 APP_ROLE = "bulkhead_app"
 

@@ -26,16 +26,16 @@ from app.db.embedded import ensure_database
 from app.db.migrate import upgrade
 from app.db.pool import connect, create_pool
 from app.db.urls import with_database, with_user
+from app.lifecycle.apply import apply_manifest
+from app.lifecycle.keycheck import admin_scope
+from app.lifecycle.rotation import rotate_provider_key
 from app.llm.breaker import BreakerPolicy, BreakerRegistry
 from app.llm.chains import build_chain
 from app.llm.router import ProviderChain
 from app.secrets.cache import SecretCache
 from app.secrets.local import LocalSecretsBackend, listen_for_changes
 from app.secrets.values import SecretRef, SecretValue
-from app.tenancy.keycheck import admin_scope
 from app.tenancy.manifest import ChainEntry, LlmSpec, TenantManifest
-from app.tenancy.rotation import rotate_provider_key
-from app.tenancy.service import apply_manifest
 from benchmarks.llm import REQUEST, EmulatorProcess, _pct
 
 TENANT = "bench-rotation"

@@ -26,11 +26,11 @@ from app.chat.crypto import ConversationCipher
 from app.config import Settings, VaultSettings
 from app.db.pool import connect, set_tenant
 from app.identity.api_keys import ApiKeyHasher, create_key
+from app.lifecycle.keycheck import admin_scope
+from app.lifecycle.offboard import delete_secrets, offboard
 from app.secrets.local import LocalSecretsBackend, TenantKeyMissing
 from app.secrets.values import SecretRef, SecretValue
 from app.secrets.vault import VaultSecretsBackend
-from app.tenancy.keycheck import admin_scope
-from app.tenancy.offboard import delete_secrets, offboard
 from tests.conftest import AuthHeaders, TenantFactory, flush_audit, wait_for_tenant
 from tests.integration.test_tenant_apply import cli, cli_env  # noqa: F401 - fixture
 from tests.servers import OpenBao

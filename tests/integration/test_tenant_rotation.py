@@ -16,11 +16,11 @@ from litestar import Litestar
 from litestar.testing import AsyncTestClient
 
 from app.config import Settings
+from app.lifecycle.keycheck import admin_scope
+from app.lifecycle.rotation import RotationError, rotate_provider_key
 from app.secrets.local import LocalSecretsBackend
 from app.secrets.values import SecretRef, SecretValue
-from app.tenancy.keycheck import admin_scope
 from app.tenancy.manifest import ChainEntry, LlmSpec, TenantManifest
-from app.tenancy.rotation import RotationError, rotate_provider_key
 from scripts.provider_emulator import EmulatorServer
 from tests.conftest import AuthHeaders, TenantFactory, wait_for_tenant
 from tests.integration.test_tenant_apply import cli, cli_env  # noqa: F401 - fixture

@@ -10,12 +10,12 @@ from dataclasses import replace
 from pathlib import Path
 
 from app.config import Settings
+from app.lifecycle.keycheck import admin_scope
+from app.lifecycle.offboard import delete_vectors
 from app.retrieval.edge import EdgeIndex
 from app.retrieval.embedders import VectorSpaces
 from app.retrieval.index import ChunkRecord
 from app.tenancy.embedder_spec import EmbedderSpec
-from app.tenancy.keycheck import admin_scope
-from app.tenancy.offboard import delete_vectors
 
 
 def _chunk(tenant: str, index: int, acl: tuple[str, ...] | None = None) -> ChunkRecord:

@@ -16,9 +16,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from app.config import Settings
+from app.lifecycle.keycheck import admin_scope, verify_key
 from app.secrets.backend import SecretsBackend
 from app.secrets.values import SecretRef, SecretValue
-from app.tenancy.keycheck import admin_scope, verify_key
 from app.tenancy.manifest import TenantManifest
 
 STAGED_SUFFIX = ".rotating"

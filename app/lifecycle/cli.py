@@ -20,6 +20,9 @@ from app.chat.crypto import ConversationCipher
 from app.config import Settings, get_settings
 from app.db.pool import Connection, connect
 from app.identity.api_keys import ApiKeyHasher, derive_pepper
+from app.lifecycle.offboard import OffboardError, offboard
+from app.lifecycle.onboard import OnboardRefused, OnboardReport, onboard
+from app.lifecycle.rotation import RotationError, rotate_provider_key
 from app.retrieval.setup import open_qdrant_admin
 from app.secrets.admin import open_backend, read_secret_value, refuse_argv_values
 from app.secrets.backend import SecretsBackend
@@ -27,9 +30,6 @@ from app.secrets.kek import MasterKeyError, load_master_key
 from app.secrets.local import LocalSecretsBackend
 from app.secrets.setup import data_key_wrapper
 from app.tenancy.manifest import ManifestError, TenantManifest, load_manifest
-from app.tenancy.offboard import OffboardError, offboard
-from app.tenancy.onboard import OnboardRefused, OnboardReport, onboard
-from app.tenancy.rotation import RotationError, rotate_provider_key
 
 
 def _say(text: str) -> None:
