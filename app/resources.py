@@ -21,6 +21,7 @@ from app.config import Settings
 from app.db.errors import database_unavailable
 from app.db.pool import create_pool
 from app.db.readiness import ConnectProbe
+from app.db.registry import TenantRegistry
 from app.db.urls import app_dsn
 from app.identity.api_keys import ApiKeyHasher, derive_pepper
 from app.identity.authenticator import Authenticator
@@ -45,7 +46,6 @@ from app.secrets.kek import load_master_key
 from app.secrets.local import LocalSecretsBackend, listen_for_changes
 from app.secrets.setup import build_backend
 from app.secrets.values import opted_in_platform_refs
-from app.tenancy.registry import TenantRegistry
 from app.tenancy.scope import TenantScope
 
 _log = logging.getLogger(__name__)

@@ -35,6 +35,7 @@ from app.config import AuthSettings
 from app.db.embedded import ensure_database
 from app.db.migrate import upgrade
 from app.db.pool import connect, create_pool, set_tenant
+from app.db.registry import TenantRegistry
 from app.db.urls import with_database, with_user
 from app.identity.api_keys import ApiKeyHasher, create_key, revoke_key
 from app.identity.jwks import JwksCache
@@ -43,7 +44,6 @@ from app.identity.tokens import JwtVerifier
 from app.lifecycle.apply import apply_manifest
 from app.problems import Unauthenticated
 from app.tenancy.manifest import IdentitySpec, IssuerSpec, TenantManifest
-from app.tenancy.registry import TenantRegistry
 
 APP_ROLE = "bulkhead_app"
 

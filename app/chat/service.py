@@ -32,6 +32,7 @@ from app.chat.grounding import (
 from app.config import ChatSettings, LlmSettings
 from app.db.errors import database_unavailable
 from app.db.pool import tenant_transaction
+from app.db.registry import TenantRegistry
 from app.llm.chains import estimate_cost
 from app.llm.keys import SecretResolver, scrub
 from app.llm.provider import (
@@ -48,7 +49,6 @@ from app.problems import NotFound, ValidationFailed
 from app.retrieval.index import Hit
 from app.retrieval.service import DocumentService
 from app.telemetry.spans import current_trace_id, scoped_span
-from app.tenancy.registry import TenantRegistry
 from app.tenancy.scope import TenantScope
 
 _tracer = trace.get_tracer("bulkhead")

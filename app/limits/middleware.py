@@ -23,9 +23,9 @@ from opentelemetry import trace
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from app.db.registry import TenantRegistry
 from app.limits.policy import Decision, QuotaExceeded, RateLimited, buckets_for, check
 from app.limits.store import CounterStore
-from app.tenancy.registry import TenantRegistry
 from app.tenancy.scope import TenantScope
 
 _log = logging.getLogger(__name__)

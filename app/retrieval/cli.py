@@ -8,6 +8,7 @@ import click
 
 from app.config import Settings, get_settings
 from app.db.pool import connect, create_pool
+from app.db.registry import TenantRegistry
 from app.problems import ApiError
 from app.retrieval.edge import EdgeIndex
 from app.retrieval.embedders import VectorSpaces
@@ -18,7 +19,6 @@ from app.secrets.setup import build_backend
 from app.secrets.values import opted_in_platform_refs
 from app.tenancy.embedder_spec import EmbedderSpec
 from app.tenancy.manifest import ManifestError
-from app.tenancy.registry import TenantRegistry
 
 
 @click.command()

@@ -23,8 +23,8 @@ from app.tenancy.manifest import EmbeddingEndpoint, TenantManifest
 
 if TYPE_CHECKING:
     from app.config import Settings
+    from app.db.registry import TenantRegistry
     from app.llm.keys import SecretResolver
-    from app.tenancy.registry import TenantRegistry
     from app.tenancy.scope import TenantScope
 
 

@@ -47,7 +47,6 @@ KNOWN_VIOLATIONS: frozenset[tuple[str, str]] = frozenset(
         ("app.problems", "app.db.errors"),
         ("app.problems", "app.edge.fields"),
         ("app.problems", "app.secrets.scrub"),
-        ("app.tenancy.registry", "app.db.pool"),
     }
 )
 """Upward imports still to remove (importer, imported); the list only shrinks."""
