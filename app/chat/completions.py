@@ -40,7 +40,7 @@ from app.chat.controllers import EventStream
 from app.chat.grounding import citation
 from app.chat.schemas import Citation
 from app.chat.service import Ask, ChatService, ChatStream
-from app.identity.guards import ensure_own_tenant, requires
+from app.edge.guards import ensure_own_tenant, requires
 from app.llm.provider import HistoryTurn
 from app.problems import (
     ApiError,

@@ -13,8 +13,8 @@ from litestar.params import FromPath, JSONBody
 from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED, HTTP_204_NO_CONTENT
 
 from app.db.pool import tenant_transaction
+from app.edge.guards import requires
 from app.identity import api_keys
-from app.identity.guards import requires
 from app.identity.key_store import ApiKeyStore
 from app.identity.schemas import (
     ApiKeyCreated,

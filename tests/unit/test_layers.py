@@ -40,7 +40,6 @@ WIRING: frozenset[str] = frozenset({"openapi", "health", "resources", "main", "c
 
 KNOWN_VIOLATIONS: frozenset[tuple[str, str]] = frozenset(
     {
-        ("app.audit.controllers", "app.identity.guards"),
         ("app.edge.contract", "app.chat.completions_schemas"),
         ("app.edge.contract", "app.retrieval.schemas"),
         ("app.edge.openapi", "app.main"),
