@@ -23,11 +23,11 @@ from app.edge.errors import EXCEPTION_HANDLERS as EDGE_EXCEPTION_HANDLERS
 from app.edge.guards import provide_scope, tenant_header_guard
 from app.edge.handlers import EXCEPTION_HANDLERS
 from app.edge.middleware import InputBoundaryMiddleware
-from app.edge.openapi import SCHEMA_PATH, openapi_config
 from app.health import DevJwksController, HealthController
 from app.identity.controllers import ApiKeyController, ServiceJwksController, TokenController
 from app.identity.middleware import BearerAuthMiddleware
 from app.limits.middleware import RateLimitMiddleware
+from app.openapi.document import SCHEMA_PATH, openapi_config
 from app.resources import open_resources, provide_chat, provide_documents
 from app.retrieval.controllers import DocumentController, SearchController
 from app.retrieval.corpus import seed_demo_corpus

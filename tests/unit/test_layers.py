@@ -38,15 +38,6 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
 WIRING: frozenset[str] = frozenset({"openapi", "health", "resources", "main", "cli"})
 """Modules and packages that assemble the service; they may import anything, nothing them."""
 
-KNOWN_VIOLATIONS: frozenset[tuple[str, str]] = frozenset(
-    {
-        ("app.edge.contract", "app.chat.completions_schemas"),
-        ("app.edge.contract", "app.retrieval.schemas"),
-        ("app.edge.openapi", "app.main"),
-    }
-)
-"""Upward imports still to remove (importer, imported); the list only shrinks."""
-
 
 @dataclass(frozen=True, slots=True)
 class Import:
@@ -156,15 +147,10 @@ def test_every_package_says_what_it_holds() -> None:
 
 
 def test_no_import_runs_up_the_layers_or_into_the_wiring() -> None:
-    found = {(item.importer, item.imported): item for item in upward(all_imports())}
-    unexpected = sorted(
-        f"{item.importer} -> {item.imported} (line {item.line})"
-        for key, item in found.items()
-        if key not in KNOWN_VIOLATIONS
+    found = sorted(
+        f"{item.importer} -> {item.imported} (line {item.line})" for item in upward(all_imports())
     )
-    assert not unexpected, "imports against the layer order:\n" + "\n".join(unexpected)
-    fixed = sorted(f"{a} -> {b}" for a, b in KNOWN_VIOLATIONS - found.keys())
-    assert not fixed, "fixed: remove from KNOWN_VIOLATIONS:\n" + "\n".join(fixed)
+    assert not found, "imports against the layer order:\n" + "\n".join(found)
 
 
 def test_the_walk_sees_lazy_and_type_checking_imports(tmp_path: Path) -> None:
