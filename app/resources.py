@@ -34,12 +34,9 @@ from app.identity.tokens import JwtVerifier
 from app.limits.middleware import RequestLimiter
 from app.limits.store import CounterStore, PostgresCounters, RedisCounters
 from app.privacy.redact import RedactionKind, parse_kinds
-from app.retrieval.embedders import TenantEmbedders, VectorSpaces, tenant_embedders
-from app.retrieval.index import VectorIndex
-from app.retrieval.qdrant_server import Isolation
+from app.retrieval.embedders import TenantEmbedders, tenant_embedders
 from app.retrieval.reconcile import ReconcileReport, reconcile_at_start
 from app.retrieval.service import DocumentService
-from app.retrieval.setup import open_vector_index
 from app.secrets.backend import SecretsBackend
 from app.secrets.cache import SecretCache
 from app.secrets.kek import load_master_key
@@ -47,6 +44,10 @@ from app.secrets.local import LocalSecretsBackend, listen_for_changes
 from app.secrets.setup import build_backend
 from app.secrets.values import opted_in_platform_refs
 from app.tenancy.scope import TenantScope
+from app.vectors.index import VectorIndex
+from app.vectors.qdrant_server import Isolation
+from app.vectors.setup import open_vector_index
+from app.vectors.spaces import VectorSpaces
 
 _log = logging.getLogger(__name__)
 

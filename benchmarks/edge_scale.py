@@ -36,10 +36,10 @@ from typing import Any
 
 import qdrant_edge as qe
 
-from app.retrieval.edge import BM25_VECTOR, EdgeIndex, _scoped_filter
-from app.retrieval.index import Hit
-from app.retrieval.scoping import hit_from_payload
 from app.tenancy.scope import Role, TenantScope
+from app.vectors.edge import BM25_VECTOR, EdgeIndex, _scoped_filter
+from app.vectors.index import Hit
+from app.vectors.scoping import hit_from_payload
 from benchmarks.corpus import Vocabulary, chunk_quota, load_corpus, tenant_ids
 from benchmarks.report import RESULTS_DIR
 

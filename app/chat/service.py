@@ -46,10 +46,10 @@ from app.llm.router import ProviderChain, ProviderRejected, ProvidersUnavailable
 from app.llm.run import AttemptRecord
 from app.privacy.redact import RedactionMemo, parse_kinds, redact_fields
 from app.problems import NotFound, ValidationFailed
-from app.retrieval.index import Hit
 from app.retrieval.service import DocumentService
 from app.telemetry.spans import current_trace_id, scoped_span
 from app.tenancy.scope import TenantScope
+from app.vectors.index import Hit
 
 _tracer = trace.get_tracer("bulkhead")
 _log = logging.getLogger(__name__)

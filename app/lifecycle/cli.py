@@ -23,13 +23,13 @@ from app.identity.api_keys import ApiKeyHasher, derive_pepper
 from app.lifecycle.offboard import OffboardError, offboard
 from app.lifecycle.onboard import OnboardRefused, OnboardReport, onboard
 from app.lifecycle.rotation import RotationError, rotate_provider_key
-from app.retrieval.setup import open_qdrant_admin
 from app.secrets.admin import open_backend, read_secret_value, refuse_argv_values
 from app.secrets.backend import SecretsBackend
 from app.secrets.kek import MasterKeyError, load_master_key
 from app.secrets.local import LocalSecretsBackend
 from app.secrets.setup import data_key_wrapper
 from app.tenancy.manifest import ManifestError, TenantManifest, load_manifest
+from app.vectors.setup import open_qdrant_admin
 
 
 def _say(text: str) -> None:

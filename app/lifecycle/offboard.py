@@ -28,10 +28,10 @@ from app.db.pool import Connection, connect, set_tenant
 from app.db.registry import CHANNEL
 from app.db.urls import app_dsn
 from app.lifecycle.keycheck import admin_scope
-from app.retrieval.edge import EdgeIndex
-from app.retrieval.embedders import VectorSpaces
-from app.retrieval.setup import purge_server_tenant
 from app.secrets.backend import SecretsBackend
+from app.vectors.edge import EdgeIndex
+from app.vectors.setup import purge_server_tenant
+from app.vectors.spaces import VectorSpaces
 
 # Exported as NDJSON, one row a line, in a stable order.
 _EXPORTED_TABLES = {"documents": "id", "audit_events": "id", "usage": "id"}

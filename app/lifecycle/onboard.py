@@ -18,12 +18,12 @@ from app.db.pool import Connection, set_tenant
 from app.identity import api_keys
 from app.lifecycle.apply import apply_manifest
 from app.lifecycle.keycheck import KeyCheck, check_keys
-from app.retrieval.edge import EdgeIndex
-from app.retrieval.setup import check_isolation, provision_server_tenant
 from app.secrets.backend import SecretsBackend
 from app.secrets.wrapping import KeyWrapper
 from app.tenancy.diff import Change, manifest_diff
 from app.tenancy.manifest import TenantManifest
+from app.vectors.edge import EdgeIndex
+from app.vectors.setup import check_isolation, provision_server_tenant
 
 BOOTSTRAP_KEY_NAME = "bootstrap-admin"
 

@@ -10,8 +10,6 @@ from app.config import Settings, get_settings
 from app.db.pool import connect, create_pool
 from app.db.registry import TenantRegistry
 from app.problems import ApiError
-from app.retrieval.edge import EdgeIndex
-from app.retrieval.embedders import VectorSpaces
 from app.retrieval.reindex import ReindexConflict, ReindexReport, reindex_tenant
 from app.secrets.cache import SecretCache
 from app.secrets.kek import MasterKeyError, load_master_key
@@ -19,6 +17,8 @@ from app.secrets.setup import build_backend
 from app.secrets.values import opted_in_platform_refs
 from app.tenancy.embedder_spec import EmbedderSpec
 from app.tenancy.manifest import ManifestError
+from app.vectors.edge import EdgeIndex
+from app.vectors.spaces import VectorSpaces
 
 
 @click.command()

@@ -26,9 +26,9 @@ import asyncpg
 
 from app.db.pool import platform_transaction, tenant_transaction
 from app.retrieval import repository
-from app.retrieval.embedders import VectorSpaces
-from app.retrieval.index import DocumentVersion, VectorIndex
 from app.tenancy.scope import TenantScope
+from app.vectors.index import DocumentVersion, VectorIndex
+from app.vectors.spaces import VectorSpaces
 
 _log = logging.getLogger(__name__)
 

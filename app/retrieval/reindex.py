@@ -24,10 +24,10 @@ import msgspec
 from app.db.pool import Connection
 from app.db.registry import CHANNEL
 from app.retrieval.embedders import Route, TenantEmbedders, chunk_embedding_text
-from app.retrieval.index import ChunkRecord
 from app.tenancy.embedder_spec import EmbedderSpec
 from app.tenancy.manifest import TenantManifest, parse_manifest
 from app.tenancy.scope import Role, TenantScope
+from app.vectors.index import ChunkRecord
 
 REINDEX_SUBJECT = "bulkhead-reindex"
 

@@ -8,9 +8,9 @@ import click
 
 from app.config import Settings, get_settings
 from app.db.pool import create_pool
-from app.retrieval.edge import EdgeIndex
-from app.retrieval.embedders import VectorSpaces
 from app.retrieval.reconcile import ReconcileReport, reconcile
+from app.vectors.edge import EdgeIndex
+from app.vectors.spaces import VectorSpaces
 
 
 @click.group()

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from app.retrieval.edge import EdgeIndex
-from app.retrieval.index import ChunkRecord
 from app.tenancy.scope import Role, TenantScope
+from app.vectors.edge import EdgeIndex
+from app.vectors.index import ChunkRecord
 from scripts.provider_emulator import embedding
 
 DIMS = 128

@@ -15,10 +15,10 @@ from pathlib import Path
 
 import qdrant_edge as qe
 
-from app.retrieval.edge import EdgeIndex, _scoped_filter
-from app.retrieval.index import ChunkRecord, DocumentVersion
-from app.retrieval.upkeep import UPKEEP_EVERY_CHUNKS
 from app.tenancy.scope import Role, TenantScope
+from app.vectors.edge import EdgeIndex, _scoped_filter
+from app.vectors.index import ChunkRecord, DocumentVersion
+from app.vectors.upkeep import UPKEEP_EVERY_CHUNKS
 
 DOCUMENTS = 50
 CHUNKS = 5

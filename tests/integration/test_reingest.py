@@ -14,9 +14,9 @@ from litestar import Litestar
 from litestar.testing import AsyncTestClient
 
 from app.retrieval import repository
-from app.retrieval.edge import EdgeIndex, _scoped_filter
-from app.retrieval.index import ChunkRecord, DocumentVersion
 from app.tenancy.scope import Role, TenantScope
+from app.vectors.edge import EdgeIndex, _scoped_filter
+from app.vectors.index import ChunkRecord, DocumentVersion
 from tests.conftest import AuthHeaders
 from tests.live_server import wait_until_known
 

@@ -12,10 +12,10 @@ from pathlib import Path
 from app.config import Settings
 from app.lifecycle.keycheck import admin_scope
 from app.lifecycle.offboard import delete_vectors
-from app.retrieval.edge import EdgeIndex
-from app.retrieval.embedders import VectorSpaces
-from app.retrieval.index import ChunkRecord
 from app.tenancy.embedder_spec import EmbedderSpec
+from app.vectors.edge import EdgeIndex
+from app.vectors.index import ChunkRecord
+from app.vectors.spaces import VectorSpaces
 
 
 def _chunk(tenant: str, index: int, acl: tuple[str, ...] | None = None) -> ChunkRecord:

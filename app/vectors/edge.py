@@ -23,10 +23,11 @@ from typing import Any
 
 import qdrant_edge as qe
 
-from app.retrieval.filters import MetadataMatch
-from app.retrieval.gate import VersionGate
-from app.retrieval.index import ChunkRecord, DocumentVersion, Hit
-from app.retrieval.scoping import (
+from app.tenancy.scope import TenantScope
+from app.vectors.filters import MetadataMatch
+from app.vectors.gate import VersionGate
+from app.vectors.index import ChunkRecord, DocumentVersion, Hit
+from app.vectors.scoping import (
     ACL_FIELD,
     BM25_VECTOR,
     DENSE_VECTOR,
@@ -55,8 +56,7 @@ from app.retrieval.scoping import (
     stale_pending,
     statistics_corpus,
 )
-from app.retrieval.upkeep import VACUUM_ONLY, ShardUpkeep
-from app.tenancy.scope import TenantScope
+from app.vectors.upkeep import VACUUM_ONLY, ShardUpkeep
 
 __all__ = ["BM25_VECTOR", "DENSE_VECTOR", "EdgeIndex"]
 

@@ -12,18 +12,18 @@ from dataclasses import dataclass
 from qdrant_client import AsyncQdrantClient
 
 from app.config import Settings
-from app.retrieval.edge import EdgeIndex
-from app.retrieval.index import VectorIndex
-from app.retrieval.qdrant_clients import ScopedKeyClients, SharedClient
-from app.retrieval.qdrant_collections import require_tenant_statistics
-from app.retrieval.qdrant_keys import TenantKeyMinter, jwt_ref
-from app.retrieval.qdrant_server import CollectionNames, Isolation, IsolationOf, QdrantServerIndex
 from app.secrets.backend import SecretNotFound, SecretsBackend
 from app.secrets.cache import SecretCache
 from app.secrets.scrub import register_secret
 from app.secrets.values import SecretRef, SecretValue
 from app.tenancy.manifest import ManifestError, TenantManifest
 from app.tenancy.scope import Role, TenantScope
+from app.vectors.edge import EdgeIndex
+from app.vectors.index import VectorIndex
+from app.vectors.qdrant_clients import ScopedKeyClients, SharedClient
+from app.vectors.qdrant_collections import require_tenant_statistics
+from app.vectors.qdrant_keys import TenantKeyMinter, jwt_ref
+from app.vectors.qdrant_server import CollectionNames, Isolation, IsolationOf, QdrantServerIndex
 
 _log = logging.getLogger(__name__)
 
