@@ -17,7 +17,6 @@ import asyncpg
 from opentelemetry import trace
 
 from app.chat import repository
-from app.chat.chains import AUTO_MODEL, TenantChains
 from app.chat.conversations import ConversationService
 from app.chat.crypto import ConversationCipher
 from app.chat.grounding import (
@@ -44,6 +43,7 @@ from app.llm.provider import (
 )
 from app.llm.router import ProviderChain, ProviderRejected, ProvidersUnavailable
 from app.llm.run import AttemptRecord
+from app.llm.tenant_chains import AUTO_MODEL, TenantChains
 from app.privacy.redact import RedactionMemo, parse_kinds, redact_fields
 from app.problems import NotFound, ValidationFailed
 from app.retrieval.service import DocumentService
