@@ -251,7 +251,7 @@ def chat_stack(workdir: Path, tenants: int, cleanup: contextlib.ExitStack) -> Ch
     logs.mkdir()
     emulator = stack.ServerProcess(
         "emulator",
-        stack.uvicorn_command("scripts.provider_emulator:ProviderEmulator", stack.free_port()),
+        stack.uvicorn_command("tests.provider_emulator:ProviderEmulator", stack.free_port()),
         env=stack.clean_environment(),
         log=logs / "emulator.log",
     )

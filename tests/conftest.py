@@ -39,8 +39,8 @@ from app.main import create_app
 from app.secrets.kek import load_master_key
 from app.tenancy.manifest import IdentitySpec, IssuerSpec, TenantManifest
 from app.tenancy.scope import Role
-from scripts.provider_emulator import EmulatorServer
 from tests.live_server import live_server  # noqa: F401 - a fixture, defined once per run
+from tests.provider_emulator import EmulatorServer
 from tests.servers import OpenBao, moto_server, openbao_dev_server
 
 APP_ROLE = "bulkhead_app"

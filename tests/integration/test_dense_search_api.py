@@ -20,8 +20,8 @@ from app.secrets.values import SecretRef, SecretValue
 from app.tenancy.embedder_spec import EmbedderSpec
 from app.tenancy.manifest import ChainEntry, EmbeddingEndpoint, LlmSpec, RetrievalSpec
 from app.tenancy.scope import TenantScope
-from scripts.provider_emulator import EmulatorServer
 from tests.conftest import AuthHeaders, TenantFactory, wait_for_tenant
+from tests.provider_emulator import EmulatorServer
 
 Client = AsyncTestClient[Litestar]
 EmbedTenant = Callable[..., Awaitable[str]]

@@ -15,7 +15,7 @@ import pytest
 from app.tenancy.scope import Role, TenantScope
 from app.vectors.edge import EdgeIndex
 from app.vectors.index import ChunkRecord
-from scripts.provider_emulator import embedding
+from tests.provider_emulator import embedding
 
 DIMS = 128
 TEXTS = ["hotel night limit euros", "train second class travel", "laptop replaced three years"]

@@ -21,9 +21,9 @@ from app.lifecycle.rotation import RotationError, rotate_provider_key
 from app.secrets.local import LocalSecretsBackend
 from app.secrets.values import SecretRef, SecretValue
 from app.tenancy.manifest import ChainEntry, LlmSpec, TenantManifest
-from scripts.provider_emulator import EmulatorServer
 from tests.conftest import AuthHeaders, TenantFactory, wait_for_tenant
 from tests.integration.test_tenant_apply import cli, cli_env  # noqa: F401 - fixture
+from tests.provider_emulator import EmulatorServer
 
 Client = AsyncTestClient[Litestar]
 DOC = "# Travel\n\nHotel stays are reimbursed up to 180 euros per night.\n"

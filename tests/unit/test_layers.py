@@ -173,3 +173,33 @@ def test_the_walk_sees_lazy_and_type_checking_imports(tmp_path: Path) -> None:
         ("app.chat.service.ChatService", 3, True),
         ("app.main", 5, False),
     ]
+
+
+def _importers_of(directory: str, package: str) -> list[str]:
+    """Files under `directory` that import `package` (at any depth, like the walk above)."""
+    found = []
+    for path in sorted((ROOT / directory).rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                names = [node.module]
+            else:
+                continue
+            if any(name == package or name.startswith(f"{package}.") for name in names):
+                found.append(str(path.relative_to(ROOT)))
+                break
+    return found
+
+
+def test_the_service_imports_none_of_the_tools_around_it() -> None:
+    """`app` ships alone: the test doubles, benchmarks and scripts are not installed with it."""
+    for tool in ("tests", "benchmarks", "scripts"):
+        assert _importers_of("app", tool) == [], tool
+
+
+def test_benchmarks_and_scripts_do_not_import_each_other() -> None:
+    """Both may use `app` (and benchmarks the test doubles, e.g. the provider emulator)."""
+    assert _importers_of("benchmarks", "scripts") == []
+    assert _importers_of("scripts", "benchmarks") == []
+    assert _importers_of("scripts", "tests") == []
