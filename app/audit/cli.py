@@ -12,7 +12,8 @@ import click
 
 from app.audit.chain import Verification, verify
 from app.config import get_settings
-from app.db.pool import connect, set_tenant
+from app.db.pool import connect, tenant_transaction
+from app.tenancy.scope import TenantScope
 
 
 @click.group()
@@ -46,10 +47,14 @@ def verify_command(tenant: str) -> None:
 async def _verify(url: str, tenant: str) -> Verification | None:
     connection = await connect(url)
     try:
-        async with connection.transaction(isolation="repeatable_read", readonly=True):
+        async with tenant_transaction(
+            connection,
+            scope=TenantScope.operator(tenant),
+            isolation="repeatable_read",
+            readonly=True,
+        ):
             if not await connection.fetchval("SELECT 1 FROM tenants WHERE id = $1", tenant):
                 return None
-            await set_tenant(connection, tenant)
             return await verify(connection, tenant)
     finally:
         await connection.close()

@@ -70,9 +70,7 @@ class RequestLimiter:
             return None
         limits = record.manifest.limits
         buckets = buckets_for(scope, limits)
-        counts = await self.store.hit(
-            scope.tenant_id, [b.key for b in buckets], with_tokens=spends_tokens
-        )
+        counts = await self.store.hit(scope, [b.key for b in buckets], with_tokens=spends_tokens)
         decision = Decision(buckets, counts)
         check(decision, limits)
         return decision

@@ -40,11 +40,8 @@ async def seed_demo_corpus(
         directory = corpus_root / tenant_id
         if not directory.is_dir():
             continue
-        scope = TenantScope(
-            tenant_id=tenant_id,
-            subject=SEED_SUBJECT,
-            roles=frozenset({Role.INGEST}),
-            credential_id="dev-seed",
+        scope = TenantScope.system(
+            tenant_id, actor=SEED_SUBJECT, roles={Role.INGEST}, credential_id="dev-seed"
         )
         existing, _ = await service.list_page(scope=scope, cursor=None, limit=1)
         if existing:

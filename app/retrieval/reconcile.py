@@ -84,7 +84,7 @@ async def reconcile(
 
 
 def _scope(tenant_id: str) -> TenantScope:
-    return TenantScope(tenant_id=tenant_id, subject=SUBJECT, roles=frozenset())
+    return TenantScope.system(tenant_id, actor=SUBJECT)
 
 
 async def _existing(pool: asyncpg.Pool, tenant_ids: list[str] | None) -> set[str]:

@@ -96,7 +96,7 @@ async def reindex_tenant(
     updated = parse_manifest(
         msgspec.structs.replace(manifest, retrieval=retrieval).to_json(), source=tenant_id
     )
-    scope = TenantScope(tenant_id, REINDEX_SUBJECT, frozenset({Role.INGEST}))
+    scope = TenantScope.system(tenant_id, actor=REINDEX_SUBJECT, roles={Role.INGEST})
     source = embedders.route_for(tenant_id, current, manifest)
     destination = embedders.route_for(tenant_id, target, updated)
     same_space = source.index is destination.index

@@ -24,7 +24,7 @@ from app.secrets.local import KekRotation, rotate_kek
 from app.secrets.setup import build_backend, data_key_wrapper
 from app.secrets.values import SecretAccessDenied, SecretRef, SecretValue
 from app.secrets.wrapping import KeyWrapper, TransitKeyWrapper
-from app.tenancy.scope import Role, TenantScope
+from app.tenancy.scope import TenantScope
 
 _T = TypeVar("_T")
 
@@ -37,10 +37,7 @@ def _ref(text: str) -> SecretRef:
 
 
 def _admin_scope(ref: SecretRef) -> tuple[TenantScope, frozenset[str]]:
-    tenant = ref.tenant_id or "platform"
-    scope = TenantScope(
-        tenant_id=tenant, subject=f"cli:{getpass.getuser()}", roles=frozenset({Role.ADMIN})
-    )
+    scope = TenantScope.operator(ref.tenant_id or "platform")
     return scope, frozenset({str(ref)}) if ref.tenant_id is None else frozenset()
 
 

@@ -12,19 +12,16 @@ import logging
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import asyncpg
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from app.db.pool import Connection, connect, set_tenant, tenant_transaction
+from app.db.pool import Connection, connect, tenant_transaction, within_tenant
 from app.secrets.backend import SecretDecryptionError, SecretNotFound, SecretsBackendUnavailable
 from app.secrets.values import SecretRef, SecretValue, ensure_ref_allowed
 from app.secrets.wrapping import KeyWrapper, as_wrapper
-
-if TYPE_CHECKING:
-    from app.tenancy.scope import TenantScope
+from app.tenancy.scope import TenantScope
 
 _NONCE_BYTES = 12
 CHANGES_CHANNEL = "bulkhead_secrets"
@@ -65,9 +62,8 @@ async def ensure_tenant_key(
     """
     wrapper = as_wrapper(kek)
     wrapped = await wrapper.wrap(tenant_id, os.urandom(32))
-    async with connection.transaction():
-        previous = await connection.fetchval("SELECT current_setting('bulkhead.tenant_id', true)")
-        await set_tenant(connection, tenant_id)
+    scope = TenantScope.system(tenant_id, actor="bulkhead:onboard")
+    async with connection.transaction(), within_tenant(connection, scope=scope):
         created = await connection.fetchval(
             "INSERT INTO tenant_keys (tenant_id, kek_id, wrapped_key) VALUES ($1, $2, $3)"
             " ON CONFLICT (tenant_id) DO NOTHING RETURNING true",
@@ -75,7 +71,6 @@ async def ensure_tenant_key(
             wrapper.kek_id,
             wrapped,
         )
-        await set_tenant(connection, previous or "")
     return created is True
 
 
@@ -335,8 +330,8 @@ async def rotate_kek(
     unchanged: list[str] = []
     failed: list[str] = []
     for tenant_id in tenant_ids:
-        async with connection.transaction():
-            await set_tenant(connection, tenant_id)
+        scope = TenantScope.system(tenant_id, actor="bulkhead:rotate-kek")
+        async with tenant_transaction(connection, scope=scope):
             row = await connection.fetchrow(_DEK_FOR_UPDATE, tenant_id)
             if row is None or row["kek_id"] == target.kek_id:
                 unchanged.append(tenant_id)

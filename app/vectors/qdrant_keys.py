@@ -229,6 +229,4 @@ class TenantKeyMinter:
 
 
 def _service_scope(tenant_id: str) -> TenantScope:
-    return TenantScope(
-        tenant_id=tenant_id, subject="bulkhead:qdrant-keys", roles=frozenset({Role.ADMIN})
-    )
+    return TenantScope.system(tenant_id, actor="bulkhead:qdrant-keys", roles={Role.ADMIN})

@@ -27,6 +27,9 @@ from app.vectors.qdrant_server import CollectionNames, Isolation, IsolationOf, Q
 
 _log = logging.getLogger(__name__)
 
+OFFBOARD_ACTOR = "bulkhead:offboard"
+"""Who deletes a tenant's points, collection and Qdrant key in server mode."""
+
 NEW_TENANT_POLL_SECONDS = 2.0
 
 
@@ -81,9 +84,7 @@ async def cluster_key(settings: Settings, secrets: SecretsBackend) -> SecretValu
     if not text:
         return None
     ref = SecretRef.parse(text)
-    scope = TenantScope(
-        tenant_id=ref.tenant_id or "platform", subject="bulkhead:qdrant", roles=frozenset()
-    )
+    scope = TenantScope.system(ref.tenant_id or "platform", actor="bulkhead:qdrant")
     platform_refs = frozenset({str(ref)}) if ref.tenant_id is None else frozenset()
     key = await secrets.get(ref, scope=scope, platform_refs=platform_refs)
     register_secret(key)  # scrubbed from logs and spans like every cached secret
@@ -215,7 +216,7 @@ async def purge_server_tenant(settings: Settings, secrets: SecretsBackend, tenan
 
 async def _purge(admin: QdrantAdmin, secrets: SecretsBackend, prefix: str, tenant_id: str) -> str:
     names = CollectionNames(prefix)
-    scope = TenantScope(tenant_id=tenant_id, subject="bulkhead:offboard", roles=frozenset())
+    scope = TenantScope.system(tenant_id, actor=OFFBOARD_ACTOR)
     await admin.minter.revoke(tenant_id)
     deleted = 0
     if await admin.client.collection_exists(names.shared):
@@ -234,14 +235,11 @@ async def _purge(admin: QdrantAdmin, secrets: SecretsBackend, prefix: str, tenan
         dropped = f"; dropped collection {dedicated}"
     # Usually gone already (offboarding deletes every secret of the tenant first).
     with contextlib.suppress(SecretNotFound):
-        await secrets.delete(jwt_ref(tenant_id), scope=_admin_scope(tenant_id))
+        await secrets.delete(
+            jwt_ref(tenant_id),
+            scope=TenantScope.system(tenant_id, actor=OFFBOARD_ACTOR, roles={Role.ADMIN}),
+        )
     return f"deleted {deleted} vectors{dropped}; Qdrant key revoked, its record and JWT deleted"
-
-
-def _admin_scope(tenant_id: str) -> TenantScope:
-    return TenantScope(
-        tenant_id=tenant_id, subject="bulkhead:offboard", roles=frozenset({Role.ADMIN})
-    )
 
 
 async def refresh_tenants(
