@@ -1,6 +1,6 @@
 """Tenant B attacks tenant A's documents through every door of the API (DESIGN §3).
 
-Each test would fail if the forced tenant filter in `app/vectors/edge.py::_scoped_filter`
+Each test would fail if the forced tenant filter in `app/vectors/scoping.py::forced_condition`
 were removed or widened, or if RLS stopped scoping the relational rows.
 """
 

@@ -1,11 +1,14 @@
-"""One door per store: tenant context reaches Postgres through one module, from a TenantScope.
+"""One door per store: each store is reached for a tenant through one place, from a TenantScope.
 
-Read from the source, like the layer test: a second place that sets `bulkhead.tenant_id` (or
-a caller that hands the pool's helpers a bare string) would be a second door to check.
+Postgres: only `app.db.pool` arms Row-Level Security, and only from a scope. Vectors: both
+adapters take every condition from `app.vectors.scoping` (`forced_condition`) and only
+translate it. Read from the source, like the layer test: a second place that sets
+`bulkhead.tenant_id`, or an adapter that builds a filter of its own, would be a second door.
 """
 
 from __future__ import annotations
 
+import ast
 import inspect
 from pathlib import Path
 
@@ -49,3 +52,44 @@ def test_system_and_operator_scopes_say_who_acts() -> None:
     person = TenantScope.operator("acme")
     assert person.subject.startswith("cli:")
     assert person.roles == frozenset({Role.ADMIN})
+
+
+ADAPTERS = ("app/vectors/edge.py", "app/vectors/qdrant_server.py")
+TRANSLATORS = frozenset({"edge_filter", "_edge_clause", "_client_filter", "_client_clause"})
+"""Each adapter's translation of a `scoping` condition into its client's types."""
+NATIVE_CONDITIONS = frozenset(
+    f"{client}.{kind}"
+    for client in ("qe", "models")
+    for kind in ("Filter", "FieldCondition", "HasIdCondition", "IsEmptyCondition", "MatchValue")
+)
+SCOPING_CLAUSES = frozenset(
+    {"FieldEquals", "FieldIn", "FieldBelow", "FieldEmpty", "HasId", "AllOf", "AnyOf"}
+)
+
+
+def _calls_by_function(path: str) -> list[tuple[str, str]]:
+    """(enclosing function, called name) of every call in the module."""
+    tree = ast.parse((ROOT / path).read_text(encoding="utf-8"))
+    calls: list[tuple[str, str]] = []
+    for function in ast.walk(tree):
+        if isinstance(function, ast.FunctionDef | ast.AsyncFunctionDef):
+            calls.extend(
+                (function.name, ast.unparse(node.func))
+                for node in ast.walk(function)
+                if isinstance(node, ast.Call)
+            )
+    return calls
+
+
+def test_vector_adapters_build_no_condition_of_their_own() -> None:
+    """Native filters only in the translators, and no clause outside `scoping`.
+
+    Together: every filter an adapter sends is the translation of a condition `scoping`
+    made, and `scoping.forced_condition` is where the tenant clause of each one comes from.
+    """
+    for path in ADAPTERS:
+        calls = _calls_by_function(path)
+        native = {function for function, name in calls if name in NATIVE_CONDITIONS}
+        assert native <= TRANSLATORS, (path, native - TRANSLATORS)
+        assert not {name for _, name in calls} & SCOPING_CLAUSES, path
+        assert "forced_condition" in {name for _, name in calls}, path
