@@ -18,8 +18,13 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from app.db.pool import Connection, connect, tenant_transaction, within_tenant
-from app.secrets.backend import SecretDecryptionError, SecretNotFound, SecretsBackendUnavailable
-from app.secrets.values import SecretRef, SecretValue, ensure_ref_allowed
+from app.secrets.backend import (
+    GuardedBackend,
+    SecretDecryptionError,
+    SecretNotFound,
+    SecretsBackendUnavailable,
+)
+from app.secrets.values import SecretRef, SecretValue
 from app.secrets.wrapping import KeyWrapper, as_wrapper
 from app.tenancy.scope import TenantScope
 
@@ -104,7 +109,7 @@ _PG_OUTAGES = (
 )
 
 
-class LocalSecretsBackend:
+class LocalSecretsBackend(GuardedBackend):
     """`SecretsBackend` over the `tenant_keys` and `secrets` tables, under RLS.
 
     Only refs under the scope's own tenant are served: platform secrets are not stored here.
@@ -113,6 +118,7 @@ class LocalSecretsBackend:
     """
 
     name = "local"
+    holds_platform_secrets = False
 
     def __init__(
         self,
@@ -124,23 +130,16 @@ class LocalSecretsBackend:
         self._pool = pool
         self._wrapper = as_wrapper(kek, previous=previous_keks)
 
-    async def get(
-        self,
-        ref: SecretRef,
-        *,
-        scope: TenantScope,
-        version: int | None = None,
-        platform_refs: frozenset[str] = frozenset(),
+    async def _read(
+        self, ref: SecretRef, *, scope: TenantScope, version: int | None
     ) -> SecretValue:
         """The latest (or the given) version of `ref`.
 
         Raises:
-            SecretAccessDenied: `ref` is outside `scope`'s tenant.
             SecretNotFound: Nothing is stored under `ref` (or not that version).
             SecretDecryptionError: The row or the tenant's data key fails authentication.
             SecretsBackendUnavailable: Postgres cannot be reached.
         """
-        ensure_ref_allowed(ref, scope=scope)
         try:
             async with tenant_transaction(self._pool, scope=scope) as connection:
                 row = await connection.fetchrow(
@@ -165,23 +164,14 @@ class LocalSecretsBackend:
             ) from None
         return SecretValue(plaintext.decode())
 
-    async def put(
-        self,
-        ref: SecretRef,
-        value: SecretValue,
-        *,
-        scope: TenantScope,
-        platform_refs: frozenset[str] = frozenset(),
-    ) -> int:
+    async def _write(self, ref: SecretRef, value: SecretValue, *, scope: TenantScope) -> int:
         """Store a new version of `ref`, one higher than the latest, and NOTIFY replicas.
 
         Raises:
-            SecretAccessDenied: `ref` is outside `scope`'s tenant.
             TenantKeyMissing: The tenant has no data key.
             SecretDecryptionError: The tenant's data key fails authentication.
             SecretsBackendUnavailable: Postgres cannot be reached.
         """
-        ensure_ref_allowed(ref, scope=scope)
         try:
             async with tenant_transaction(self._pool, scope=scope) as connection:
                 # The row lock on the tenant's key serialises its writers, so max + 1 is unique.
@@ -209,16 +199,12 @@ class LocalSecretsBackend:
             raise _outage(exc) from exc
         return version
 
-    async def delete(
-        self, ref: SecretRef, *, scope: TenantScope, platform_refs: frozenset[str] = frozenset()
-    ) -> bool:
+    async def _remove(self, ref: SecretRef, *, scope: TenantScope) -> bool:
         """Delete every version of `ref` and NOTIFY replicas.
 
         Raises:
-            SecretAccessDenied: `ref` is outside `scope`'s tenant.
             SecretsBackendUnavailable: Postgres cannot be reached.
         """
-        ensure_ref_allowed(ref, scope=scope)
         try:
             async with tenant_transaction(self._pool, scope=scope) as connection:
                 status = await connection.execute(

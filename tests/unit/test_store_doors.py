@@ -2,8 +2,10 @@
 
 Postgres: only `app.db.pool` arms Row-Level Security, and only from a scope. Vectors: both
 adapters take every condition from `app.vectors.scoping` (`forced_condition`) and only
-translate it. Read from the source, like the layer test: a second place that sets
-`bulkhead.tenant_id`, or an adapter that builds a filter of its own, would be a second door.
+translate it. Secrets: every store is a `GuardedBackend`, whose `get`/`put`/`delete` check the
+ref against the scope before the store sees it. Read from the source, like the layer test: a
+second place that sets `bulkhead.tenant_id`, an adapter that builds a filter of its own, or a
+store with a read of its own would be a second door.
 """
 
 from __future__ import annotations
@@ -13,6 +15,11 @@ import inspect
 from pathlib import Path
 
 from app.db import pool
+from app.secrets.aws import AwsSecretsBackend
+from app.secrets.backend import GuardedBackend
+from app.secrets.env import EnvSecretsBackend
+from app.secrets.local import LocalSecretsBackend
+from app.secrets.vault import VaultSecretsBackend
 from app.tenancy.scope import Role, TenantScope
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -93,3 +100,27 @@ def test_vector_adapters_build_no_condition_of_their_own() -> None:
         assert native <= TRANSLATORS, (path, native - TRANSLATORS)
         assert not {name for _, name in calls} & SCOPING_CLAUSES, path
         assert "forced_condition" in {name for _, name in calls}, path
+
+
+def test_every_secrets_store_is_reached_through_the_guarded_path() -> None:
+    stores = (AwsSecretsBackend, EnvSecretsBackend, LocalSecretsBackend, VaultSecretsBackend)
+    defined = {
+        node.name
+        for path in (ROOT / "app" / "secrets").glob("*.py")
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8")))
+        if isinstance(node, ast.ClassDef) and node.name.endswith("SecretsBackend")
+    }
+    assert defined - {"SecretsBackend"} == {store.__name__ for store in stores}
+    for store in stores:
+        assert issubclass(store, GuardedBackend), store.__name__
+        own = set(vars(store))
+        assert not own & {"get", "put", "delete", "_guard"}, store.__name__
+
+
+def test_the_ref_check_runs_in_the_guarded_path_and_the_cache_only() -> None:
+    """The cache checks before it answers from memory; a store is checked by its guard."""
+    assert _modules_containing("ensure_ref_allowed(") == [
+        "app/secrets/backend.py",
+        "app/secrets/cache.py",
+        "app/secrets/values.py",
+    ]
