@@ -3,7 +3,7 @@
 `bulkhead --help` and `bulkhead token` answer in a fraction of a second because this module
 imports nothing of the service: the other commands are named in `COMMANDS` by import path,
 with their one-line help, and imported only when run. `dev`, `serve` and `migrate` import the
-service inside their bodies for the same reason (tests/unit/test_cli_imports.py checks it).
+service inside their bodies for the same reason (tests/unit/test_cli_startup.py checks it).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from app.instance import data_dir_option, instance_settings
+from app.db.instance import data_dir_option, instance_settings
 from app.tenancy.scope import Role
 
 if TYPE_CHECKING:
@@ -72,7 +72,7 @@ COMMANDS: Mapping[str, LazyCommand] = {
         "Store, rotate, list and delete secrets; rotate the key-encryption key.",
     ),
     "tenants": LazyCommand(
-        "app.tenancy.cli:tenants", "Onboard, rotate keys of, and offboard tenants."
+        "app.lifecycle.cli:tenants", "Onboard, rotate keys of, and offboard tenants."
     ),
     "vectors": LazyCommand("app.retrieval.vectors_cli:vectors", "Maintain the vector store."),
 }
@@ -180,7 +180,7 @@ def _run_dev(settings: Settings) -> None:
     import asyncio
 
     from app.identity.dev_issuer import DevIssuer
-    from app.tenancy.cli import apply_files
+    from app.lifecycle.cli import apply_files
     from app.tenancy.manifest import load_manifest
 
     _migrate(settings)

@@ -20,14 +20,14 @@ from app.chat.controllers import ChatController
 from app.chat.conversation_controllers import ConversationController, UserDataController
 from app.config import Settings, get_settings
 from app.edge.errors import EXCEPTION_HANDLERS as EDGE_EXCEPTION_HANDLERS
+from app.edge.guards import provide_scope, tenant_header_guard
+from app.edge.handlers import EXCEPTION_HANDLERS
 from app.edge.middleware import InputBoundaryMiddleware
-from app.edge.openapi import SCHEMA_PATH, openapi_config
 from app.health import DevJwksController, HealthController
 from app.identity.controllers import ApiKeyController, ServiceJwksController, TokenController
-from app.identity.guards import provide_scope, tenant_header_guard
 from app.identity.middleware import BearerAuthMiddleware
 from app.limits.middleware import RateLimitMiddleware
-from app.problems import EXCEPTION_HANDLERS
+from app.openapi.document import SCHEMA_PATH, openapi_config
 from app.resources import open_resources, provide_chat, provide_documents
 from app.retrieval.controllers import DocumentController, SearchController
 from app.retrieval.corpus import seed_demo_corpus
@@ -89,7 +89,9 @@ def create_app(settings: Settings | None = None) -> Litestar:
             app.state.client_addresses = resources.client_addresses
             app.state.audit = resources.audit
             if settings.dev:
-                await seed_demo_corpus(resources, settings)
+                await seed_demo_corpus(
+                    resources.documents, resources.registry.tenant_ids(), settings
+                )
             yield
         provider.force_flush()
 

@@ -21,7 +21,8 @@ from app.config import Settings
 from app.db.errors import database_unavailable
 from app.db.pool import create_pool
 from app.db.readiness import ConnectProbe
-from app.db.urls import runtime_url
+from app.db.registry import TenantRegistry
+from app.db.urls import app_dsn
 from app.identity.api_keys import ApiKeyHasher, derive_pepper
 from app.identity.authenticator import Authenticator
 from app.identity.dev_issuer import DevIssuer
@@ -32,23 +33,21 @@ from app.identity.service_tokens import ServiceTokenIssuer
 from app.identity.tokens import JwtVerifier
 from app.limits.middleware import RequestLimiter
 from app.limits.store import CounterStore, PostgresCounters, RedisCounters
-from app.llm.breaker import BreakerRegistry
-from app.llm.chains import chain_policy
 from app.privacy.redact import RedactionKind, parse_kinds
-from app.retrieval.embedders import TenantEmbedders, VectorSpaces
-from app.retrieval.index import VectorIndex
-from app.retrieval.qdrant_server import Isolation
+from app.retrieval.embedders import TenantEmbedders, tenant_embedders
 from app.retrieval.reconcile import ReconcileReport, reconcile_at_start
 from app.retrieval.service import DocumentService
-from app.retrieval.setup import open_vector_index
 from app.secrets.backend import SecretsBackend
 from app.secrets.cache import SecretCache
 from app.secrets.kek import load_master_key
 from app.secrets.local import LocalSecretsBackend, listen_for_changes
 from app.secrets.setup import build_backend
 from app.secrets.values import opted_in_platform_refs
-from app.tenancy.registry import TenantRegistry
 from app.tenancy.scope import TenantScope
+from app.vectors.index import VectorIndex
+from app.vectors.qdrant_server import Isolation
+from app.vectors.setup import open_vector_index
+from app.vectors.spaces import VectorSpaces
 
 _log = logging.getLogger(__name__)
 
@@ -78,15 +77,6 @@ class Resources:
     limiter: RequestLimiter
     reconciled: asyncio.Task[ReconcileReport | None]
     """The start-up vector reconcile pass (in the background: readiness does not wait)."""
-
-
-def app_dsn(settings: Settings) -> str:
-    """The runtime (non-owner) connection string.
-
-    Raises:
-        RuntimeError: No database is configured.
-    """
-    return runtime_url(settings.db)
 
 
 @asynccontextmanager
@@ -278,23 +268,9 @@ def _redaction(registry: TenantRegistry, tenant_id: str) -> frozenset[RedactionK
 
 async def _purge_vectors(spaces: VectorSpaces, tenant_id: str) -> None:
     # This process holds the shards, so `bulkhead tenants offboard` cannot delete them itself.
-    scope = TenantScope(tenant_id=tenant_id, subject="system:offboard", roles=frozenset())
+    scope = TenantScope.system(tenant_id, actor="system:offboard")
     deleted = await spaces.delete_tenant(scope=scope)
     _log.info("tenant %r offboarded: deleted its %d vectors", tenant_id, deleted)
-
-
-def tenant_embedders(
-    settings: Settings, registry: TenantRegistry, spaces: VectorSpaces, resolver: SecretCache
-) -> TenantEmbedders:
-    """Each tenant's embedder, with its own breakers (one per tenant and embeddings model)."""
-    return TenantEmbedders(
-        registry=registry,
-        spaces=spaces,
-        resolver=resolver,
-        settings=settings.llm,
-        breakers=BreakerRegistry(chain_policy(settings.llm).breaker),
-        batch_size=settings.llm.embedding_batch_size,
-    )
 
 
 def _platform_refs(registry: TenantRegistry, tenant_id: str) -> frozenset[str]:

@@ -50,6 +50,7 @@ from app.config import Settings
 from app.db.migrate import upgrade
 from app.db.pool import create_pool
 from app.identity.dev_issuer import DevIssuer
+from app.lifecycle.apply import apply_manifest
 from app.llm.provider import CompletionRequest, ContextChunk
 from app.llm.remote import build_prompt, system_prompt
 from app.secrets.kek import load_master_key
@@ -57,7 +58,6 @@ from app.secrets.local import LocalSecretsBackend
 from app.secrets.values import SecretRef, SecretValue
 from app.tenancy.manifest import ChainEntry, LlmSpec
 from app.tenancy.scope import Role, TenantScope
-from app.tenancy.service import apply_manifest
 from benchmarks import corpus, harness, report, stack
 from benchmarks.targets import BODY_VARIANTS, Target, chat_target, floor_target
 
@@ -251,7 +251,7 @@ def chat_stack(workdir: Path, tenants: int, cleanup: contextlib.ExitStack) -> Ch
     logs.mkdir()
     emulator = stack.ServerProcess(
         "emulator",
-        stack.uvicorn_command("scripts.provider_emulator:ProviderEmulator", stack.free_port()),
+        stack.uvicorn_command("tests.provider_emulator:ProviderEmulator", stack.free_port()),
         env=stack.clean_environment(),
         log=logs / "emulator.log",
     )

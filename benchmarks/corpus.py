@@ -15,9 +15,9 @@ from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
-from app.retrieval.edge import EdgeIndex
-from app.retrieval.index import ChunkRecord
 from app.tenancy.scope import Role, TenantScope
+from app.vectors.edge import EdgeIndex
+from app.vectors.index import ChunkRecord
 
 _COMMON_TEXT = (
     "policy vacation security customer invoice deploy incident report contract account"

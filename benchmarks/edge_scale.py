@@ -36,10 +36,10 @@ from typing import Any
 
 import qdrant_edge as qe
 
-from app.retrieval.edge import BM25_VECTOR, EdgeIndex, _scoped_filter
-from app.retrieval.index import Hit
-from app.retrieval.scoping import hit_from_payload
 from app.tenancy.scope import Role, TenantScope
+from app.vectors.edge import BM25_VECTOR, EdgeIndex, edge_filter
+from app.vectors.index import Hit
+from app.vectors.scoping import forced_condition, hit_from_payload
 from benchmarks.corpus import Vocabulary, chunk_quota, load_corpus, tenant_ids
 from benchmarks.report import RESULTS_DIR
 
@@ -79,7 +79,7 @@ async def shard_wide_search(index: EdgeIndex, scope: TenantScope, query: str) ->
     request = qe.QueryRequest(
         limit=10,
         query=qe.Query.Nearest(index._bm25.embed_query(query), using=BM25_VECTOR),
-        filter=_scoped_filter(scope, reading=True),
+        filter=edge_filter(forced_condition(scope, reading=True)),
         with_payload=HIT_FIELDS,
     )
     async with index._gate.reading():

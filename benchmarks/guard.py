@@ -33,17 +33,19 @@ from redis.asyncio import Redis
 from app.audit.writer import AuditRow, AuditWriter
 from app.config import Settings
 from app.db.migrate import upgrade
-from app.db.pool import create_pool, set_tenant
+from app.db.pool import create_pool, tenant_transaction
 from app.db.urls import with_user
 from app.limits.store import PostgresCounters, RedisCounters
 from app.llm.provider import CompletionRequest, ContextChunk
 from app.privacy.redact import parse_kinds, redact_fields
 from app.secrets.kek import load_master_key
+from app.tenancy.scope import TenantScope
 from benchmarks.stack import onboard, postgres
 from tests.servers import find_redis_server, redis_server
 
 APP_ROLE = "bulkhead_app"
 TENANT = "bench-guard"
+CALLER = TenantScope(tenant_id=TENANT, subject="bench", roles=frozenset())
 PLAIN_INSERT = """
     INSERT INTO audit_events (tenant_id, occurred_at, principal, credential_id, method, route,
         status, latency_ms, source_ip, trace_id)
@@ -91,8 +93,7 @@ async def _timed(op: Callable[[], Awaitable[Any]], count: int, callers: int) -> 
 
 
 async def _plain_batch(pool: asyncpg.Pool, batch: list[AuditRow]) -> None:
-    async with pool.acquire() as connection, connection.transaction():
-        await set_tenant(connection, TENANT)
+    async with tenant_transaction(pool, scope=CALLER) as connection:
         await connection.executemany(
             PLAIN_INSERT,
             [
@@ -157,17 +158,17 @@ async def _limiter(app_url: str, ops: int, redis_url: str | None) -> dict[str, A
             await _timed(lambda: pool.fetchval("SELECT 1"), ops, 16)
         )
         results["postgres hit, 3 buckets"] = _ms(
-            await _timed(lambda: counters.hit(TENANT, keys, with_tokens=True), ops, 16)
+            await _timed(lambda: counters.hit(CALLER, keys, with_tokens=True), ops, 16)
         )
         if redis_url:
             client = Redis.from_url(redis_url)
             store = RedisCounters.from_url(redis_url, pool)
             results["redis PING (baseline)"] = _ms(await _timed(client.ping, ops, 16))
             results["redis hit, 3 buckets"] = _ms(
-                await _timed(lambda: store.hit(TENANT, keys, with_tokens=False), ops, 16)
+                await _timed(lambda: store.hit(CALLER, keys, with_tokens=False), ops, 16)
             )
             results["redis hit + token read"] = _ms(
-                await _timed(lambda: store.hit(TENANT, keys, with_tokens=True), ops, 16)
+                await _timed(lambda: store.hit(CALLER, keys, with_tokens=True), ops, 16)
             )
             await client.aclose()
             await store.aclose()

@@ -34,16 +34,17 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from app.config import AuthSettings
 from app.db.embedded import ensure_database
 from app.db.migrate import upgrade
-from app.db.pool import connect, create_pool, set_tenant
+from app.db.pool import connect, create_pool, tenant_transaction
+from app.db.registry import TenantRegistry
 from app.db.urls import with_database, with_user
 from app.identity.api_keys import ApiKeyHasher, create_key, revoke_key
 from app.identity.jwks import JwksCache
 from app.identity.key_store import ApiKeyStore
 from app.identity.tokens import JwtVerifier
+from app.lifecycle.apply import apply_manifest
 from app.problems import Unauthenticated
 from app.tenancy.manifest import IdentitySpec, IssuerSpec, TenantManifest
-from app.tenancy.registry import TenantRegistry
-from app.tenancy.service import apply_manifest
+from app.tenancy.scope import TenantScope
 
 APP_ROLE = "bulkhead_app"
 
@@ -180,8 +181,7 @@ async def run(
         for store in stores:
             await store.start(app_url)
         try:
-            async with owner.transaction():
-                await set_tenant(owner, tenant)
+            async with tenant_transaction(owner, scope=TenantScope.operator(tenant)):
                 created = await create_key(
                     owner,
                     tenant_id=tenant,
@@ -213,8 +213,7 @@ async def _propagation(
 ) -> dict[str, float]:
     samples = []
     for _ in range(rounds):
-        async with owner.transaction():
-            await set_tenant(owner, tenant)
+        async with tenant_transaction(owner, scope=TenantScope.operator(tenant)):
             created = await create_key(
                 owner,
                 tenant_id=tenant,
@@ -224,8 +223,7 @@ async def _propagation(
                 created_by="bench",
             )
         await replica.verify(created.key, client=None)  # cached on the other replica
-        async with owner.transaction():
-            await set_tenant(owner, tenant)
+        async with tenant_transaction(owner, scope=TenantScope.operator(tenant)):
             await revoke_key(owner, tenant_id=tenant, key_id=created.info.id)
         committed = time.perf_counter_ns()
         while True:

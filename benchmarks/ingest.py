@@ -34,11 +34,11 @@ from app.config import ChunkingSettings, LimitSettings, Settings
 from app.db.migrate import upgrade
 from app.db.pool import create_pool
 from app.db.urls import with_user
-from app.retrieval.edge import EdgeIndex
 from app.retrieval.schemas import DocumentIn
 from app.retrieval.service import DocumentService
 from app.secrets.kek import load_master_key
 from app.tenancy.scope import Role, TenantScope
+from app.vectors.edge import EdgeIndex
 from benchmarks import corpus, stack
 
 APP_ROLE = "bulkhead_app"

@@ -51,7 +51,7 @@ from app.llm.router import ChainPolicy, ProviderChain
 from app.secrets.values import SecretRef, SecretValue
 from app.tenancy.manifest import ChainEntry
 from app.tenancy.scope import Role, TenantScope
-from scripts.provider_emulator import free_port, refused_url
+from tests.provider_emulator import free_port, refused_url
 
 KEY = "sk-bench-0123456789abcdef"
 SCOPE = TenantScope(
@@ -65,12 +65,12 @@ REQUEST = CompletionRequest(
 
 
 class EmulatorProcess:
-    """`scripts/provider_emulator.py` in a subprocess on a free loopback port."""
+    """`tests/provider_emulator.py` in a subprocess on a free loopback port."""
 
     def __init__(self) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        script = Path(__file__).resolve().parents[1] / "scripts" / "provider_emulator.py"
+        script = Path(__file__).resolve().parents[1] / "tests" / "provider_emulator.py"
         self._process = subprocess.Popen(  # noqa: S603 - our own script, fixed arguments
             [sys.executable, str(script), "--port", str(self.port)],
             stdout=subprocess.DEVNULL,

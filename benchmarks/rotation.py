@@ -26,16 +26,16 @@ from app.db.embedded import ensure_database
 from app.db.migrate import upgrade
 from app.db.pool import connect, create_pool
 from app.db.urls import with_database, with_user
+from app.lifecycle.apply import apply_manifest
+from app.lifecycle.rotation import rotate_provider_key
 from app.llm.breaker import BreakerPolicy, BreakerRegistry
 from app.llm.chains import build_chain
 from app.llm.router import ProviderChain
 from app.secrets.cache import SecretCache
 from app.secrets.local import LocalSecretsBackend, listen_for_changes
 from app.secrets.values import SecretRef, SecretValue
-from app.tenancy.keycheck import admin_scope
 from app.tenancy.manifest import ChainEntry, LlmSpec, TenantManifest
-from app.tenancy.rotation import rotate_provider_key
-from app.tenancy.service import apply_manifest
+from app.tenancy.scope import TenantScope
 from benchmarks.llm import REQUEST, EmulatorProcess, _pct
 
 TENANT = "bench-rotation"
@@ -45,7 +45,7 @@ APP_ROLE = "bulkhead_app"
 async def _batch(
     chain: ProviderChain, n: int, concurrency: int, times: list[float], failures: list[str]
 ) -> None:
-    scope = admin_scope(TENANT)
+    scope = TenantScope.operator(TENANT)
     remaining = iter(range(n))
 
     async def worker() -> None:
@@ -85,7 +85,7 @@ async def run(server_url: str, rounds: int, n: int, concurrency: int) -> int:
     pool = await create_pool(app_url, min_size=2, max_size=8)
     backend = LocalSecretsBackend(pool, kek)
     ref = SecretRef.parse(f"tenants/{TENANT}/openai")
-    await backend.put(ref, SecretValue("sk-bench-key-0"), scope=admin_scope(TENANT))
+    await backend.put(ref, SecretValue("sk-bench-key-0"), scope=TenantScope.operator(TENANT))
     cache = SecretCache(backend, ttl_seconds=60)
     listener = await listen_for_changes(app_url, cache.forget)
     chain = build_chain(

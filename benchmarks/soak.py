@@ -23,7 +23,7 @@ of the RSS after warm-up; the target is <= 2% per 10,000 requests per kind.
 Writing kinds need the longer window because their memory is a sawtooth even when it holds:
 Qdrant Edge's write-ahead log is a ring of 32 MiB memory-mapped segments (a segment's written
 pages stay resident until it is dropped after a flush), and the shard's upkeep frees deleted
-chunks every few thousand chunks written (`app/retrieval/upkeep.py`). A window shorter than a
+chunks every few thousand chunks written (`app/vectors/upkeep.py`). A window shorter than a
 few such periods measures a rising edge, not a trend.
 
 With `--heap` the server runs under `tracemalloc` (`benchmarks/traced_serve.py`): the Python

@@ -23,8 +23,8 @@ import httpx
 
 from app.db.pool import connect
 from app.db.urls import with_database
+from app.lifecycle.apply import apply_manifest
 from app.tenancy.manifest import IdentitySpec, IssuerSpec, LimitsSpec, TenantManifest
-from app.tenancy.service import apply_manifest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEV_ISSUER = "urn:bulkhead:dev-issuer"

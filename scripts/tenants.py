@@ -11,6 +11,6 @@ from pathlib import Path
 
 if __name__ == "__main__":
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from app.tenancy.cli import tenants
+    from app.lifecycle.cli import tenants
 
     tenants(prog_name="scripts/tenants.py")

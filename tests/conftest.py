@@ -34,13 +34,13 @@ from app.db.migrate import upgrade
 from app.db.pool import connect, create_pool
 from app.db.urls import with_database, with_user
 from app.identity.dev_issuer import DevIssuer
+from app.lifecycle.apply import apply_manifest
 from app.main import create_app
 from app.secrets.kek import load_master_key
 from app.tenancy.manifest import IdentitySpec, IssuerSpec, TenantManifest
 from app.tenancy.scope import Role
-from app.tenancy.service import apply_manifest
-from scripts.provider_emulator import EmulatorServer
 from tests.live_server import live_server  # noqa: F401 - a fixture, defined once per run
+from tests.provider_emulator import EmulatorServer
 from tests.servers import OpenBao, moto_server, openbao_dev_server
 
 APP_ROLE = "bulkhead_app"

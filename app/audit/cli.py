@@ -12,8 +12,9 @@ from pathlib import Path
 import click
 
 from app.audit.chain import Verification, verify
-from app.db.pool import connect, set_tenant
-from app.instance import data_dir_option, instance_settings
+from app.db.instance import data_dir_option, instance_settings
+from app.db.pool import connect, tenant_transaction
+from app.tenancy.scope import TenantScope
 
 
 @click.group()
@@ -48,10 +49,14 @@ def verify_command(tenant: str, data_dir: Path | None) -> None:
 async def _verify(url: str, tenant: str) -> Verification | None:
     connection = await connect(url)
     try:
-        async with connection.transaction(isolation="repeatable_read", readonly=True):
+        async with tenant_transaction(
+            connection,
+            scope=TenantScope.operator(tenant),
+            isolation="repeatable_read",
+            readonly=True,
+        ):
             if not await connection.fetchval("SELECT 1 FROM tenants WHERE id = $1", tenant):
                 return None
-            await set_tenant(connection, tenant)
             return await verify(connection, tenant)
     finally:
         await connection.close()

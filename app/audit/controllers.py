@@ -15,7 +15,7 @@ from litestar.response import Stream
 from app.audit.export import export_ndjson, started
 from app.audit.usage import usage_report
 from app.db.pool import tenant_transaction
-from app.identity.guards import requires
+from app.edge.guards import requires
 from app.problems import ValidationFailed
 from app.tenancy.scope import Role, TenantScope
 

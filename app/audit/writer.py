@@ -39,9 +39,13 @@ from opentelemetry import metrics
 from app.audit.batching import BatchWriter
 from app.audit.chain import append_lock, link
 from app.db.errors import database_unavailable
-from app.db.pool import Connection, set_tenant
+from app.db.pool import Connection, tenant_transaction
+from app.tenancy.scope import TenantScope
 
 _log = logging.getLogger(__name__)
+
+WRITER_ACTOR = "bulkhead:audit-writer"
+"""The system actor appending each tenant's rows (they name the request's caller, not it)."""
 
 _meter = metrics.get_meter("bulkhead.audit")
 REJECTED = _meter.create_counter(
@@ -161,8 +165,8 @@ class AuditWriter(BatchWriter[AuditRow]):
 
     async def _insert(self, rows: list[AuditRow], *, after_failure: bool) -> None:
         tenant_id = rows[0].tenant_id
-        async with self._pool.acquire() as connection, connection.transaction():
-            await set_tenant(connection, tenant_id)
+        scope = TenantScope.system(tenant_id, actor=WRITER_ACTOR)
+        async with tenant_transaction(self._pool, scope=scope) as connection:
             seq, prev = await append_lock(connection, tenant_id)
             if after_failure:
                 # The last attempt may have committed before its connection broke.

@@ -19,9 +19,9 @@ from app.chat import repository
 from app.chat.conversations import user_export
 from app.chat.crypto import ConversationCipher
 from app.config import Settings
+from app.db.instance import data_dir_option, instance_settings
 from app.db.pool import Connection
 from app.identity.cli import in_tenant
-from app.instance import data_dir_option, instance_settings
 from app.secrets.kek import MasterKeyError, load_master_key
 from app.secrets.local import TenantKeyMissing
 

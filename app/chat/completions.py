@@ -40,15 +40,10 @@ from app.chat.controllers import EventStream
 from app.chat.grounding import citation
 from app.chat.schemas import Citation
 from app.chat.service import Ask, ChatService, ChatStream
-from app.identity.guards import ensure_own_tenant, requires
+from app.edge.guards import ensure_own_tenant, requires
+from app.edge.handlers import handle_api_error, handle_http_exception, handle_unexpected
 from app.llm.provider import HistoryTurn
-from app.problems import (
-    ApiError,
-    ValidationFailed,
-    handle_api_error,
-    handle_http_exception,
-    handle_unexpected,
-)
+from app.problems import ApiError, ValidationFailed
 from app.tenancy.scope import Role, TenantScope
 
 MAX_INSTRUCTION_CHARS = 16_000

@@ -15,7 +15,7 @@ from litestar.response.base import ASGIResponse
 from app.chat.grounding import citation
 from app.chat.schemas import ChatRequest, ChatResponse, Citation, Usage
 from app.chat.service import Ask, ChatService, ChatStream
-from app.identity.guards import ensure_own_tenant, requires
+from app.edge.guards import ensure_own_tenant, requires
 from app.tenancy.scope import Role, TenantScope
 
 

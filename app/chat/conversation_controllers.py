@@ -19,7 +19,7 @@ from app.chat.schemas import (
     UserDataDeleted,
 )
 from app.chat.service import ChatService
-from app.identity.guards import requires
+from app.edge.guards import requires
 from app.problems import ValidationFailed
 from app.tenancy.scope import Role, TenantScope
 

@@ -17,8 +17,8 @@ from typing import Any
 
 from app.config import ChatSettings
 from app.llm.provider import ContextChunk, HistoryTurn
-from app.retrieval.index import Hit
 from app.tenancy.manifest import ChainEntry
+from app.vectors.index import Hit
 
 _MARKER = re.compile(r"\[(\d{1,3})\]")
 SNIPPET_CHARS = 240

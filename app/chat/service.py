@@ -17,7 +17,6 @@ import asyncpg
 from opentelemetry import trace
 
 from app.chat import repository
-from app.chat.chains import AUTO_MODEL, TenantChains
 from app.chat.conversations import ConversationService
 from app.chat.crypto import ConversationCipher
 from app.chat.grounding import (
@@ -32,6 +31,7 @@ from app.chat.grounding import (
 from app.config import ChatSettings, LlmSettings
 from app.db.errors import database_unavailable
 from app.db.pool import tenant_transaction
+from app.db.registry import TenantRegistry
 from app.llm.chains import estimate_cost
 from app.llm.keys import SecretResolver, scrub
 from app.llm.provider import (
@@ -43,13 +43,13 @@ from app.llm.provider import (
 )
 from app.llm.router import ProviderChain, ProviderRejected, ProvidersUnavailable
 from app.llm.run import AttemptRecord
+from app.llm.tenant_chains import AUTO_MODEL, TenantChains
 from app.privacy.redact import RedactionMemo, parse_kinds, redact_fields
 from app.problems import NotFound, ValidationFailed
-from app.retrieval.index import Hit
 from app.retrieval.service import DocumentService
 from app.telemetry.spans import current_trace_id, scoped_span
-from app.tenancy.registry import TenantRegistry
 from app.tenancy.scope import TenantScope
+from app.vectors.index import Hit
 
 _tracer = trace.get_tracer("bulkhead")
 _log = logging.getLogger(__name__)

@@ -1,11 +1,17 @@
-"""The runtime connection pool and the transaction helper that scopes every query to a tenant."""
+"""The runtime connection pool, and the one door to tenant data: `tenant_transaction`.
+
+Row-Level Security reads the tenant from the transaction-local setting `bulkhead.tenant_id`.
+Only this module sets it, and only from a `TenantScope`: a request's (from its verified
+credential), an operator command's (`TenantScope.operator`) or a job's of the service itself
+(`TenantScope.system`). A bare tenant id string never arms RLS.
+"""
 
 from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING, TypeAlias
+from typing import TYPE_CHECKING, Literal, TypeAlias
 
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
@@ -15,6 +21,7 @@ if TYPE_CHECKING:
 
 # What repositories receive: a plain connection, or the pool's proxy for one.
 Connection: TypeAlias = "asyncpg.Connection[asyncpg.Record] | PoolConnectionProxy[asyncpg.Record]"
+Isolation: TypeAlias = Literal["serializable", "repeatable_read", "read_committed"]
 
 
 async def _init_connection(connection: asyncpg.Connection) -> None:
@@ -28,7 +35,7 @@ async def _release_without_reset_query(connection: asyncpg.Connection) -> None:
 
     Before this hook runs, asyncpg's pool has already rolled back a transaction left open
     (a cancelled or failed request) and dropped the connection's listener callbacks, so
-    `SET LOCAL bulkhead.tenant_id` (`set_tenant`) and `pg_advisory_xact_lock` are gone with
+    `SET LOCAL bulkhead.tenant_id` (`tenant_transaction`) and `pg_advisory_xact_lock` are gone with
     the transaction. asyncpg's default reset would add one more round trip per release
     (`pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *; RESET ALL`) to undo session state that
     Bulkhead never creates on pooled connections: no session-level settings, no session
@@ -65,7 +72,7 @@ async def create_pool(
     )
 
 
-async def set_tenant(connection: Connection, tenant_id: str) -> None:
+async def _arm(connection: Connection, tenant_id: str) -> None:
     """Arm RLS for `tenant_id` until the current transaction ends.
 
     `set_config(..., is_local => true)` is `SET LOCAL` with a bind parameter: the setting dies
@@ -76,16 +83,49 @@ async def set_tenant(connection: Connection, tenant_id: str) -> None:
 
 @asynccontextmanager
 async def tenant_transaction(
-    pool: asyncpg.Pool, *, scope: TenantScope
+    target: asyncpg.Pool | Connection,
+    *,
+    scope: TenantScope,
+    isolation: Isolation | None = None,
+    readonly: bool = False,
 ) -> AsyncIterator[Connection]:
     """Open a transaction in which Row-Level Security sees only `scope`'s tenant.
+
+    `target` is the pool (a connection is acquired for the transaction) or a connection the
+    caller holds (an operator command's, or one a job reuses across tenants).
 
     Yields:
         A connection inside the transaction.
     """
-    async with pool.acquire() as connection, connection.transaction():
-        await set_tenant(connection, scope.tenant_id)
-        yield connection
+    if isinstance(target, asyncpg.Pool):
+        async with (
+            target.acquire() as connection,
+            connection.transaction(isolation=isolation, readonly=readonly),
+        ):
+            await _arm(connection, scope.tenant_id)
+            yield connection
+    else:
+        async with target.transaction(isolation=isolation, readonly=readonly):
+            await _arm(target, scope.tenant_id)
+            yield target
+
+
+@asynccontextmanager
+async def within_tenant(connection: Connection, *, scope: TenantScope) -> AsyncIterator[Connection]:
+    """Inside the connection's open transaction, arm RLS for `scope`'s tenant for the block.
+
+    For the one step of a platform transaction that writes a tenant's own rows (onboarding
+    stores the new tenant's data key and first API key in the transaction that registers it).
+    When the block ends the tenant armed before it (usually none) is armed again; after an
+    error the transaction is lost anyway, and the setting with it.
+
+    Yields:
+        The same connection, armed for `scope`'s tenant.
+    """
+    previous = await connection.fetchval("SELECT current_setting('bulkhead.tenant_id', true)")
+    await _arm(connection, scope.tenant_id)
+    yield connection
+    await _arm(connection, previous or "")
 
 
 @asynccontextmanager

@@ -16,7 +16,8 @@ from litestar import Request, Response
 from litestar.types import ExceptionHandlersMap
 
 from app.edge.fields import field_error
-from app.problems import ApiError, ValidationFailed, problem_response
+from app.edge.handlers import problem_response
+from app.problems import ApiError, ValidationFailed
 
 _log = logging.getLogger(__name__)
 

@@ -9,13 +9,13 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import Any
 
+from app.db.registry import TenantRegistry
 from app.identity.api_keys import PREFIX
 from app.identity.key_store import ApiKeyStore
 from app.identity.network import IPAddress, IPNetwork, in_networks, parse_networks
 from app.identity.service_tokens import KEY_CLAIM, TENANT_CLAIM, ServiceTokenIssuer
 from app.identity.tokens import JwtVerifier, peek_unverified
 from app.problems import CredentialRefused, Unauthenticated
-from app.tenancy.registry import TenantRegistry
 from app.tenancy.scope import Role, TenantScope
 
 

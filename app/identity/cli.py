@@ -19,13 +19,14 @@ from typing import Any, TypeVar
 import click
 
 from app.config import Settings
-from app.db.pool import Connection, connect, set_tenant
+from app.db.instance import data_dir_option, instance_settings
+from app.db.pool import Connection, connect, tenant_transaction
 from app.db.urls import runtime_url
 from app.identity import api_keys
 from app.identity.service_tokens import generate_signing_key
-from app.instance import data_dir_option, instance_settings
 from app.problems import ApiError
 from app.secrets.kek import MasterKeyError, load_master_key
+from app.tenancy.scope import TenantScope
 
 T = TypeVar("T")
 
@@ -53,11 +54,10 @@ def in_tenant(settings: Settings, tenant: str, work: Callable[[Connection], Awai
     async def run() -> T:
         connection = await connect(url)
         try:
-            async with connection.transaction():
+            async with tenant_transaction(connection, scope=TenantScope.operator(tenant)):
                 exists = await connection.fetchval("SELECT 1 FROM tenants WHERE id = $1", tenant)
                 if not exists:
                     raise click.ClickException(f"no tenant {tenant!r}")
-                await set_tenant(connection, tenant)
                 return await work(connection)
         finally:
             await connection.close()

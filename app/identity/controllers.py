@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import asdict
-from typing import Any
+from typing import Any, Protocol
 
+import asyncpg
 from litestar import Controller, Request, delete, get, post
 from litestar.datastructures import CacheControlHeader, State
 from litestar.di import NamedDependency
@@ -12,8 +13,9 @@ from litestar.params import FromPath, JSONBody
 from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED, HTTP_204_NO_CONTENT
 
 from app.db.pool import tenant_transaction
+from app.edge.guards import requires
 from app.identity import api_keys
-from app.identity.guards import requires
+from app.identity.key_store import ApiKeyStore
 from app.identity.schemas import (
     ApiKeyCreated,
     ApiKeyList,
@@ -25,7 +27,6 @@ from app.identity.schemas import (
 )
 from app.identity.service_tokens import ServiceTokenIssuer
 from app.problems import Forbidden, ServiceUnavailable
-from app.resources import Resources
 from app.tenancy.scope import Role, TenantScope
 
 
@@ -33,8 +34,27 @@ def _out(info: api_keys.ApiKeyInfo) -> ApiKeyOut:
     return ApiKeyOut(**asdict(info))
 
 
-def _resources(state: State) -> Resources:
-    resources: Resources = state.resources
+class IdentityResources(Protocol):
+    """What these endpoints use of the service's resources (`state.resources`)."""
+
+    @property
+    def pool(self) -> asyncpg.Pool:
+        """The runtime pool."""
+        ...
+
+    @property
+    def api_keys(self) -> ApiKeyStore:
+        """The API key store (its hasher, and the cache a rotation or revocation evicts)."""
+        ...
+
+    @property
+    def service_tokens(self) -> ServiceTokenIssuer | None:
+        """The service-token issuer; None when token exchange is disabled."""
+        ...
+
+
+def _resources(state: State) -> IdentityResources:
+    resources: IdentityResources = state.resources
     return resources
 
 

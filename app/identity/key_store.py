@@ -20,11 +20,11 @@ from typing import Any
 
 import asyncpg
 
-from app.db.pool import set_tenant
+from app.db.pool import tenant_transaction
 from app.identity.api_keys import CHANNEL, ApiKeyHasher, parse_key
 from app.identity.network import IPAddress, IPNetwork, in_networks
 from app.problems import CredentialRefused, Unauthenticated
-from app.tenancy.scope import Role
+from app.tenancy.scope import Role, TenantScope
 
 _log = logging.getLogger(__name__)
 MISSING_CACHE_SECONDS = 30.0
@@ -231,8 +231,8 @@ class ApiKeyStore:
         try:
             async with self._pool.acquire() as connection:
                 for tenant_id, key_ids in by_tenant.items():
-                    async with connection.transaction():
-                        await set_tenant(connection, tenant_id)
+                    scope = TenantScope.system(tenant_id, actor="bulkhead:api-key-usage")
+                    async with tenant_transaction(connection, scope=scope):
                         await connection.execute(
                             "UPDATE api_keys SET last_used_at = now() WHERE id = ANY($1::text[])",
                             key_ids,

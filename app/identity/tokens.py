@@ -13,9 +13,9 @@ from typing import Any
 import jwt
 
 from app.config import AuthSettings
+from app.db.registry import IssuerBinding, TenantRegistry
 from app.identity.jwks import JwksCache, KeyNotFound
 from app.problems import CredentialRefused, Unauthenticated
-from app.tenancy.registry import IssuerBinding, TenantRegistry
 from app.tenancy.scope import Role, TenantScope
 
 # Asymmetric only: HS* would let anyone holding the public key (i.e. everyone) forge tokens.

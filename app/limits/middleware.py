@@ -23,9 +23,9 @@ from opentelemetry import trace
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from app.db.registry import TenantRegistry
 from app.limits.policy import Decision, QuotaExceeded, RateLimited, buckets_for, check
 from app.limits.store import CounterStore
-from app.tenancy.registry import TenantRegistry
 from app.tenancy.scope import TenantScope
 
 _log = logging.getLogger(__name__)
@@ -70,9 +70,7 @@ class RequestLimiter:
             return None
         limits = record.manifest.limits
         buckets = buckets_for(scope, limits)
-        counts = await self.store.hit(
-            scope.tenant_id, [b.key for b in buckets], with_tokens=spends_tokens
-        )
+        counts = await self.store.hit(scope, [b.key for b in buckets], with_tokens=spends_tokens)
         decision = Decision(buckets, counts)
         check(decision, limits)
         return decision

@@ -22,6 +22,7 @@ import asyncpg
 from redis.asyncio import Redis
 
 from app.limits.policy import WINDOW_SECONDS, Counts
+from app.tenancy.scope import TenantScope
 
 TOKENS_TTL_SECONDS = 1.0
 """With Redis, how long a replica reuses a tenant's token total (a daily budget may overrun
@@ -47,8 +48,12 @@ return {hits, tostring(reset)}
 class CounterStore(Protocol):
     """Counts requests per bucket in shared fixed windows."""
 
-    async def hit(self, tenant_id: str, keys: list[str], *, with_tokens: bool) -> Counts:
-        """Count one request against each of `keys`; read today's tokens if asked."""
+    async def hit(self, scope: TenantScope, keys: list[str], *, with_tokens: bool) -> Counts:
+        """Count one request of `scope`'s tenant against each of `keys`; read today's tokens too.
+
+        The tenant comes from the scope only: in Postgres the counting functions arm RLS for
+        the tenant they are given, so a bare id string must not reach them.
+        """
         ...
 
     async def aclose(self) -> None:
@@ -62,9 +67,11 @@ class PostgresCounters:
     def __init__(self, pool: asyncpg.Pool) -> None:
         self._pool = pool
 
-    async def hit(self, tenant_id: str, keys: list[str], *, with_tokens: bool) -> Counts:
+    async def hit(self, scope: TenantScope, keys: list[str], *, with_tokens: bool) -> Counts:
         """One statement: bump every bucket, read the window's reset and today's tokens."""
-        rows = await self._pool.fetch("SELECT * FROM bulkhead_rate_hit($1, $2)", tenant_id, keys)
+        rows = await self._pool.fetch(
+            "SELECT * FROM bulkhead_rate_hit($1, $2)", scope.tenant_id, keys
+        )
         return Counts(
             hits={row["o_bucket"]: row["o_hits"] for row in rows},
             reset_seconds=rows[0]["o_reset"] if rows else float(WINDOW_SECONDS),
@@ -95,8 +102,9 @@ class RedisCounters:
         client = Redis.from_url(url, socket_timeout=1.0, socket_connect_timeout=1.0)
         return cls(client, pool, tokens_ttl=tokens_ttl)
 
-    async def hit(self, tenant_id: str, keys: list[str], *, with_tokens: bool) -> Counts:
+    async def hit(self, scope: TenantScope, keys: list[str], *, with_tokens: bool) -> Counts:
         """One script call for the buckets, and the token read alongside it when asked."""
+        tenant_id = scope.tenant_id
         prefixes = [f"bulkhead:rl:{{{tenant_id}}}:{key}" for key in keys]
         script = self._script(keys=prefixes, args=[WINDOW_SECONDS])
         if not with_tokens:

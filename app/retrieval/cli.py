@@ -8,17 +8,17 @@ import click
 
 from app.config import Settings, get_settings
 from app.db.pool import connect, create_pool
+from app.db.registry import TenantRegistry
 from app.problems import ApiError
-from app.retrieval.edge import EdgeIndex
-from app.retrieval.embedder_spec import EmbedderSpec
-from app.retrieval.embedders import VectorSpaces
 from app.retrieval.reindex import ReindexConflict, ReindexReport, reindex_tenant
 from app.secrets.cache import SecretCache
 from app.secrets.kek import MasterKeyError, load_master_key
 from app.secrets.setup import build_backend
 from app.secrets.values import opted_in_platform_refs
+from app.tenancy.embedder_spec import EmbedderSpec
 from app.tenancy.manifest import ManifestError
-from app.tenancy.registry import TenantRegistry
+from app.vectors.edge import EdgeIndex
+from app.vectors.spaces import VectorSpaces
 
 
 @click.command()
@@ -71,7 +71,8 @@ async def _run(
     settings: Settings, tenant_id: str, target: EmbedderSpec, batch_size: int, grace: float
 ) -> ReindexReport:
     # Imported here: resources imports the whole service (Litestar) for one helper.
-    from app.resources import app_dsn, tenant_embedders
+    from app.db.urls import app_dsn
+    from app.retrieval.embedders import tenant_embedders
 
     assert settings.db.url is not None  # noqa: S101 - checked by the caller
     kek = load_master_key(settings) if settings.secrets.backend == "local" else None

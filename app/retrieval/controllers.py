@@ -10,7 +10,7 @@ from litestar.di import NamedDependency
 from litestar.params import JSONBody, Parameter
 from litestar.status_codes import HTTP_201_CREATED, HTTP_204_NO_CONTENT
 
-from app.identity.guards import ensure_own_tenant, requires
+from app.edge.guards import ensure_own_tenant, requires
 from app.problems import UnsupportedMediaType
 from app.retrieval.schemas import (
     Acl,

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from pathlib import Path
 
 from app.config import Settings
-from app.resources import Resources
 from app.retrieval.schemas import DocumentIn
+from app.retrieval.service import DocumentService
 from app.tenancy.scope import Role, TenantScope
 
 _log = logging.getLogger(__name__)
@@ -30,24 +31,23 @@ def corpus_documents(directory: Path) -> list[DocumentIn]:
     return documents
 
 
-async def seed_demo_corpus(resources: Resources, settings: Settings) -> None:
+async def seed_demo_corpus(
+    service: DocumentService, tenant_ids: Iterable[str], settings: Settings
+) -> None:
     """Ingest each onboarded tenant's sample corpus once (skipped when it has documents)."""
     corpus_root = settings.tenants_dir / "corpus"
-    for tenant_id in resources.registry.tenant_ids():
+    for tenant_id in tenant_ids:
         directory = corpus_root / tenant_id
         if not directory.is_dir():
             continue
-        scope = TenantScope(
-            tenant_id=tenant_id,
-            subject=SEED_SUBJECT,
-            roles=frozenset({Role.INGEST}),
-            credential_id="dev-seed",
+        scope = TenantScope.system(
+            tenant_id, actor=SEED_SUBJECT, roles={Role.INGEST}, credential_id="dev-seed"
         )
-        existing, _ = await resources.documents.list_page(scope=scope, cursor=None, limit=1)
+        existing, _ = await service.list_page(scope=scope, cursor=None, limit=1)
         if existing:
             continue
-        documents = resources.documents.prepare(corpus_documents(directory))
-        written = await resources.documents.ingest(scope=scope, documents=documents)
+        prepared = service.prepare(corpus_documents(directory))
+        written = await service.ingest(scope=scope, documents=prepared)
         _log.info(
             "ingested %d sample documents (%d chunks) for tenant %s",
             len(written),

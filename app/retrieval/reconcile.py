@@ -26,9 +26,9 @@ import asyncpg
 
 from app.db.pool import platform_transaction, tenant_transaction
 from app.retrieval import repository
-from app.retrieval.embedders import VectorSpaces
-from app.retrieval.index import DocumentVersion, VectorIndex
 from app.tenancy.scope import TenantScope
+from app.vectors.index import DocumentVersion, VectorIndex
+from app.vectors.spaces import VectorSpaces
 
 _log = logging.getLogger(__name__)
 
@@ -84,7 +84,7 @@ async def reconcile(
 
 
 def _scope(tenant_id: str) -> TenantScope:
-    return TenantScope(tenant_id=tenant_id, subject=SUBJECT, roles=frozenset())
+    return TenantScope.system(tenant_id, actor=SUBJECT)
 
 
 async def _existing(pool: asyncpg.Pool, tenant_ids: list[str] | None) -> set[str]:

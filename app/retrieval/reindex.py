@@ -22,12 +22,12 @@ from dataclasses import dataclass, replace
 import msgspec
 
 from app.db.pool import Connection
-from app.retrieval.embedder_spec import EmbedderSpec
+from app.db.registry import CHANNEL
 from app.retrieval.embedders import Route, TenantEmbedders, chunk_embedding_text
-from app.retrieval.index import ChunkRecord
+from app.tenancy.embedder_spec import EmbedderSpec
 from app.tenancy.manifest import TenantManifest, parse_manifest
-from app.tenancy.registry import CHANNEL
 from app.tenancy.scope import Role, TenantScope
+from app.vectors.index import ChunkRecord
 
 REINDEX_SUBJECT = "bulkhead-reindex"
 
@@ -96,7 +96,7 @@ async def reindex_tenant(
     updated = parse_manifest(
         msgspec.structs.replace(manifest, retrieval=retrieval).to_json(), source=tenant_id
     )
-    scope = TenantScope(tenant_id, REINDEX_SUBJECT, frozenset({Role.INGEST}))
+    scope = TenantScope.system(tenant_id, actor=REINDEX_SUBJECT, roles={Role.INGEST})
     source = embedders.route_for(tenant_id, current, manifest)
     destination = embedders.route_for(tenant_id, target, updated)
     same_space = source.index is destination.index

@@ -21,13 +21,13 @@ from app.privacy.redact import RedactionKind, redact_fields
 from app.problems import NotFound, PayloadTooLarge, ValidationFailed
 from app.retrieval import acl, repository
 from app.retrieval.chunking import chunk_text
-from app.retrieval.edge import EdgeIndex
 from app.retrieval.embedders import TenantEmbedders, chunk_embedding_text
-from app.retrieval.filters import check_metadata_key, parse_filter
-from app.retrieval.index import ChunkRecord, DocumentVersion, Hit, VectorIndex
 from app.retrieval.schemas import DocumentIn
 from app.telemetry.spans import scoped_span
 from app.tenancy.scope import TenantScope
+from app.vectors.edge import EdgeIndex
+from app.vectors.filters import check_metadata_key, parse_filter
+from app.vectors.index import ChunkRecord, DocumentVersion, Hit, VectorIndex
 
 MAX_METADATA_LIST = 100
 MAX_METADATA_STRING = 1_000

@@ -8,9 +8,9 @@ import click
 
 from app.config import Settings, get_settings
 from app.db.pool import create_pool
-from app.retrieval.edge import EdgeIndex
-from app.retrieval.embedders import VectorSpaces
 from app.retrieval.reconcile import ReconcileReport, reconcile
+from app.vectors.edge import EdgeIndex
+from app.vectors.spaces import VectorSpaces
 
 
 @click.group()
@@ -44,7 +44,7 @@ def reconcile_command(tenant_id: str | None, batch_size: int) -> None:
 
 async def _run(settings: Settings, tenant_id: str | None, batch_size: int) -> ReconcileReport:
     # Imported here: resources imports the whole service (Litestar) for one helper.
-    from app.resources import app_dsn
+    from app.db.urls import app_dsn
 
     pool = await create_pool(app_dsn(settings), min_size=1, max_size=2)
     bm25 = EdgeIndex.open(settings.vector_path, search_threads=settings.vectors.search_threads)

@@ -18,16 +18,16 @@ from typing import TypeVar
 import click
 
 from app.config import Settings, get_settings
+from app.db.instance import data_dir_option, instance_settings
 from app.db.pool import connect, create_pool
 from app.db.urls import runtime_url
-from app.instance import data_dir_option, instance_settings
 from app.secrets.backend import SecretNotFound, SecretsBackend, SecretsReadOnly
 from app.secrets.kek import MasterKeyError, load_master_key, load_previous_master_keys
 from app.secrets.local import KekRotation, rotate_kek
 from app.secrets.setup import build_backend, data_key_wrapper
 from app.secrets.values import SecretAccessDenied, SecretRef, SecretValue
 from app.secrets.wrapping import KeyWrapper, TransitKeyWrapper
-from app.tenancy.scope import Role, TenantScope
+from app.tenancy.scope import TenantScope
 
 _T = TypeVar("_T")
 
@@ -40,10 +40,7 @@ def _ref(text: str) -> SecretRef:
 
 
 def _admin_scope(ref: SecretRef) -> tuple[TenantScope, frozenset[str]]:
-    tenant = ref.tenant_id or "platform"
-    scope = TenantScope(
-        tenant_id=tenant, subject=f"cli:{getpass.getuser()}", roles=frozenset({Role.ADMIN})
-    )
+    scope = TenantScope.operator(ref.tenant_id or "platform")
     return scope, frozenset({str(ref)}) if ref.tenant_id is None else frozenset()
 
 

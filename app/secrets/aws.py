@@ -18,8 +18,8 @@ import boto3
 import botocore.config
 import botocore.exceptions
 
-from app.secrets.backend import SecretNotFound, SecretsBackendUnavailable
-from app.secrets.values import SecretRef, SecretValue, ensure_ref_allowed
+from app.secrets.backend import GuardedBackend, SecretNotFound, SecretsBackendUnavailable
+from app.secrets.values import SecretRef, SecretValue
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -34,7 +34,7 @@ _NOT_FOUND = {"ResourceNotFoundException"}
 _GONE = {"InvalidRequestException"}
 
 
-class AwsSecretsBackend:
+class AwsSecretsBackend(GuardedBackend):
     """`SecretsBackend` over AWS Secrets Manager.
 
     Args:
@@ -56,22 +56,15 @@ class AwsSecretsBackend:
         )
         self._executor = ThreadPoolExecutor(max_workers=8, thread_name_prefix="bulkhead-aws")
 
-    async def get(
-        self,
-        ref: SecretRef,
-        *,
-        scope: TenantScope,
-        version: int | None = None,
-        platform_refs: frozenset[str] = frozenset(),
+    async def _read(
+        self, ref: SecretRef, *, scope: TenantScope, version: int | None
     ) -> SecretValue:
         """The current (or the given) version of `ref`.
 
         Raises:
-            SecretAccessDenied: `ref` is outside what `scope` may resolve.
             SecretNotFound: No such secret, or no such version.
             SecretsBackendUnavailable: AWS is unreachable or refuses our credentials.
         """
-        ensure_ref_allowed(ref, scope=scope, platform_refs=platform_refs)
         name = self._name(ref)
         selector = (
             {"VersionStage": "AWSCURRENT"}
@@ -85,24 +78,15 @@ class AwsSecretsBackend:
         )
         return SecretValue(response["SecretString"])
 
-    async def put(
-        self,
-        ref: SecretRef,
-        value: SecretValue,
-        *,
-        scope: TenantScope,
-        platform_refs: frozenset[str] = frozenset(),
-    ) -> int:
+    async def _write(self, ref: SecretRef, value: SecretValue, *, scope: TenantScope) -> int:
         """Store a new version of `ref` (creating the secret on first use).
 
         Concurrent writers of one ref may race on the number; Bulkhead's CLI is the only
         writer in practice.
 
         Raises:
-            SecretAccessDenied: `ref` is outside what `scope` may resolve.
             SecretsBackendUnavailable: AWS is unreachable or refuses our credentials.
         """
-        ensure_ref_allowed(ref, scope=scope, platform_refs=platform_refs)
         version: int = await self._call(lambda c: self._put(c, ref, value.reveal()), ref=ref)
         return version
 
@@ -128,16 +112,12 @@ class AwsSecretsBackend:
         client.tag_resource(SecretId=name, Tags=[{"Key": _VERSION_TAG, "Value": str(version)}])
         return version
 
-    async def delete(
-        self, ref: SecretRef, *, scope: TenantScope, platform_refs: frozenset[str] = frozenset()
-    ) -> bool:
+    async def _remove(self, ref: SecretRef, *, scope: TenantScope) -> bool:
         """Delete `ref` at once (no recovery window).
 
         Raises:
-            SecretAccessDenied: `ref` is outside what `scope` may resolve.
             SecretsBackendUnavailable: AWS is unreachable or refuses our credentials.
         """
-        ensure_ref_allowed(ref, scope=scope, platform_refs=platform_refs)
         name = self._name(ref)
         try:
             # A forced delete of a missing secret succeeds on AWS, so ask first.

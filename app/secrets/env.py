@@ -10,8 +10,8 @@ import os
 import re
 from typing import TYPE_CHECKING
 
-from app.secrets.backend import SecretNotFound, SecretsReadOnly
-from app.secrets.values import SecretRef, SecretValue, ensure_ref_allowed
+from app.secrets.backend import GuardedBackend, SecretNotFound, SecretsReadOnly
+from app.secrets.values import SecretRef, SecretValue
 
 if TYPE_CHECKING:
     from app.tenancy.scope import TenantScope
@@ -24,39 +24,25 @@ def env_name(ref: SecretRef) -> str:
     return ENV_PREFIX + re.sub(r"[/.\-]", "_", str(ref)).upper()
 
 
-class EnvSecretsBackend:
+class EnvSecretsBackend(GuardedBackend):
     """`SecretsBackend` over the process environment; every version is version 1."""
 
     name = "env"
 
-    async def get(
-        self,
-        ref: SecretRef,
-        *,
-        scope: TenantScope,
-        version: int | None = None,
-        platform_refs: frozenset[str] = frozenset(),
+    async def _read(
+        self, ref: SecretRef, *, scope: TenantScope, version: int | None
     ) -> SecretValue:
         """The value of `ref`'s environment variable.
 
         Raises:
-            SecretAccessDenied: `ref` is outside what `scope` may resolve.
             SecretNotFound: The variable is unset or empty, or a version other than 1 is asked.
         """
-        ensure_ref_allowed(ref, scope=scope, platform_refs=platform_refs)
         text = os.environ.get(env_name(ref))
         if not text or version not in (None, 1):
             raise SecretNotFound(f"no secret stored under '{ref}' (set {env_name(ref)})")
         return SecretValue(text)
 
-    async def put(
-        self,
-        ref: SecretRef,
-        value: SecretValue,
-        *,
-        scope: TenantScope,
-        platform_refs: frozenset[str] = frozenset(),
-    ) -> int:
+    async def _write(self, ref: SecretRef, value: SecretValue, *, scope: TenantScope) -> int:
         """Always refused.
 
         Raises:
@@ -64,9 +50,7 @@ class EnvSecretsBackend:
         """
         raise SecretsReadOnly(f"the env backend is read-only: set {env_name(ref)} instead")
 
-    async def delete(
-        self, ref: SecretRef, *, scope: TenantScope, platform_refs: frozenset[str] = frozenset()
-    ) -> bool:
+    async def _remove(self, ref: SecretRef, *, scope: TenantScope) -> bool:
         """Always refused.
 
         Raises:

@@ -12,19 +12,21 @@ import logging
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import asyncpg
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from app.db.pool import Connection, connect, set_tenant, tenant_transaction
-from app.secrets.backend import SecretDecryptionError, SecretNotFound, SecretsBackendUnavailable
-from app.secrets.values import SecretRef, SecretValue, ensure_ref_allowed
+from app.db.pool import Connection, connect, tenant_transaction, within_tenant
+from app.secrets.backend import (
+    GuardedBackend,
+    SecretDecryptionError,
+    SecretNotFound,
+    SecretsBackendUnavailable,
+)
+from app.secrets.values import SecretRef, SecretValue
 from app.secrets.wrapping import KeyWrapper, as_wrapper
-
-if TYPE_CHECKING:
-    from app.tenancy.scope import TenantScope
+from app.tenancy.scope import TenantScope
 
 _NONCE_BYTES = 12
 CHANGES_CHANNEL = "bulkhead_secrets"
@@ -65,9 +67,8 @@ async def ensure_tenant_key(
     """
     wrapper = as_wrapper(kek)
     wrapped = await wrapper.wrap(tenant_id, os.urandom(32))
-    async with connection.transaction():
-        previous = await connection.fetchval("SELECT current_setting('bulkhead.tenant_id', true)")
-        await set_tenant(connection, tenant_id)
+    scope = TenantScope.system(tenant_id, actor="bulkhead:onboard")
+    async with connection.transaction(), within_tenant(connection, scope=scope):
         created = await connection.fetchval(
             "INSERT INTO tenant_keys (tenant_id, kek_id, wrapped_key) VALUES ($1, $2, $3)"
             " ON CONFLICT (tenant_id) DO NOTHING RETURNING true",
@@ -75,7 +76,6 @@ async def ensure_tenant_key(
             wrapper.kek_id,
             wrapped,
         )
-        await set_tenant(connection, previous or "")
     return created is True
 
 
@@ -109,7 +109,7 @@ _PG_OUTAGES = (
 )
 
 
-class LocalSecretsBackend:
+class LocalSecretsBackend(GuardedBackend):
     """`SecretsBackend` over the `tenant_keys` and `secrets` tables, under RLS.
 
     Only refs under the scope's own tenant are served: platform secrets are not stored here.
@@ -118,6 +118,7 @@ class LocalSecretsBackend:
     """
 
     name = "local"
+    holds_platform_secrets = False
 
     def __init__(
         self,
@@ -129,23 +130,16 @@ class LocalSecretsBackend:
         self._pool = pool
         self._wrapper = as_wrapper(kek, previous=previous_keks)
 
-    async def get(
-        self,
-        ref: SecretRef,
-        *,
-        scope: TenantScope,
-        version: int | None = None,
-        platform_refs: frozenset[str] = frozenset(),
+    async def _read(
+        self, ref: SecretRef, *, scope: TenantScope, version: int | None
     ) -> SecretValue:
         """The latest (or the given) version of `ref`.
 
         Raises:
-            SecretAccessDenied: `ref` is outside `scope`'s tenant.
             SecretNotFound: Nothing is stored under `ref` (or not that version).
             SecretDecryptionError: The row or the tenant's data key fails authentication.
             SecretsBackendUnavailable: Postgres cannot be reached.
         """
-        ensure_ref_allowed(ref, scope=scope)
         try:
             async with tenant_transaction(self._pool, scope=scope) as connection:
                 row = await connection.fetchrow(
@@ -170,23 +164,14 @@ class LocalSecretsBackend:
             ) from None
         return SecretValue(plaintext.decode())
 
-    async def put(
-        self,
-        ref: SecretRef,
-        value: SecretValue,
-        *,
-        scope: TenantScope,
-        platform_refs: frozenset[str] = frozenset(),
-    ) -> int:
+    async def _write(self, ref: SecretRef, value: SecretValue, *, scope: TenantScope) -> int:
         """Store a new version of `ref`, one higher than the latest, and NOTIFY replicas.
 
         Raises:
-            SecretAccessDenied: `ref` is outside `scope`'s tenant.
             TenantKeyMissing: The tenant has no data key.
             SecretDecryptionError: The tenant's data key fails authentication.
             SecretsBackendUnavailable: Postgres cannot be reached.
         """
-        ensure_ref_allowed(ref, scope=scope)
         try:
             async with tenant_transaction(self._pool, scope=scope) as connection:
                 # The row lock on the tenant's key serialises its writers, so max + 1 is unique.
@@ -214,16 +199,12 @@ class LocalSecretsBackend:
             raise _outage(exc) from exc
         return version
 
-    async def delete(
-        self, ref: SecretRef, *, scope: TenantScope, platform_refs: frozenset[str] = frozenset()
-    ) -> bool:
+    async def _remove(self, ref: SecretRef, *, scope: TenantScope) -> bool:
         """Delete every version of `ref` and NOTIFY replicas.
 
         Raises:
-            SecretAccessDenied: `ref` is outside `scope`'s tenant.
             SecretsBackendUnavailable: Postgres cannot be reached.
         """
-        ensure_ref_allowed(ref, scope=scope)
         try:
             async with tenant_transaction(self._pool, scope=scope) as connection:
                 status = await connection.execute(
@@ -335,8 +316,8 @@ async def rotate_kek(
     unchanged: list[str] = []
     failed: list[str] = []
     for tenant_id in tenant_ids:
-        async with connection.transaction():
-            await set_tenant(connection, tenant_id)
+        scope = TenantScope.system(tenant_id, actor="bulkhead:rotate-kek")
+        async with tenant_transaction(connection, scope=scope):
             row = await connection.fetchrow(_DEK_FOR_UPDATE, tenant_id)
             if row is None or row["kek_id"] == target.kek_id:
                 unchanged.append(tenant_id)

@@ -27,8 +27,8 @@ import hvac
 import hvac.exceptions
 import requests
 
-from app.secrets.backend import SecretNotFound, SecretsBackendUnavailable
-from app.secrets.values import SecretRef, SecretValue, ensure_ref_allowed
+from app.secrets.backend import GuardedBackend, SecretNotFound, SecretsBackendUnavailable
+from app.secrets.values import SecretRef, SecretValue
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
@@ -44,7 +44,7 @@ _RENEW_FRACTION = 1 / 3
 _TRANSPORT = (requests.exceptions.RequestException, OSError)
 
 
-class VaultSecretsBackend:
+class VaultSecretsBackend(GuardedBackend):
     """`SecretsBackend` over a KV v2 mount of OpenBao or Vault.
 
     Args:
@@ -60,22 +60,15 @@ class VaultSecretsBackend:
 
     # --- SecretsBackend ------------------------------------------------------------------
 
-    async def get(
-        self,
-        ref: SecretRef,
-        *,
-        scope: TenantScope,
-        version: int | None = None,
-        platform_refs: frozenset[str] = frozenset(),
+    async def _read(
+        self, ref: SecretRef, *, scope: TenantScope, version: int | None
     ) -> SecretValue:
         """The latest (or the given) version of `ref`.
 
         Raises:
-            SecretAccessDenied: `ref` is outside what `scope` may resolve.
             SecretNotFound: Nothing (or no live version) under `ref`.
             SecretsBackendUnavailable: Vault is unreachable, sealed, or refuses our token.
         """
-        ensure_ref_allowed(ref, scope=scope, platform_refs=platform_refs)
         response = await self.connection.read(
             f"{self._mount}/data/{ref}", params={"version": version} if version else None
         )
@@ -87,21 +80,12 @@ class VaultSecretsBackend:
             raise SecretNotFound(f"no secret stored under '{ref}'")
         return SecretValue(str(data["value"]))
 
-    async def put(
-        self,
-        ref: SecretRef,
-        value: SecretValue,
-        *,
-        scope: TenantScope,
-        platform_refs: frozenset[str] = frozenset(),
-    ) -> int:
+    async def _write(self, ref: SecretRef, value: SecretValue, *, scope: TenantScope) -> int:
         """Write a new KV v2 version of `ref` and return its number.
 
         Raises:
-            SecretAccessDenied: `ref` is outside what `scope` may resolve.
             SecretsBackendUnavailable: Vault is unreachable, sealed, or refuses our token.
         """
-        ensure_ref_allowed(ref, scope=scope, platform_refs=platform_refs)
         response = await self._call(
             lambda c: c.secrets.kv.v2.create_or_update_secret(
                 path=str(ref), secret={"value": value.reveal()}, mount_point=self._mount
@@ -110,16 +94,12 @@ class VaultSecretsBackend:
         )
         return int(response["data"]["version"])
 
-    async def delete(
-        self, ref: SecretRef, *, scope: TenantScope, platform_refs: frozenset[str] = frozenset()
-    ) -> bool:
+    async def _remove(self, ref: SecretRef, *, scope: TenantScope) -> bool:
         """Destroy every version and the metadata of `ref`.
 
         Raises:
-            SecretAccessDenied: `ref` is outside what `scope` may resolve.
             SecretsBackendUnavailable: Vault is unreachable, sealed, or refuses our token.
         """
-        ensure_ref_allowed(ref, scope=scope, platform_refs=platform_refs)
         try:
             await self._call(
                 lambda c: c.secrets.kv.v2.read_secret_metadata(

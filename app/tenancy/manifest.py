@@ -14,7 +14,7 @@ import jsonschema
 import msgspec
 import yaml
 
-from app.retrieval.embedder_spec import EmbedderSpec
+from app.tenancy.embedder_spec import EmbedderSpec
 from app.tenancy.sourcemap import YamlSourceMap
 
 SCHEMA_FILE = "manifest.schema.json"

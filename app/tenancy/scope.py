@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import getpass
 import hashlib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -46,6 +47,30 @@ class TenantScope:
     groups: tuple[str, ...] = ()
     credential_id: str = ""
     _enduser_id: str = field(default="", repr=False, compare=False)
+
+    @classmethod
+    def system(
+        cls, tenant_id: str, *, actor: str, roles: Iterable[Role] = (), credential_id: str = ""
+    ) -> TenantScope:
+        """The scope a job of the service itself acts under for one tenant.
+
+        No credential stands behind it (offboarding, reindexing, reconciling, the audit
+        writer): `actor` names the job and becomes the subject, and it carries only the
+        roles the job needs, none by default.
+        """
+        return cls(
+            tenant_id=tenant_id,
+            subject=actor,
+            roles=frozenset(roles),
+            credential_id=credential_id,
+        )
+
+    @classmethod
+    def operator(cls, tenant_id: str) -> TenantScope:
+        """The scope an operator's command acts under for one tenant: `cli:<login>`, admin."""
+        return cls(
+            tenant_id=tenant_id, subject=f"cli:{getpass.getuser()}", roles=frozenset({Role.ADMIN})
+        )
 
     def __post_init__(self) -> None:
         digest = hashlib.sha256(f"{self.tenant_id}\x00{self.subject}".encode()).hexdigest()

@@ -21,9 +21,9 @@ import pytest
 
 from app.config import Settings
 from app.tenancy.manifest import ChainEntry
-from scripts.provider_emulator import ANSWER, EmulatorServer
 from tests.conftest import AuthHeaders, TenantFactory
 from tests.e2e.stack import served_in_thread, served_tenant
+from tests.provider_emulator import ANSWER, EmulatorServer
 
 pytestmark = pytest.mark.e2e
 QUESTION = "How much is the hotel limit per night?"

@@ -24,9 +24,9 @@ import pytest
 
 from app.config import LlmSettings, Settings
 from app.tenancy.manifest import ChainEntry
-from scripts.provider_emulator import EmulatorServer
 from tests.conftest import AuthHeaders, TenantFactory
 from tests.e2e.stack import served_in_thread, served_tenant
+from tests.provider_emulator import EmulatorServer
 
 pytestmark = pytest.mark.e2e
 ANSWER_WITHIN = 15.0

@@ -18,8 +18,8 @@ import asyncpg
 import httpx
 import pytest
 
-from scripts.provider_emulator import EmulatorServer
 from tests.e2e.stack import DevStack
+from tests.provider_emulator import EmulatorServer
 
 pytestmark = pytest.mark.e2e
 

@@ -26,8 +26,8 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 
-from scripts.provider_emulator import EmulatorServer
 from tests.e2e.stack import DevStack
+from tests.provider_emulator import EmulatorServer
 from tests.servers import free_port
 
 pytestmark = pytest.mark.e2e

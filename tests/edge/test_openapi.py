@@ -13,12 +13,12 @@ from litestar.testing import AsyncTestClient
 from openapi_spec_validator import validate
 
 from app.config import Settings
-from app.edge.openapi import SCHEMA_PATH, openapi_document
 from app.main import create_app
+from app.openapi.document import SCHEMA_PATH, openapi_document
 
 Client = AsyncTestClient[Litestar]
 COMMITTED = Path(__file__).resolve().parents[2] / "docs" / "openapi.json"
-REGENERATE = "python -m app.edge.openapi > docs/openapi.json"
+REGENERATE = "python -m app.openapi.document > docs/openapi.json"
 PUBLIC = {"/healthz", "/readyz", "/.well-known/jwks.json", "/dev/jwks.json"}
 
 
@@ -129,7 +129,7 @@ def test_every_error_code_the_service_raises_is_documented() -> None:
     import pkgutil
 
     import app as package
-    from app.edge.contract import PROBLEMS
+    from app.openapi.contract import PROBLEMS
     from app.problems import ApiError
 
     for module in pkgutil.walk_packages(package.__path__, "app."):

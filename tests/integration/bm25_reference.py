@@ -14,8 +14,8 @@ from collections.abc import Iterable
 
 import qdrant_edge as qe
 
-from app.retrieval.index import ChunkRecord
-from app.retrieval.scoping import bm25_text
+from app.vectors.index import ChunkRecord
+from app.vectors.scoping import bm25_text
 
 REL_TOLERANCE = 1e-5
 """The engines score in float32; this reference computes in float64."""

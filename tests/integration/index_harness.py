@@ -16,17 +16,17 @@ from typing import Any
 
 from qdrant_client import AsyncQdrantClient, models
 
-from app.retrieval.edge import EdgeIndex
-from app.retrieval.index import ChunkRecord, VectorIndex
-from app.retrieval.qdrant_clients import SharedClient
-from app.retrieval.qdrant_server import (
+from app.tenancy.scope import Role, TenantScope
+from app.vectors.edge import EdgeIndex
+from app.vectors.index import ChunkRecord, VectorIndex
+from app.vectors.qdrant_clients import SharedClient
+from app.vectors.qdrant_server import (
     CollectionNames,
     Isolation,
     QdrantServerIndex,
     ensure_collection,
 )
-from app.retrieval.scoping import point_id
-from app.tenancy.scope import Role, TenantScope
+from app.vectors.scoping import point_id
 
 ADAPTERS = ("edge", "qdrant-shared", "qdrant-dedicated")
 

@@ -27,7 +27,7 @@ from app.audit.chain import LOCK_CLASS
 from app.config import Settings
 from app.db.pool import connect
 from app.identity.dev_issuer import DevIssuer
-from app.tenancy.offboard import delete_rows
+from app.lifecycle.offboard import delete_rows
 from tests.conftest import AuthHeaders, TenantFactory
 from tests.live_server import serve_replica, wait_until_known
 

@@ -22,8 +22,9 @@ from app.audit.chain import verify
 from app.audit.writer import AuditRow, AuditWriter
 from app.db.embedded import ensure_database
 from app.db.migrate import upgrade
-from app.db.pool import create_pool, set_tenant
+from app.db.pool import create_pool, tenant_transaction
 from app.db.urls import with_database, with_user
+from app.tenancy.scope import TenantScope
 from tests.conftest import APP_ROLE, counter_value
 from tests.pg_server import ScratchPostgres
 
@@ -92,8 +93,7 @@ def _row(tenant: str, n: int) -> AuditRow:
 async def _chain(database: str, tenant: str) -> tuple[int, bool]:
     connection = await asyncpg.connect(database)
     try:
-        async with connection.transaction():
-            await set_tenant(connection, tenant)
+        async with tenant_transaction(connection, scope=TenantScope.operator(tenant)):
             result = await verify(connection, tenant)
     finally:
         await connection.close()

@@ -16,7 +16,7 @@ from app.chat import repository
 from app.chat.crypto import ConversationCipher
 from app.cli import main
 from app.config import Settings
-from app.db.pool import connect, set_tenant
+from app.db.pool import connect, tenant_transaction
 from app.llm.run import AttemptRecord
 from app.tenancy.scope import TenantScope
 from tests.conftest import TenantFactory
@@ -25,8 +25,7 @@ from tests.conftest import TenantFactory
 async def _store(database_url: str, cipher: ConversationCipher, tenant: str, user: str) -> None:
     connection = await connect(database_url)
     try:
-        async with connection.transaction():
-            await set_tenant(connection, tenant)
+        async with tenant_transaction(connection, scope=TenantScope.operator(tenant)):
             sealer = await cipher.sealer(connection, tenant_id=tenant)
         exchange = repository.Exchange(
             conversation_id=uuid.uuid4(),

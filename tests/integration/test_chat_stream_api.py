@@ -15,9 +15,9 @@ from litestar.testing import AsyncTestClient
 
 from app.db.pool import tenant_transaction
 from app.tenancy.scope import Role, TenantScope
-from scripts.provider_emulator import EmulatorServer, refused_url
 from tests.conftest import AuthHeaders
 from tests.integration.conftest import KEYS, Chain, LlmTenant, sse_events
+from tests.provider_emulator import EmulatorServer, refused_url
 
 Client = AsyncTestClient[Litestar]
 QUESTION = {"message": "How much is the hotel limit per night?"}

@@ -17,9 +17,9 @@ from litestar import Litestar
 from litestar.testing import AsyncTestClient
 
 from app.tenancy.scope import Role
-from scripts.provider_emulator import ANSWER, EmulatorServer
 from tests.conftest import AuthHeaders
 from tests.integration.conftest import LlmTenant
+from tests.provider_emulator import ANSWER, EmulatorServer
 
 Client = AsyncTestClient[Litestar]
 QUESTION = "How much is the hotel limit per night?"

@@ -22,9 +22,9 @@ from app.config import Settings
 from app.db.pool import tenant_transaction
 from app.secrets.wrapping import as_wrapper
 from app.tenancy.scope import Role, TenantScope
-from scripts.provider_emulator import EmulatorServer
 from tests.conftest import AuthHeaders
 from tests.integration.conftest import LlmTenant
+from tests.provider_emulator import EmulatorServer
 
 Client = AsyncTestClient[Litestar]
 SECRET_FACT = "The quarterly bonus pool is 7,654,321 zorkmids."

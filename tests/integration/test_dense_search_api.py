@@ -15,13 +15,13 @@ from litestar import Litestar
 from litestar.testing import AsyncTestClient
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from app.retrieval.embedder_spec import EmbedderSpec
 from app.secrets.local import LocalSecretsBackend
 from app.secrets.values import SecretRef, SecretValue
+from app.tenancy.embedder_spec import EmbedderSpec
 from app.tenancy.manifest import ChainEntry, EmbeddingEndpoint, LlmSpec, RetrievalSpec
 from app.tenancy.scope import TenantScope
-from scripts.provider_emulator import EmulatorServer
 from tests.conftest import AuthHeaders, TenantFactory, wait_for_tenant
+from tests.provider_emulator import EmulatorServer
 
 Client = AsyncTestClient[Litestar]
 EmbedTenant = Callable[..., Awaitable[str]]

@@ -17,12 +17,12 @@ from litestar.testing import AsyncTestClient
 from app.config import Settings
 from app.db.pool import tenant_transaction
 from app.retrieval import repository
-from app.retrieval.edge import EdgeIndex
-from app.retrieval.embedders import VectorSpaces
 from app.retrieval.reconcile import reconcile
 from app.retrieval.schemas import DocumentIn
 from app.retrieval.service import DocumentService
 from app.tenancy.scope import Role, TenantScope
+from app.vectors.edge import EdgeIndex
+from app.vectors.spaces import VectorSpaces
 from tests.conftest import AuthHeaders
 
 Client = AsyncTestClient[Litestar]

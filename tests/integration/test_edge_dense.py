@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from app.retrieval.edge import EdgeIndex
-from app.retrieval.index import ChunkRecord
 from app.tenancy.scope import Role, TenantScope
-from scripts.provider_emulator import embedding
+from app.vectors.edge import EdgeIndex
+from app.vectors.index import ChunkRecord
+from tests.provider_emulator import embedding
 
 DIMS = 128
 TEXTS = ["hotel night limit euros", "train second class travel", "laptop replaced three years"]

@@ -15,10 +15,11 @@ from pathlib import Path
 
 import qdrant_edge as qe
 
-from app.retrieval.edge import EdgeIndex, _scoped_filter
-from app.retrieval.index import ChunkRecord, DocumentVersion
-from app.retrieval.upkeep import UPKEEP_EVERY_CHUNKS
 from app.tenancy.scope import Role, TenantScope
+from app.vectors.edge import EdgeIndex, edge_filter
+from app.vectors.index import ChunkRecord, DocumentVersion
+from app.vectors.scoping import forced_condition
+from app.vectors.upkeep import UPKEEP_EVERY_CHUNKS
 
 DOCUMENTS = 50
 CHUNKS = 5
@@ -73,7 +74,7 @@ def _allocated(path: Path) -> int:
 
 def _points(index: EdgeIndex, tenant: str) -> int:
     """Every stored point of the tenant, whatever its ACL: read past the API on purpose."""
-    condition = _scoped_filter(_scope(tenant), reading=False)
+    condition = edge_filter(forced_condition(_scope(tenant), reading=False))
     count: int = index._shard.count(qe.CountRequest(filter=condition))
     return count
 

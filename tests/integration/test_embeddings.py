@@ -20,9 +20,9 @@ from app.llm.clients import SdkClients
 from app.llm.embeddings import OpenAIEmbedder
 from app.llm.router import ChainPolicy, ProvidersUnavailable
 from app.tenancy.scope import Role, TenantScope
-from scripts.provider_emulator import EmulatorServer, embedding
 from tests.conftest import METRICS
 from tests.integration.test_provider_chain import KeyRing
+from tests.provider_emulator import EmulatorServer, embedding
 
 MODEL = "text-embedding-3-small"
 POLICY = ChainPolicy(

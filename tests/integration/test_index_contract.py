@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from app.retrieval.filters import parse_filter
-from app.retrieval.scoping import TENANT_FIELD
+from app.vectors.filters import parse_filter
+from app.vectors.scoping import TENANT_FIELD
 from tests.integration.index_harness import ADAPTERS, Harness, chunk, open_harness, scope
 
 

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from app.retrieval.filters import parse_filter
-from app.retrieval.index import ChunkRecord
+from app.vectors.filters import parse_filter
+from app.vectors.index import ChunkRecord
 from tests.integration.index_harness import ADAPTERS, Harness, chunk, open_harness, scope
 
 DIMS = 4

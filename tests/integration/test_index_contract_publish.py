@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from app.retrieval.index import ChunkRecord, DocumentVersion
+from app.vectors.index import ChunkRecord, DocumentVersion
 from tests.integration.index_harness import ADAPTERS, Harness, chunk, open_harness, scope
 
 

@@ -17,10 +17,10 @@ from typing import Any
 import pytest
 from qdrant_client import AsyncQdrantClient, models
 
-from app.retrieval.edge import EdgeIndex
-from app.retrieval.filters import parse_filter
-from app.retrieval.index import ChunkRecord, DocumentVersion
-from app.retrieval.qdrant_collections import QdrantServerTooOld, require_tenant_statistics
+from app.vectors.edge import EdgeIndex
+from app.vectors.filters import parse_filter
+from app.vectors.index import ChunkRecord, DocumentVersion
+from app.vectors.qdrant_collections import QdrantServerTooOld, require_tenant_statistics
 from tests.integration.bm25_reference import assert_scores_match, reference_scores
 from tests.integration.index_harness import ADAPTERS, Harness, chunk, open_harness, scope
 

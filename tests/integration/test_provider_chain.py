@@ -32,8 +32,8 @@ from app.secrets.backend import SecretNotFound
 from app.secrets.values import SecretRef, SecretValue
 from app.tenancy.manifest import ChainEntry
 from app.tenancy.scope import Role, TenantScope
-from scripts.provider_emulator import EmulatorServer, refused_url
 from tests.conftest import METRICS
+from tests.provider_emulator import EmulatorServer, refused_url
 
 PROVIDERS = ("openai", "anthropic")
 OTHER = {"openai": "anthropic", "anthropic": "openai"}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import openai
 import pytest
 
-from scripts.provider_emulator import EmulatorServer, embedding
+from tests.provider_emulator import EmulatorServer, embedding
 
 
 async def test_embeddings_answer_with_usage_and_faults_count_calls(

@@ -18,9 +18,9 @@ from litestar.testing import AsyncTestClient
 
 from app.config import Settings
 from app.main import create_app
-from app.retrieval.qdrant_server import QdrantServerIndex
 from app.tenancy.manifest import RetrievalSpec
 from app.tenancy.scope import Role, TenantScope
+from app.vectors.qdrant_server import QdrantServerIndex
 from tests.conftest import AuthHeaders, TenantFactory, wait_for_tenant
 
 Client = AsyncTestClient[Litestar]

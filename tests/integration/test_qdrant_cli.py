@@ -19,10 +19,10 @@ from qdrant_client import AsyncQdrantClient
 
 from app.cli import main
 from app.config import Settings, VaultSettings, get_settings
-from app.retrieval.qdrant_keys import jwt_ref, read_claims
 from app.secrets.values import SecretRef, SecretValue
 from app.secrets.vault import VaultSecretsBackend
 from app.tenancy.scope import TenantScope
+from app.vectors.qdrant_keys import jwt_ref, read_claims
 from tests.servers import OpenBao
 
 CLUSTER_KEY = SecretValue("cli-cluster-key-0123456789abcdef0123456789")

@@ -19,15 +19,15 @@ from qdrant_client import AsyncQdrantClient
 from qdrant_client.http.exceptions import UnexpectedResponse
 
 from app.db.pool import connect
-from app.retrieval.qdrant_clients import ScopedKeyClients, VectorKeyMissing
-from app.retrieval.qdrant_keys import TenantKeyMinter, jwt_ref, read_claims
-from app.retrieval.qdrant_server import CollectionNames
+from app.lifecycle.apply import apply_manifest
 from app.secrets.cache import SecretCache
 from app.secrets.local import LocalSecretsBackend
 from app.secrets.values import SecretValue
 from app.tenancy.manifest import RetrievalSpec, TenantManifest
 from app.tenancy.scope import Role, TenantScope
-from app.tenancy.service import apply_manifest
+from app.vectors.qdrant_clients import ScopedKeyClients, VectorKeyMissing
+from app.vectors.qdrant_keys import TenantKeyMinter, jwt_ref, read_claims
+from app.vectors.qdrant_server import CollectionNames
 from tests.conftest import TenantFactory
 
 CLUSTER_KEY = SecretValue("cluster-key-for-tests-0123456789abcdef")

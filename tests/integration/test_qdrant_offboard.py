@@ -14,12 +14,12 @@ import pytest
 from qdrant_client import AsyncQdrantClient
 
 from app.config import VaultSettings
-from app.retrieval.qdrant_clients import SharedClient
-from app.retrieval.qdrant_keys import jwt_ref
-from app.retrieval.qdrant_server import CollectionNames, Isolation, QdrantServerIndex
 from app.secrets.backend import SecretNotFound
 from app.secrets.values import SecretRef
 from app.secrets.vault import VaultSecretsBackend
+from app.vectors.qdrant_clients import SharedClient
+from app.vectors.qdrant_keys import jwt_ref
+from app.vectors.qdrant_server import CollectionNames, Isolation, QdrantServerIndex
 from tests.integration.index_harness import chunk, scope
 from tests.integration.test_qdrant_cli import (  # noqa: F401 - fixture
     CLUSTER_KEY,

@@ -18,8 +18,8 @@ from typing import Any, cast
 import pytest
 
 from app.config import Settings
-from app.retrieval.qdrant_collections import QdrantServerTooOld
-from app.retrieval.setup import open_vector_index
+from app.vectors.qdrant_collections import QdrantServerTooOld
+from app.vectors.setup import open_vector_index
 
 
 class _Stub(ThreadingHTTPServer):

@@ -231,8 +231,9 @@ async def test_redis_replica_reuses_the_token_total_for_at_most_its_ttl(
 ) -> None:
     tenant = await make_tenant("rl")
     store = RedisCounters.from_url(redis_url, app_pool, tokens_ttl=2.0)
+    alice = TenantScope(tenant_id=tenant, subject="alice", roles=frozenset())
     try:
-        assert (await store.hit(tenant, ["tenant"], with_tokens=True)).tokens_today == 0
+        assert (await store.hit(alice, ["tenant"], with_tokens=True)).tokens_today == 0
         usage = TurnUsage(
             attempts=(AttemptRecord("openai", "m", "ok", 1.0),),
             final=0,
@@ -241,11 +242,10 @@ async def test_redis_replica_reuses_the_token_total_for_at_most_its_ttl(
             trace_id="0" * 32,
             cost_usd=0.0,
         )
-        alice = TenantScope(tenant_id=tenant, subject="alice", roles=frozenset())
         await save_turn(app_pool, scope=alice, usage=usage)
-        assert (await store.hit(tenant, ["tenant"], with_tokens=True)).tokens_today == 0
+        assert (await store.hit(alice, ["tenant"], with_tokens=True)).tokens_today == 0
         await asyncio.sleep(2.05)
-        counts = await store.hit(tenant, ["tenant"], with_tokens=True)
+        counts = await store.hit(alice, ["tenant"], with_tokens=True)
         assert counts.tokens_today == 12
         assert counts.hits == {"tenant": 3}
     finally:

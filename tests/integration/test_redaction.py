@@ -18,8 +18,8 @@ from app.secrets.local import LocalSecretsBackend
 from app.secrets.values import SecretRef, SecretValue
 from app.tenancy.manifest import ChainEntry, EmbeddingEndpoint, LlmSpec, PrivacySpec, RetrievalSpec
 from app.tenancy.scope import TenantScope
-from scripts.provider_emulator import EmulatorServer
 from tests.conftest import AuthHeaders, TenantFactory, wait_for_tenant
+from tests.provider_emulator import EmulatorServer
 
 Client = AsyncTestClient[Litestar]
 OPENAI_KEY = "sk-proj-tenantkeyREDACTIONtest123"

@@ -21,15 +21,15 @@ from app.cli import main
 from app.config import LlmSettings, Settings, get_settings
 from app.db.pool import connect
 from app.llm.breaker import BreakerPolicy, BreakerRegistry
-from app.retrieval.edge import EdgeIndex
-from app.retrieval.embedder_spec import EmbedderSpec
 from app.retrieval.embedders import TenantEmbedders
-from app.retrieval.index import ChunkRecord
 from app.retrieval.reindex import reindex_tenant
 from app.secrets.cache import SecretCache
 from app.secrets.local import LocalSecretsBackend
+from app.tenancy.embedder_spec import EmbedderSpec
 from app.tenancy.manifest import ManifestError, RetrievalSpec
 from app.tenancy.scope import TenantScope
+from app.vectors.edge import EdgeIndex
+from app.vectors.index import ChunkRecord
 from tests.conftest import AuthHeaders, TenantFactory
 from tests.integration.test_dense_search_api import EmbedTenant, embed_tenant  # noqa: F401
 

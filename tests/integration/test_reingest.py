@@ -14,9 +14,10 @@ from litestar import Litestar
 from litestar.testing import AsyncTestClient
 
 from app.retrieval import repository
-from app.retrieval.edge import EdgeIndex, _scoped_filter
-from app.retrieval.index import ChunkRecord, DocumentVersion
 from app.tenancy.scope import Role, TenantScope
+from app.vectors.edge import EdgeIndex, edge_filter
+from app.vectors.index import ChunkRecord, DocumentVersion
+from app.vectors.scoping import forced_condition
 from tests.conftest import AuthHeaders
 from tests.live_server import wait_until_known
 
@@ -34,7 +35,7 @@ def scope_of(tenant: str, *groups: str) -> TenantScope:
 
 def all_points(index: EdgeIndex, tenant: str) -> int:
     """Every point of the tenant, pending ones included: read past the API on purpose."""
-    condition = _scoped_filter(scope_of(tenant), reading=False)
+    condition = edge_filter(forced_condition(scope_of(tenant), reading=False))
     count: int = index._shard.count(qe.CountRequest(filter=condition))
     return count
 

@@ -15,9 +15,9 @@ from litestar import Litestar
 from litestar.testing import AsyncTestClient
 
 from app.config import Settings
+from app.db.registry import TenantRegistry
 from app.db.urls import with_user
 from app.main import create_app
-from app.tenancy.registry import TenantRegistry
 from app.tenancy.scope import Role
 from tests.conftest import AuthHeaders, wait_for_tenant
 from tests.security.test_api_keys import bearer, create_key, search

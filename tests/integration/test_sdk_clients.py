@@ -20,7 +20,7 @@ from app.llm.provider import CompletionRequest, ContextChunk
 from app.secrets.values import SecretRef, SecretValue
 from app.tenancy.manifest import ChainEntry
 from app.tenancy.scope import Role, TenantScope
-from scripts.provider_emulator import EmulatorServer
+from tests.provider_emulator import EmulatorServer
 
 BASE = "http://127.0.0.1:9/v1"
 QUESTION = CompletionRequest(

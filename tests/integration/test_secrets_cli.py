@@ -18,7 +18,7 @@ from litestar.testing import AsyncTestClient
 
 from app.cli import main
 from app.config import Settings, get_settings
-from app.resources import app_dsn
+from app.db.urls import app_dsn
 from app.secrets.backend import SecretDecryptionError
 from app.secrets.cache import SecretCache, _Entry
 from app.secrets.local import (

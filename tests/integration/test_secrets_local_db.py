@@ -12,7 +12,7 @@ from contextlib import asynccontextmanager
 import asyncpg
 import pytest
 
-from app.db.pool import Connection, create_pool, set_tenant
+from app.db.pool import Connection, create_pool, tenant_transaction
 from app.db.urls import with_user
 from app.secrets.backend import SecretDecryptionError, SecretNotFound, SecretsBackendUnavailable
 from app.secrets.local import LocalSecretsBackend, TenantKeyMissing, ensure_tenant_key
@@ -35,8 +35,7 @@ def _ref(tenant_id: str, name: str = "openai") -> SecretRef:
 @asynccontextmanager
 async def _as_owner(owner_pool: asyncpg.Pool, tenant_id: str) -> AsyncIterator[Connection]:
     # The tables force RLS even for their owner (unless it is a superuser), so set the tenant.
-    async with owner_pool.acquire() as connection, connection.transaction():
-        await set_tenant(connection, tenant_id)
+    async with tenant_transaction(owner_pool, scope=TenantScope.operator(tenant_id)) as connection:
         yield connection
 
 

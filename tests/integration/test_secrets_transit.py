@@ -10,7 +10,7 @@ import hvac
 import pytest
 
 from app.config import VaultSettings
-from app.db.pool import set_tenant
+from app.db.pool import tenant_transaction
 from app.secrets.backend import SecretDecryptionError
 from app.secrets.local import LocalSecretsBackend, ensure_tenant_key, rotate_kek
 from app.secrets.values import SecretRef, SecretValue
@@ -54,8 +54,7 @@ async def _onboard(owner_pool: asyncpg.Pool, make_bare_tenant: TenantFactory, ke
 
 
 async def _wrapped(owner_pool: asyncpg.Pool, tenant: str) -> asyncpg.Record:
-    async with owner_pool.acquire() as connection, connection.transaction():
-        await set_tenant(connection, tenant)
+    async with tenant_transaction(owner_pool, scope=TenantScope.operator(tenant)) as connection:
         row = await connection.fetchrow(
             "SELECT kek_id, wrapped_key FROM tenant_keys WHERE tenant_id = $1", tenant
         )
@@ -90,8 +89,7 @@ async def test_a_transit_wrapped_key_copied_to_another_tenant_does_not_unwrap(
     source = await _onboard(owner_pool, make_bare_tenant, transit)
     target = await _onboard(owner_pool, make_bare_tenant, transit)
     stolen = (await _wrapped(owner_pool, source))["wrapped_key"]
-    async with owner_pool.acquire() as connection, connection.transaction():
-        await set_tenant(connection, target)
+    async with tenant_transaction(owner_pool, scope=TenantScope.operator(target)) as connection:
         await connection.execute(
             "UPDATE tenant_keys SET wrapped_key = $2 WHERE tenant_id = $1", target, stolen
         )

@@ -18,8 +18,8 @@ from litestar.testing import AsyncTestClient
 
 from app.cli import main
 from app.config import Settings, get_settings
-from scripts.provider_emulator import EmulatorServer
 from tests.conftest import wait_for_tenant
+from tests.provider_emulator import EmulatorServer
 
 Client = AsyncTestClient[Litestar]
 

@@ -24,13 +24,13 @@ from litestar.testing import AsyncTestClient
 
 from app.chat.crypto import ConversationCipher
 from app.config import Settings, VaultSettings
-from app.db.pool import connect, set_tenant
+from app.db.pool import connect, tenant_transaction
 from app.identity.api_keys import ApiKeyHasher, create_key
+from app.lifecycle.offboard import delete_secrets, offboard
 from app.secrets.local import LocalSecretsBackend, TenantKeyMissing
 from app.secrets.values import SecretRef, SecretValue
 from app.secrets.vault import VaultSecretsBackend
-from app.tenancy.keycheck import admin_scope
-from app.tenancy.offboard import delete_secrets, offboard
+from app.tenancy.scope import TenantScope
 from tests.conftest import AuthHeaders, TenantFactory, flush_audit, wait_for_tenant
 from tests.integration.test_tenant_apply import cli, cli_env  # noqa: F401 - fixture
 from tests.servers import OpenBao
@@ -67,10 +67,9 @@ async def _populate(
     await LocalSecretsBackend(app_pool, kek).put(
         SecretRef.parse(f"tenants/{tenant}/openai"),
         SecretValue(f"sk-{tenant}-key"),
-        scope=admin_scope(tenant),
+        scope=TenantScope.operator(tenant),
     )
-    async with owner_pool.acquire() as connection, connection.transaction():
-        await set_tenant(connection, tenant)
+    async with tenant_transaction(owner_pool, scope=TenantScope.operator(tenant)) as connection:
         await create_key(
             connection,
             tenant_id=tenant,
@@ -89,8 +88,8 @@ async def _populate(
 
 async def _rows_mentioning(owner_pool: asyncpg.Pool, tenant: str) -> dict[str, int]:
     """Per table of the schema (from the catalog): rows whose any column mentions `tenant`."""
-    async with owner_pool.acquire() as connection, connection.transaction():
-        await set_tenant(connection, tenant)  # RLS shows the tenant's rows to the scan
+    # RLS shows the tenant's rows to the scan.
+    async with tenant_transaction(owner_pool, scope=TenantScope.operator(tenant)) as connection:
         tables = await connection.fetch(
             "SELECT table_name FROM information_schema.tables"
             " WHERE table_schema = current_schema() AND table_type = 'BASE TABLE'"
@@ -148,8 +147,8 @@ async def test_offboard_exports_then_leaves_nothing_and_spares_the_other_tenant(
     )
     bystander_before = await _rows_mentioning(owner_pool, bystander)
     index = app.state.resources.index
-    assert await index.tenant_points(scope=admin_scope(victim)) > 0
-    bystander_points = await index.tenant_points(scope=admin_scope(bystander))
+    assert await index.tenant_points(scope=TenantScope.operator(victim)) > 0
+    bystander_points = await index.tenant_points(scope=TenantScope.operator(bystander))
 
     export = tmp_path / "export"
     backend = LocalSecretsBackend(app_pool, kek)
@@ -185,18 +184,18 @@ async def test_offboard_exports_then_leaves_nothing_and_spares_the_other_tenant(
     assert {t: n for t, n in after.items() if n} == {}
     # Its data key is gone (crypto-shredding), so is every secret.
     with pytest.raises(TenantKeyMissing):
-        await backend.data_key(scope=admin_scope(victim))
-    assert await backend.list(scope=admin_scope(victim)) == []
+        await backend.data_key(scope=TenantScope.operator(victim))
+    assert await backend.list(scope=TenantScope.operator(victim)) == []
 
     # The running app drops the tenant and deletes its vectors when the NOTIFY lands.
     async def vectors_gone() -> bool:
-        return await index.tenant_points(scope=admin_scope(victim)) == 0
+        return await index.tenant_points(scope=TenantScope.operator(victim)) == 0
 
     await _until(vectors_gone)
     assert app.state.resources.registry.tenant(victim) is None
     # The other tenant is untouched.
     assert await _rows_mentioning(owner_pool, bystander) == bystander_before
-    assert await index.tenant_points(scope=admin_scope(bystander)) == bystander_points
+    assert await index.tenant_points(scope=TenantScope.operator(bystander)) == bystander_points
     chat = await client.post("/v1/chat", json={"message": "hotel?"}, headers=auth(bystander))
     assert chat.status_code == 200
     assert (
@@ -211,11 +210,13 @@ async def test_secrets_in_vault_are_deleted_for_that_tenant_only(openbao: OpenBa
         for tenant in (victim, bystander):
             for name in ("openai", "anthropic"):
                 ref = SecretRef.parse(f"tenants/{tenant}/{name}")
-                await backend.put(ref, SecretValue(f"v-{tenant}-{name}"), scope=admin_scope(tenant))
+                await backend.put(
+                    ref, SecretValue(f"v-{tenant}-{name}"), scope=TenantScope.operator(tenant)
+                )
         deleted = await delete_secrets(backend, tenant_id=victim)
         assert sorted(deleted) == [f"tenants/{victim}/anthropic", f"tenants/{victim}/openai"]
-        assert await backend.list(scope=admin_scope(victim)) == []
-        assert len(await backend.list(scope=admin_scope(bystander))) == 2
+        assert await backend.list(scope=TenantScope.operator(victim)) == []
+        assert len(await backend.list(scope=TenantScope.operator(bystander))) == 2
     finally:
         await backend.close()
 

@@ -16,14 +16,14 @@ from litestar import Litestar
 from litestar.testing import AsyncTestClient
 
 from app.config import Settings
+from app.lifecycle.rotation import RotationError, rotate_provider_key
 from app.secrets.local import LocalSecretsBackend
 from app.secrets.values import SecretRef, SecretValue
-from app.tenancy.keycheck import admin_scope
 from app.tenancy.manifest import ChainEntry, LlmSpec, TenantManifest
-from app.tenancy.rotation import RotationError, rotate_provider_key
-from scripts.provider_emulator import EmulatorServer
+from app.tenancy.scope import TenantScope
 from tests.conftest import AuthHeaders, TenantFactory, wait_for_tenant
 from tests.integration.test_tenant_apply import cli, cli_env  # noqa: F401 - fixture
+from tests.provider_emulator import EmulatorServer
 
 Client = AsyncTestClient[Litestar]
 DOC = "# Travel\n\nHotel stays are reimbursed up to 180 euros per night.\n"
@@ -67,7 +67,7 @@ async def test_rotation_under_load_fails_no_request(
 ) -> None:
     tenant, manifest = await _tenant_with_openai(make_tenant, app, client, auth, emulator.url)
     backend = LocalSecretsBackend(app_pool, kek)
-    scope = admin_scope(tenant)
+    scope = TenantScope.operator(tenant)
     ref = SecretRef.parse(f"tenants/{tenant}/openai")
     old_key, new_key = f"sk-old-{uuid.uuid4().hex}", f"sk-new-{uuid.uuid4().hex}"
     await backend.put(ref, SecretValue(old_key), scope=scope)
@@ -136,7 +136,7 @@ async def test_a_key_that_fails_verification_is_never_switched_in(
 ) -> None:
     tenant, manifest = await _tenant_with_openai(make_tenant, app, client, auth, emulator.url)
     backend = LocalSecretsBackend(app_pool, kek)
-    scope = admin_scope(tenant)
+    scope = TenantScope.operator(tenant)
     ref = SecretRef.parse(f"tenants/{tenant}/openai")
     await backend.put(ref, SecretValue("sk-live-good-key"), scope=scope)
     bad = f"sk-revoked-{uuid.uuid4().hex}"
@@ -172,7 +172,7 @@ async def test_cli_reads_the_key_from_env_never_argv(
 ) -> None:
     tenant, _ = await _tenant_with_openai(make_tenant, app, client, auth, emulator.url)
     backend = LocalSecretsBackend(app_pool, kek)
-    scope = admin_scope(tenant)
+    scope = TenantScope.operator(tenant)
     ref = SecretRef.parse(f"tenants/{tenant}/openai")
     await backend.put(ref, SecretValue("sk-cli-old-key"), scope=scope)
 

@@ -15,9 +15,9 @@ from litestar import Litestar
 from litestar.testing import AsyncTestClient
 
 from app.tenancy.scope import Role
-from scripts.provider_emulator import EmulatorServer
 from tests.conftest import AuthHeaders
 from tests.integration.conftest import LlmTenant
+from tests.provider_emulator import EmulatorServer
 
 Client = AsyncTestClient[Litestar]
 QUESTION = {"message": "How much is the hotel limit per night?"}

@@ -20,11 +20,11 @@ from app.config import Settings, get_settings
 from app.db.pool import tenant_transaction
 from app.resources import open_resources
 from app.retrieval import repository
-from app.retrieval.edge import EdgeIndex
-from app.retrieval.embedder_spec import EmbedderSpec
-from app.retrieval.embedders import VectorSpaces
-from app.retrieval.index import ChunkRecord, DocumentVersion, VectorIndex
 from app.retrieval.reconcile import reconcile
+from app.tenancy.embedder_spec import EmbedderSpec
+from app.vectors.edge import EdgeIndex
+from app.vectors.index import ChunkRecord, DocumentVersion, VectorIndex
+from app.vectors.spaces import VectorSpaces
 from tests.conftest import TenantFactory
 from tests.integration.index_harness import ADAPTERS, Harness, chunk, open_harness, scope
 

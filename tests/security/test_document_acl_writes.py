@@ -17,8 +17,8 @@ import pytest
 from litestar import Litestar
 from litestar.testing import AsyncTestClient
 
-from app.retrieval.index import ChunkRecord
 from app.tenancy.scope import Role, TenantScope
+from app.vectors.index import ChunkRecord
 from tests.conftest import AuthHeaders
 
 Client = AsyncTestClient[Litestar]

@@ -21,10 +21,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from app.problems import ValidationFailed
-from app.retrieval.filters import parse_filter
-from app.retrieval.index import ACL_EVERYONE
-from app.retrieval.scoping import TENANT_FIELD, AllOf, FieldEquals, FieldIn, forced_condition
 from app.tenancy.scope import TenantScope
+from app.vectors.filters import parse_filter
+from app.vectors.index import ACL_EVERYONE
+from app.vectors.scoping import TENANT_FIELD, AllOf, FieldEquals, FieldIn, forced_condition
 from tests.integration.index_harness import ADAPTERS, Harness, chunk, open_harness, scope
 
 TENANTS = ("acme", "globex", "initech")

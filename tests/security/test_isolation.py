@@ -1,7 +1,7 @@
 """Tenant B attacks tenant A's documents through every door of the API.
 
 The model under attack is docs/architecture.md, Isolation. Each test would fail if the forced
-condition (`app/retrieval/scoping.py::forced_condition`, which both vector adapters translate)
+condition (`app/vectors/scoping.py::forced_condition`, which both vector adapters translate)
 were removed or widened, or if RLS stopped scoping the relational rows.
 """
 

@@ -20,8 +20,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from app.retrieval.index import ACL_EVERYONE, DocumentVersion
-from app.retrieval.scoping import (
+from app.vectors.index import ACL_EVERYONE, DocumentVersion
+from app.vectors.scoping import (
     TENANT_FIELD,
     AllOf,
     FieldEquals,

@@ -32,7 +32,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from app.retrieval.index import ACL_EVERYONE, ChunkRecord, DocumentVersion
+from app.vectors.index import ACL_EVERYONE, ChunkRecord, DocumentVersion
 from tests.integration.bm25_reference import assert_scores_match, reference_scores
 from tests.integration.index_harness import ADAPTERS, Harness, chunk, open_harness, scope
 

@@ -27,8 +27,8 @@ from litestar.testing import AsyncTestClient
 
 from app.db.pool import connect
 from app.identity.jwks import JwksCache, KeyNotFound
+from app.lifecycle.apply import apply_manifest
 from app.tenancy.manifest import IdentitySpec, IssuerSpec, ManifestError, TenantManifest
-from app.tenancy.service import apply_manifest
 from tests.conftest import TenantFactory, counter_value, wait_for_tenant
 from tests.security.test_api_keys import assert_problem
 

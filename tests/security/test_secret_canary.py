@@ -27,8 +27,8 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from app.cli import main
 from app.config import Settings, get_settings
 from app.tenancy.manifest import ChainEntry, LlmSpec
-from scripts.provider_emulator import EmulatorServer
 from tests.conftest import AuthHeaders, TenantFactory, flush_audit, wait_for_tenant
+from tests.provider_emulator import EmulatorServer
 
 Client = AsyncTestClient[Litestar]
 

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from app.retrieval.embedder_spec import EmbedderSpec
+from app.tenancy.embedder_spec import EmbedderSpec
 from app.tenancy.manifest import ManifestError, parse_manifest
 
 

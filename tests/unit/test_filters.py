@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from app.problems import ValidationFailed
-from app.retrieval.filters import (
+from app.vectors.filters import (
     MAX_FILTER_KEYS,
     MAX_IN_VALUES,
     MAX_VALUE_CHARS,

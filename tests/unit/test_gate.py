@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from app.retrieval.gate import VersionGate
+from app.vectors.gate import VersionGate
 
 
 async def test_readers_share_the_gate() -> None:

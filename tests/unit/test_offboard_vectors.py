@@ -10,12 +10,12 @@ from dataclasses import replace
 from pathlib import Path
 
 from app.config import Settings
-from app.retrieval.edge import EdgeIndex
-from app.retrieval.embedder_spec import EmbedderSpec
-from app.retrieval.embedders import VectorSpaces
-from app.retrieval.index import ChunkRecord
-from app.tenancy.keycheck import admin_scope
-from app.tenancy.offboard import delete_vectors
+from app.lifecycle.offboard import delete_vectors
+from app.tenancy.embedder_spec import EmbedderSpec
+from app.tenancy.scope import TenantScope
+from app.vectors.edge import EdgeIndex
+from app.vectors.index import ChunkRecord
+from app.vectors.spaces import VectorSpaces
 
 
 def _chunk(tenant: str, index: int, acl: tuple[str, ...] | None = None) -> ChunkRecord:
@@ -34,7 +34,7 @@ def _chunk(tenant: str, index: int, acl: tuple[str, ...] | None = None) -> Chunk
 async def test_direct_delete_removes_every_point_of_that_tenant_only(tmp_path: Path) -> None:
     settings = Settings(data_dir=tmp_path)
     index = EdgeIndex.open(settings.vector_path)
-    gone, stays = admin_scope("gone-tenant"), admin_scope("stays-tenant")
+    gone, stays = TenantScope.operator("gone-tenant"), TenantScope.operator("stays-tenant")
     await index.upsert(
         scope=gone, chunks=[_chunk("gone-tenant", 0), _chunk("gone-tenant", 1, ("hr",))]
     )
@@ -69,7 +69,7 @@ async def test_dense_spaces_are_swept_too(tmp_path: Path) -> None:
     in the previous space.
     """
     settings = Settings(data_dir=tmp_path)
-    gone, stays = admin_scope("gone-tenant"), admin_scope("stays-tenant")
+    gone, stays = TenantScope.operator("gone-tenant"), TenantScope.operator("stays-tenant")
     spaces = VectorSpaces(
         EdgeIndex.open(settings.vector_path), settings.dense_vector_root, search_threads=1
     )

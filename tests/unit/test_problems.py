@@ -22,10 +22,9 @@ from litestar.exceptions import (
 from litestar.params import FromPath, JSONBody
 from litestar.testing import TestClient, create_test_client
 
+from app.edge.handlers import EXCEPTION_HANDLERS, PROBLEM_JSON
 from app.llm.router import ProvidersUnavailable
 from app.problems import (
-    EXCEPTION_HANDLERS,
-    PROBLEM_JSON,
     ApiError,
     Forbidden,
     NotFound,
@@ -250,7 +249,7 @@ def test_good_body_passes(client: TestClient[Litestar]) -> None:
 def test_unexpected_error_is_a_bare_500_that_reveals_nothing(
     client: TestClient[Litestar], caplog: pytest.LogCaptureFixture
 ) -> None:
-    with caplog.at_level(logging.ERROR, logger="app.problems"):
+    with caplog.at_level(logging.ERROR, logger="app.edge.handlers"):
         response = client.get("/crash")
     body = _problem(response, 500, "internal_error")
     assert CANARY not in response.text
@@ -258,7 +257,7 @@ def test_unexpected_error_is_a_bare_500_that_reveals_nothing(
     assert "Traceback" not in response.text
     assert set(body) == {"type", "title", "status", "code", "detail", "instance"}
     # The failure is logged for operators, with the exception attached.
-    records = [r for r in caplog.records if r.name == "app.problems"]
+    records = [r for r in caplog.records if r.name == "app.edge.handlers"]
     assert records
     assert records[0].exc_info is not None
     assert CANARY in str(records[0].exc_info[1])

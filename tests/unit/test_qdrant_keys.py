@@ -15,8 +15,8 @@ from typing import Any
 import jwt
 import pytest
 
-from app.retrieval.qdrant_keys import read_claims, sign, tenant_key_claims
 from app.secrets.values import SecretValue
+from app.vectors.qdrant_keys import read_claims, sign, tenant_key_claims
 
 CLUSTER_KEY = SecretValue("cluster-key-for-tests-0123456789abcdef")
 

@@ -10,7 +10,7 @@ from litestar import get
 from litestar.testing import create_test_client
 
 from app.config import SecretsSettings, Settings, VaultSettings
-from app.problems import EXCEPTION_HANDLERS, PROBLEM_JSON
+from app.edge.handlers import EXCEPTION_HANDLERS, PROBLEM_JSON
 from app.secrets.aws import AwsSecretsBackend
 from app.secrets.backend import SecretNotFound, SecretsReadOnly
 from app.secrets.cache import SecretsUnavailable

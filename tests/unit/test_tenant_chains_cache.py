@@ -12,8 +12,8 @@ from dataclasses import dataclass
 import msgspec
 import pytest
 
-from app.chat.chains import TenantChains
 from app.config import LlmSettings
+from app.llm.tenant_chains import TenantChains
 from app.tenancy.manifest import ChainEntry, LlmSpec, TenantManifest
 
 

@@ -10,11 +10,11 @@ from pydantic import ValidationError
 
 from app.config import Settings, get_settings
 from app.retrieval.cli import reindex
-from app.retrieval.embedder_spec import EmbedderSpec
-from app.retrieval.embedders import DenseSpacesUnavailable, VectorSpaces
-from app.retrieval.index import VectorIndex
-from app.retrieval.setup import check_isolation
+from app.tenancy.embedder_spec import EmbedderSpec
 from app.tenancy.manifest import ManifestError, RetrievalSpec, TenantManifest
+from app.vectors.index import VectorIndex
+from app.vectors.setup import check_isolation
+from app.vectors.spaces import DenseSpacesUnavailable, VectorSpaces
 
 
 def test_edge_is_the_default_backend() -> None:

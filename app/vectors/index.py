@@ -10,8 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from app.retrieval.filters import MetadataMatch
 from app.tenancy.scope import TenantScope
+from app.vectors.filters import MetadataMatch
 
 ACL_EVERYONE = "*"
 

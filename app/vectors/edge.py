@@ -1,9 +1,10 @@
 """Qdrant Edge adapter: an in-process shard holding every tenant's chunks (isolation: shared).
 
-Isolation lives in `_scoped_filter`, which translates `scoping.forced_condition` (shared by every
-adapter) into the filter of every query, scroll, count and delete; upserts stamp `tenant_id` from
-the scope (`chunk_payload`) and are conditional on the same filter, so a point of another tenant
-can never be overwritten. Edge has one shard, so `isolation: dedicated` is not available on it.
+Isolation lives in `scoping.forced_condition`, the one function both adapters take the filter
+of every query, scroll, count and delete from (`edge_filter` only translates it to Qdrant Edge's
+types); upserts stamp `tenant_id` from the scope (`chunk_payload`) and are conditional on the
+same filter, so a point of another tenant can never be overwritten. Edge has one shard, so
+`isolation: dedicated` is not available on it.
 
 Re-ingestion writes a new version *pending*: its chunks carry an empty ACL list, which matches
 no reader's ACL condition, so searches keep seeing the old version while the new one is
@@ -17,16 +18,16 @@ readable chunks only (`scoping.statistics_corpus`): another tenant's chunks neve
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import qdrant_edge as qe
 
-from app.retrieval.filters import MetadataMatch
-from app.retrieval.gate import VersionGate
-from app.retrieval.index import ChunkRecord, DocumentVersion, Hit
-from app.retrieval.scoping import (
+from app.tenancy.scope import TenantScope
+from app.vectors.filters import MetadataMatch
+from app.vectors.gate import VersionGate
+from app.vectors.index import ChunkRecord, DocumentVersion, Hit
+from app.vectors.scoping import (
     ACL_FIELD,
     BM25_VECTOR,
     DENSE_VECTOR,
@@ -55,10 +56,9 @@ from app.retrieval.scoping import (
     stale_pending,
     statistics_corpus,
 )
-from app.retrieval.upkeep import VACUUM_ONLY, ShardUpkeep
-from app.tenancy.scope import TenantScope
+from app.vectors.upkeep import VACUUM_ONLY, ShardUpkeep
 
-__all__ = ["BM25_VECTOR", "DENSE_VECTOR", "EdgeIndex"]
+__all__ = ["BM25_VECTOR", "DENSE_VECTOR", "EdgeIndex", "edge_filter"]
 
 _FIELD_INDEXES: dict[str, Any] = {
     DOCUMENT_FIELD: qe.PayloadSchemaType.Keyword,
@@ -67,34 +67,8 @@ _FIELD_INDEXES: dict[str, Any] = {
 }
 
 
-def _scoped_filter(
-    scope: TenantScope,
-    *,
-    reading: bool,
-    matches: tuple[MetadataMatch, ...] = (),
-    document_id: str | None = None,
-    document_ids: Sequence[str] | None = None,
-    version: int | None = None,
-    except_version: int | None = None,
-    before_version: int | None = None,
-    chunk_ids: list[str] | None = None,
-) -> qe.Filter:
-    """The filter of every vector operation: `forced_condition` in Qdrant Edge's types."""
-    condition = forced_condition(
-        scope,
-        reading=reading,
-        matches=matches,
-        document_id=document_id,
-        document_ids=document_ids,
-        version=version,
-        before_version=before_version,
-        except_version=except_version,
-        chunk_ids=tuple(chunk_ids) if chunk_ids is not None else None,
-    )
-    return _edge_filter(condition)
-
-
-def _edge_filter(clause: AllOf) -> qe.Filter:
+def edge_filter(clause: AllOf) -> qe.Filter:
+    """A condition of `scoping` in Qdrant Edge's types (the adapter adds nothing to it)."""
     return qe.Filter(
         must=[_edge_clause(c) for c in clause.must] or None,
         must_not=[_edge_clause(c) for c in clause.must_not] or None,
@@ -115,7 +89,7 @@ def _edge_clause(clause: Clause) -> Any:
         return qe.HasIdCondition(set(clause.ids))
     if isinstance(clause, AnyOf):
         return qe.Filter(should=[_edge_clause(c) for c in clause.should])
-    return _edge_filter(clause)
+    return edge_filter(clause)
 
 
 class EdgeIndex:
@@ -197,7 +171,7 @@ class EdgeIndex:
             return
         stale = (
             [
-                qe.UpdateOperation.delete_points_by_filter(_edge_filter(condition))
+                qe.UpdateOperation.delete_points_by_filter(edge_filter(condition))
                 for condition in stale_pending(scope, chunks)
             ]
             if pending
@@ -217,7 +191,7 @@ class EdgeIndex:
             ]
             self._shard.update(
                 qe.UpdateOperation.upsert_points(
-                    points, condition=_scoped_filter(scope, reading=False)
+                    points, condition=edge_filter(forced_condition(scope, reading=False))
                 )
             )
 
@@ -239,13 +213,13 @@ class EdgeIndex:
 
         BM25 alone; with `dense`, nearest neighbours (`lexical=False`) or both fused by RRF.
         """
-        condition = _scoped_filter(scope, reading=True, matches=matches)
+        condition = edge_filter(forced_condition(scope, reading=True, matches=matches))
         bm25 = qe.Query.Nearest(self._bm25.embed_query(query), using=BM25_VECTOR)
         # IDF over the chunks the caller may read, never the whole shard (`statistics_corpus`):
         # without a metadata filter that is the search's own condition, converted once.
         statistics = qe.SearchParams(
             idf=qe.IdfParams(
-                corpus=condition if not matches else _edge_filter(statistics_corpus(scope))
+                corpus=condition if not matches else edge_filter(statistics_corpus(scope))
             )
         )
         params: qe.SearchParams | None = None
@@ -296,12 +270,14 @@ class EdgeIndex:
         keep_version: int | None = None,
     ) -> None:
         """Remove a document's chunks: all, only `version`'s, or all but `keep_version`'s."""
-        condition = _scoped_filter(
-            scope,
-            reading=False,
-            document_id=document_id,
-            version=version,
-            except_version=keep_version,
+        condition = edge_filter(
+            forced_condition(
+                scope,
+                reading=False,
+                document_id=document_id,
+                version=version,
+                except_version=keep_version,
+            )
         )
         await self._delete(condition)
 
@@ -321,10 +297,10 @@ class EdgeIndex:
         """
         plan = publish_plan(scope, versions)
         operations = [
-            qe.UpdateOperation.set_payload_by_filter(_edge_filter(condition), {ACL_FIELD: acl})
+            qe.UpdateOperation.set_payload_by_filter(edge_filter(condition), {ACL_FIELD: acl})
             for condition, acl in plan.reveal
         ] + [
-            qe.UpdateOperation.delete_points_by_filter(_edge_filter(condition))
+            qe.UpdateOperation.delete_points_by_filter(edge_filter(condition))
             for condition in plan.retire
         ]
 
@@ -349,7 +325,7 @@ class EdgeIndex:
             qe.ScrollRequest(
                 offset=offset,
                 limit=limit,
-                filter=_scoped_filter(scope, reading=False),
+                filter=edge_filter(forced_condition(scope, reading=False)),
                 with_payload=True,
                 with_vector=False,
             )
@@ -368,7 +344,9 @@ class EdgeIndex:
         records, _ = self._shard.scroll(
             qe.ScrollRequest(
                 limit=len(chunk_ids),
-                filter=_scoped_filter(scope, reading=False, chunk_ids=chunk_ids),
+                filter=edge_filter(
+                    forced_condition(scope, reading=False, chunk_ids=tuple(chunk_ids))
+                ),
                 with_payload=False,
                 with_vector=False,
             )
@@ -378,13 +356,15 @@ class EdgeIndex:
     async def delete_chunks(self, *, scope: TenantScope, chunk_ids: list[str]) -> None:
         """Remove the tenant's chunks with these ids (another tenant's ids match nothing)."""
         if chunk_ids:
-            await self._delete(_scoped_filter(scope, reading=False, chunk_ids=chunk_ids))
+            await self._delete(
+                edge_filter(forced_condition(scope, reading=False, chunk_ids=tuple(chunk_ids)))
+            )
 
     async def count(self, *, scope: TenantScope) -> int:
         """Chunks the scope may see."""
         async with self._gate.reading():
             count: int = self._shard.count(
-                qe.CountRequest(filter=_scoped_filter(scope, reading=True))
+                qe.CountRequest(filter=edge_filter(forced_condition(scope, reading=True)))
             )
         return count
 
@@ -393,7 +373,7 @@ class EdgeIndex:
 
         Counted without the ACL condition of reads: offboarding removes what no user can see too.
         """
-        condition = _scoped_filter(scope, reading=False)
+        condition = edge_filter(forced_condition(scope, reading=False))
         async with self._write_lock:
             before: int = self._shard.count(qe.CountRequest(filter=condition))
             await asyncio.to_thread(
@@ -404,14 +384,16 @@ class EdgeIndex:
 
     async def tenant_points(self, *, scope: TenantScope) -> int:
         """Every point stored for the scope's tenant, whatever its ACL."""
-        count: int = self._shard.count(qe.CountRequest(filter=_scoped_filter(scope, reading=False)))
+        count: int = self._shard.count(
+            qe.CountRequest(filter=edge_filter(forced_condition(scope, reading=False)))
+        )
         return count
 
     async def pending_versions(
         self, *, scope: TenantScope, offset: str | None, limit: int
     ) -> tuple[set[tuple[str, int]], str | None]:
         """(document, version) of a page of the tenant's pending points, and the next offset."""
-        condition = _edge_filter(forced_condition(scope, reading=False, pending=True))
+        condition = edge_filter(forced_condition(scope, reading=False, pending=True))
         request = qe.ScrollRequest(
             offset=offset,
             limit=limit,
@@ -433,7 +415,7 @@ class EdgeIndex:
         A facet on the tenant index: no point is read.
         """
         request = qe.FacetRequest(
-            TENANT_FIELD, limit=limit, exact=True, filter=_edge_filter(other_tenants(exclude))
+            TENANT_FIELD, limit=limit, exact=True, filter=edge_filter(other_tenants(exclude))
         )
         response = await asyncio.to_thread(self._shard.facet, request)
         return [str(hit.value) for hit in response.hits]

@@ -1,7 +1,7 @@
 """`bulkhead tenants`: apply manifests, rotate a provider or vector key, offboard a tenant.
 
 Operator commands: they connect as the owner role (`DATABASE_URL`, else the dev instance's
-database found from `--data-dir`, see `app/instance.py`). Reports go to stderr; the
+database found from `--data-dir`, see `app/db/instance.py`). Reports go to stderr; the
 only thing on stdout is a new tenant's bootstrap admin API key, printed once, so
 `bulkhead tenants apply tenants/acme.yaml > acme-admin.key` captures exactly the key.
 """
@@ -19,9 +19,9 @@ import click
 import msgspec
 
 from app.config import Settings, get_settings
+from app.db.instance import data_dir_option, instance_settings
 from app.db.pool import Connection, connect
 from app.identity.api_keys import ApiKeyHasher, derive_pepper
-from app.instance import data_dir_option, instance_settings
 from app.secrets.admin import open_backend, read_secret_value, refuse_argv_values
 from app.secrets.backend import SecretsBackend
 from app.secrets.kek import MasterKeyError, load_master_key
@@ -30,7 +30,7 @@ from app.secrets.setup import data_key_wrapper
 from app.tenancy.manifest import ManifestError, TenantManifest, load_manifest
 
 if TYPE_CHECKING:
-    from app.tenancy.onboard import OnboardReport
+    from app.lifecycle.onboard import OnboardReport
 
 # Each command imports what it runs (onboarding, offboarding, rotation, the Qdrant admin) in
 # its body: together they are seconds of imports (the provider SDKs, qdrant-client), and
@@ -88,7 +88,7 @@ async def apply_files(
     Raises:
         click.ClickException: A manifest cannot be applied (nothing of it was written).
     """
-    from app.tenancy.onboard import OnboardRefused, onboard
+    from app.lifecycle.onboard import OnboardRefused, onboard
 
     try:
         master = load_master_key(settings)
@@ -176,7 +176,7 @@ def rotate_key(
     data_dir: Path | None,
 ) -> None:
     """Replace TENANT's PROVIDER key: store, verify, switch, retire (key from stdin or env)."""
-    from app.tenancy.rotation import RotationError, rotate_provider_key
+    from app.lifecycle.rotation import RotationError, rotate_provider_key
 
     refuse_argv_values(extra)
     value = read_secret_value(from_env)
@@ -210,7 +210,7 @@ def rotate_key(
 @data_dir_option
 def rotate_vector_key(tenant: str, data_dir: Path | None) -> None:
     """Revoke TENANT's Qdrant key at once and mint a fresh one (server mode)."""
-    from app.retrieval.setup import open_qdrant_admin
+    from app.vectors.setup import open_qdrant_admin
 
     if get_settings().vectors.backend != "qdrant":
         raise click.ClickException("per-tenant keys exist in server mode only (vectors.backend)")
@@ -245,7 +245,7 @@ def rotate_vector_key(tenant: str, data_dir: Path | None) -> None:
 def offboard_command(tenant: str, export_dir: Path, yes: bool, data_dir: Path | None) -> None:
     """Export TENANT's data, then destroy its data key and delete its vectors, rows, secrets."""
     from app.chat.crypto import ConversationCipher
-    from app.tenancy.offboard import OffboardError, offboard
+    from app.lifecycle.offboard import OffboardError, offboard
 
     if not yes:
         if not sys.stdin.isatty():

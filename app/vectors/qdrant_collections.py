@@ -10,7 +10,7 @@ from typing import Literal
 
 from qdrant_client import AsyncQdrantClient, models
 
-from app.retrieval.scoping import (
+from app.vectors.scoping import (
     ACL_FIELD,
     BM25_VECTOR,
     DENSE_VECTOR,

@@ -28,16 +28,17 @@ from typing import Any, Protocol, TypeVar
 import qdrant_edge as qe
 from qdrant_client import AsyncQdrantClient, models
 
-from app.retrieval.filters import MetadataMatch
-from app.retrieval.gate import VersionGate
-from app.retrieval.index import ChunkRecord, DocumentVersion, Hit
-from app.retrieval.qdrant_collections import (
+from app.tenancy.scope import TenantScope
+from app.vectors.filters import MetadataMatch
+from app.vectors.gate import VersionGate
+from app.vectors.index import ChunkRecord, DocumentVersion, Hit
+from app.vectors.qdrant_collections import (
     CollectionNames,
     Isolation,
     IsolationOf,
     ensure_collection,
 )
-from app.retrieval.scoping import (
+from app.vectors.scoping import (
     ACL_FIELD,
     BM25_VECTOR,
     DENSE_VECTOR,
@@ -63,7 +64,6 @@ from app.retrieval.scoping import (
     stale_pending,
     statistics_corpus,
 )
-from app.tenancy.scope import TenantScope
 
 __all__ = [
     "CollectionNames",

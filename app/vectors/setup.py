@@ -12,20 +12,23 @@ from dataclasses import dataclass
 from qdrant_client import AsyncQdrantClient
 
 from app.config import Settings
-from app.retrieval.edge import EdgeIndex
-from app.retrieval.index import VectorIndex
-from app.retrieval.qdrant_clients import ScopedKeyClients, SharedClient
-from app.retrieval.qdrant_collections import require_tenant_statistics
-from app.retrieval.qdrant_keys import TenantKeyMinter, jwt_ref
-from app.retrieval.qdrant_server import CollectionNames, Isolation, IsolationOf, QdrantServerIndex
 from app.secrets.backend import SecretNotFound, SecretsBackend
 from app.secrets.cache import SecretCache
 from app.secrets.scrub import register_secret
 from app.secrets.values import SecretRef, SecretValue
 from app.tenancy.manifest import ManifestError, TenantManifest
 from app.tenancy.scope import Role, TenantScope
+from app.vectors.edge import EdgeIndex
+from app.vectors.index import VectorIndex
+from app.vectors.qdrant_clients import ScopedKeyClients, SharedClient
+from app.vectors.qdrant_collections import require_tenant_statistics
+from app.vectors.qdrant_keys import TenantKeyMinter, jwt_ref
+from app.vectors.qdrant_server import CollectionNames, Isolation, IsolationOf, QdrantServerIndex
 
 _log = logging.getLogger(__name__)
+
+OFFBOARD_ACTOR = "bulkhead:offboard"
+"""Who deletes a tenant's points, collection and Qdrant key in server mode."""
 
 NEW_TENANT_POLL_SECONDS = 2.0
 
@@ -81,9 +84,7 @@ async def cluster_key(settings: Settings, secrets: SecretsBackend) -> SecretValu
     if not text:
         return None
     ref = SecretRef.parse(text)
-    scope = TenantScope(
-        tenant_id=ref.tenant_id or "platform", subject="bulkhead:qdrant", roles=frozenset()
-    )
+    scope = TenantScope.system(ref.tenant_id or "platform", actor="bulkhead:qdrant")
     platform_refs = frozenset({str(ref)}) if ref.tenant_id is None else frozenset()
     key = await secrets.get(ref, scope=scope, platform_refs=platform_refs)
     register_secret(key)  # scrubbed from logs and spans like every cached secret
@@ -215,7 +216,7 @@ async def purge_server_tenant(settings: Settings, secrets: SecretsBackend, tenan
 
 async def _purge(admin: QdrantAdmin, secrets: SecretsBackend, prefix: str, tenant_id: str) -> str:
     names = CollectionNames(prefix)
-    scope = TenantScope(tenant_id=tenant_id, subject="bulkhead:offboard", roles=frozenset())
+    scope = TenantScope.system(tenant_id, actor=OFFBOARD_ACTOR)
     await admin.minter.revoke(tenant_id)
     deleted = 0
     if await admin.client.collection_exists(names.shared):
@@ -234,14 +235,11 @@ async def _purge(admin: QdrantAdmin, secrets: SecretsBackend, prefix: str, tenan
         dropped = f"; dropped collection {dedicated}"
     # Usually gone already (offboarding deletes every secret of the tenant first).
     with contextlib.suppress(SecretNotFound):
-        await secrets.delete(jwt_ref(tenant_id), scope=_admin_scope(tenant_id))
+        await secrets.delete(
+            jwt_ref(tenant_id),
+            scope=TenantScope.system(tenant_id, actor=OFFBOARD_ACTOR, roles={Role.ADMIN}),
+        )
     return f"deleted {deleted} vectors{dropped}; Qdrant key revoked, its record and JWT deleted"
-
-
-def _admin_scope(tenant_id: str) -> TenantScope:
-    return TenantScope(
-        tenant_id=tenant_id, subject="bulkhead:offboard", roles=frozenset({Role.ADMIN})
-    )
 
 
 async def refresh_tenants(

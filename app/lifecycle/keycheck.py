@@ -7,7 +7,6 @@ would succeed with it.
 
 from __future__ import annotations
 
-import getpass
 from dataclasses import dataclass
 
 from app.config import LlmSettings
@@ -18,16 +17,9 @@ from app.secrets.backend import SecretNotFound, SecretsBackend
 from app.secrets.scrub import register_secret, scrub_exception
 from app.secrets.values import SecretRef, SecretValue, opted_in_platform_refs
 from app.tenancy.manifest import ChainEntry, TenantManifest
-from app.tenancy.scope import Role, TenantScope
+from app.tenancy.scope import TenantScope
 
 VERIFY_QUESTION = "Reply with the single word OK."
-
-
-def admin_scope(tenant_id: str) -> TenantScope:
-    """The scope an operator's command acts under for one tenant."""
-    return TenantScope(
-        tenant_id=tenant_id, subject=f"cli:{getpass.getuser()}", roles=frozenset({Role.ADMIN})
-    )
 
 
 @dataclass(slots=True)
@@ -104,7 +96,7 @@ async def check_keys(
     backend: SecretsBackend, manifest: TenantManifest, *, verify: bool, settings: LlmSettings
 ) -> list[KeyCheck]:
     """Check every chain entry that names a secret: present, and (with `verify`) working."""
-    scope = admin_scope(manifest.id)
+    scope = TenantScope.operator(manifest.id)
     platform = opted_in_platform_refs(manifest)
     checks: list[KeyCheck] = []
     for entry in manifest.llm.chain:

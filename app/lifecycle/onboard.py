@@ -9,21 +9,21 @@ secrets are reported with the command that stores them.
 
 from __future__ import annotations
 
-import getpass
 from dataclasses import dataclass, field
 from typing import Any
 
 from app.config import Settings
-from app.db.pool import Connection, set_tenant
+from app.db.pool import Connection, within_tenant
 from app.identity import api_keys
-from app.retrieval.edge import EdgeIndex
-from app.retrieval.setup import check_isolation, provision_server_tenant
+from app.lifecycle.apply import apply_manifest
+from app.lifecycle.keycheck import KeyCheck, check_keys
 from app.secrets.backend import SecretsBackend
 from app.secrets.wrapping import KeyWrapper
 from app.tenancy.diff import Change, manifest_diff
-from app.tenancy.keycheck import KeyCheck, check_keys
 from app.tenancy.manifest import TenantManifest
-from app.tenancy.service import apply_manifest
+from app.tenancy.scope import TenantScope
+from app.vectors.edge import EdgeIndex
+from app.vectors.setup import check_isolation, provision_server_tenant
 
 BOOTSTRAP_KEY_NAME = "bootstrap-admin"
 
@@ -138,16 +138,16 @@ async def onboard(
         report.written = not result.unchanged
         if result.created:
             # In the tenant's own transaction: a failed key creation leaves no half tenant.
-            await set_tenant(connection, manifest.id)
-            report.bootstrap_key = await api_keys.create_key(
-                connection,
-                tenant_id=manifest.id,
-                hasher=hasher,
-                name=BOOTSTRAP_KEY_NAME,
-                scopes=["admin"],
-                created_by=f"cli:{getpass.getuser()}",
-            )
-            await set_tenant(connection, "")
+            operator = TenantScope.operator(manifest.id)
+            async with within_tenant(connection, scope=operator):
+                report.bootstrap_key = await api_keys.create_key(
+                    connection,
+                    tenant_id=manifest.id,
+                    hasher=hasher,
+                    name=BOOTSTRAP_KEY_NAME,
+                    scopes=["admin"],
+                    created_by=operator.subject,
+                )
     if old is None:
         report.keys = await check_keys(backend, manifest, verify=verify_keys, settings=settings.llm)
     report.vectors = await prepare_vectors(settings, backend, manifest)

@@ -28,11 +28,11 @@ from typing import Any
 import jwt
 from qdrant_client import AsyncQdrantClient, models
 
-from app.retrieval.qdrant_server import CollectionNames, Isolation, ensure_collection
 from app.secrets.backend import SecretNotFound, SecretsBackend
 from app.secrets.scrub import register_secret
 from app.secrets.values import SecretRef, SecretValue
 from app.tenancy.scope import Role, TenantScope
+from app.vectors.qdrant_server import CollectionNames, Isolation, ensure_collection
 
 _log = logging.getLogger(__name__)
 
@@ -229,6 +229,4 @@ class TenantKeyMinter:
 
 
 def _service_scope(tenant_id: str) -> TenantScope:
-    return TenantScope(
-        tenant_id=tenant_id, subject="bulkhead:qdrant-keys", roles=frozenset({Role.ADMIN})
-    )
+    return TenantScope.system(tenant_id, actor="bulkhead:qdrant-keys", roles={Role.ADMIN})

@@ -18,9 +18,9 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from app.retrieval.filters import MetadataMatch, Scalar
-from app.retrieval.index import ACL_EVERYONE, ChunkRecord, DocumentVersion, Hit
 from app.tenancy.scope import TenantScope
+from app.vectors.filters import MetadataMatch, Scalar
+from app.vectors.index import ACL_EVERYONE, ChunkRecord, DocumentVersion, Hit
 
 TENANT_FIELD = "tenant_id"
 ACL_FIELD = "_bulkhead_acl"

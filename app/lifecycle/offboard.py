@@ -24,14 +24,14 @@ from app.chat import repository
 from app.chat.conversations import turn_record
 from app.chat.crypto import ConversationCipher
 from app.config import Settings
-from app.db.pool import Connection, connect, set_tenant
-from app.resources import app_dsn
-from app.retrieval.edge import EdgeIndex
-from app.retrieval.embedders import VectorSpaces
-from app.retrieval.setup import purge_server_tenant
+from app.db.pool import Connection, connect, tenant_transaction
+from app.db.registry import CHANNEL
+from app.db.urls import app_dsn
 from app.secrets.backend import SecretsBackend
-from app.tenancy.keycheck import admin_scope
-from app.tenancy.registry import CHANNEL
+from app.tenancy.scope import TenantScope
+from app.vectors.edge import EdgeIndex
+from app.vectors.setup import purge_server_tenant
+from app.vectors.spaces import VectorSpaces
 
 # Exported as NDJSON, one row a line, in a stable order.
 _EXPORTED_TABLES = {"documents": "id", "audit_events": "id", "usage": "id"}
@@ -52,6 +52,11 @@ class OffboardReport:
     secrets_deleted: list[str] = field(default_factory=list)
     vectors: str = ""
     rows_deleted: dict[str, int] = field(default_factory=dict)
+
+
+def _offboarding(tenant_id: str) -> TenantScope:
+    """The scope the offboarding job reads and deletes the tenant's rows under."""
+    return TenantScope.system(tenant_id, actor="bulkhead:offboard")
 
 
 def _quote(identifier: str) -> str:
@@ -122,8 +127,9 @@ async def export_tenant(
     """
     _prepare_directory(directory)
     counts: dict[str, int] = {}
-    async with connection.transaction(isolation="repeatable_read", readonly=True):
-        await set_tenant(connection, tenant_id)
+    async with tenant_transaction(
+        connection, scope=_offboarding(tenant_id), isolation="repeatable_read", readonly=True
+    ):
         manifest = await connection.fetchval(
             "SELECT manifest FROM tenants WHERE id = $1", tenant_id
         )
@@ -142,15 +148,14 @@ async def export_tenant(
 
 async def destroy_data_key(connection: Connection, *, tenant_id: str) -> bool:
     """Delete the tenant's wrapped data key, committed at once (crypto-shredding)."""
-    async with connection.transaction():
-        await set_tenant(connection, tenant_id)
+    async with tenant_transaction(connection, scope=_offboarding(tenant_id)):
         status = await connection.execute("DELETE FROM tenant_keys WHERE tenant_id = $1", tenant_id)
     return status != "DELETE 0"
 
 
 async def delete_secrets(backend: SecretsBackend, *, tenant_id: str) -> list[str]:
     """Delete every secret ref of the tenant from the secrets backend; returns the refs."""
-    scope = admin_scope(tenant_id)
+    scope = TenantScope.operator(tenant_id)
     deleted = []
     for ref, _version in await backend.list(scope=scope):
         await backend.delete(ref, scope=scope)
@@ -182,7 +187,7 @@ async def delete_vectors(
         return "the running service deletes the tenant's vectors when it sees the tenant removed"
     spaces = VectorSpaces(index, settings.dense_vector_root, search_threads=1)
     try:
-        deleted = await spaces.delete_tenant(scope=admin_scope(tenant_id))
+        deleted = await spaces.delete_tenant(scope=TenantScope.operator(tenant_id))
     finally:
         await spaces.close()
         await index.close()
@@ -199,8 +204,7 @@ async def delete_rows(connection: Connection, *, tenant_id: str) -> dict[str, in
         OffboardError: Some table cannot be emptied (a reference cycle, or a trigger refusing).
     """
     deleted: dict[str, int] = {}
-    async with connection.transaction():
-        await set_tenant(connection, tenant_id)
+    async with tenant_transaction(connection, scope=_offboarding(tenant_id)):
         pending = await tenant_tables(connection)
         while pending:
             blocked = []

@@ -28,7 +28,7 @@ A key containing `revoked` is refused with 401 too. Connection refused is a port
 listening: `refused_url()`. `GET /_emulator/calls` counts calls per path (in process, `.keys`
 counts them per API key); `POST /_emulator/reset` clears the counters.
 
-    python scripts/provider_emulator.py --port 8911 [--fault 503]
+    python tests/provider_emulator.py --port 8911 [--fault 503]
 """
 
 from __future__ import annotations
@@ -96,7 +96,7 @@ class ProviderEmulator:
             self.bodies.clear()
             self._seen.clear()
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:  # noqa: D102
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
             while (await receive())["type"] != "lifespan.shutdown":
                 await send({"type": "lifespan.startup.complete"})

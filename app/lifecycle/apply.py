@@ -10,10 +10,10 @@ from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
 from app.db.pool import Connection
+from app.db.registry import CHANNEL
 from app.secrets.local import ensure_tenant_key
 from app.secrets.wrapping import KeyWrapper
 from app.tenancy.manifest import ManifestError, TenantManifest
-from app.tenancy.registry import CHANNEL
 
 
 class KeyOutcome(Protocol):

@@ -16,10 +16,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from app.config import Settings
+from app.lifecycle.keycheck import verify_key
 from app.secrets.backend import SecretsBackend
 from app.secrets.values import SecretRef, SecretValue
-from app.tenancy.keycheck import admin_scope, verify_key
 from app.tenancy.manifest import TenantManifest
+from app.tenancy.scope import TenantScope
 
 STAGED_SUFFIX = ".rotating"
 
@@ -74,7 +75,7 @@ async def rotate_provider_key(
             was switched and the staged copy is removed).
     """
     ref = rotated_ref(manifest, provider)
-    scope = admin_scope(manifest.id)
+    scope = TenantScope.operator(manifest.id)
     versions = dict(await backend.list(scope=scope))
     previous = versions.get(ref)
     if previous is None:

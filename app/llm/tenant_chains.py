@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from app.config import LlmSettings
+from app.db.registry import TenantRegistry
 from app.llm.breaker import BreakerRegistry
 from app.llm.chains import build_chain, chain_policy
 from app.llm.clients import SdkClients
@@ -12,7 +13,6 @@ from app.llm.keys import SecretResolver
 from app.llm.router import ProviderChain
 from app.problems import ApiError, NotFound
 from app.tenancy.manifest import TenantManifest
-from app.tenancy.registry import TenantRegistry
 
 AUTO_MODEL = "auto"
 

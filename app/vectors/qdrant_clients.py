@@ -17,11 +17,11 @@ from qdrant_client import AsyncQdrantClient
 from qdrant_client.http.exceptions import UnexpectedResponse
 
 from app.problems import ApiError
-from app.retrieval.qdrant_keys import jwt_ref
 from app.secrets.backend import SecretNotFound
 from app.secrets.cache import SecretCache
 from app.secrets.values import SecretValue
 from app.tenancy.scope import TenantScope
+from app.vectors.qdrant_keys import jwt_ref
 
 _log = logging.getLogger(__name__)
 T = TypeVar("T")

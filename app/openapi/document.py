@@ -17,7 +17,7 @@ from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import JsonRenderPlugin, OpenAPIRenderPlugin, SwaggerRenderPlugin
 
 from app.config import Settings
-from app.edge import contract
+from app.openapi import contract
 
 SCHEMA_PATH = "/schema"
 TITLE = "Bulkhead"
@@ -83,7 +83,7 @@ def openapi_document(app: Litestar) -> dict[str, Any]:
 
 
 def complete(document: dict[str, Any]) -> dict[str, Any]:
-    """Add to Litestar's document what it cannot read from the handlers (`app.edge.contract`).
+    """Add to Litestar's document what it cannot read from the handlers (`app.openapi.contract`).
 
     Returns:
         `document`, completed in place.
@@ -142,13 +142,14 @@ def _streaming(path: str, method: str, responses: dict[str, Any]) -> None:
 
 
 def main() -> None:
-    """Print the production document (`python -m app.edge.openapi > docs/openapi.json`)."""
+    """Print the production document (`python -m app.openapi.document > docs/openapi.json`)."""
     import json
     import sys
 
-    # Imported by name: run as `__main__`, this module's classes are not the app's.
-    from app.edge.openapi import openapi_document as served
     from app.main import create_app
+
+    # Imported by name: run as `__main__`, this module's classes are not the app's.
+    from app.openapi.document import openapi_document as served
 
     app = create_app(Settings(dev=False))
     sys.stdout.write(json.dumps(served(app), indent=2, sort_keys=True) + "\n")
