@@ -119,8 +119,9 @@ async def apply_files(
             all_ok = all_ok and report.keys_ok
             if report.bootstrap_key is not None:
                 _say(
-                    f"  bootstrap admin API key {report.bootstrap_key.info.id} (shown once, on"
-                    " stdout; store it now)"
+                    f"  bootstrap admin API key {report.bootstrap_key.info.id} of"
+                    f" {report.tenant_id}: role admin (its API keys, usage and audit trail;"
+                    " no search or chat). Shown once, on stdout next: store it now"
                 )
                 click.echo(report.bootstrap_key.key)
     return all_ok
