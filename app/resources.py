@@ -268,7 +268,7 @@ def _redaction(registry: TenantRegistry, tenant_id: str) -> frozenset[RedactionK
 
 async def _purge_vectors(spaces: VectorSpaces, tenant_id: str) -> None:
     # This process holds the shards, so `bulkhead tenants offboard` cannot delete them itself.
-    scope = TenantScope.system(tenant_id, actor="system:offboard")
+    scope = TenantScope.system(tenant_id, actor="bulkhead:offboard")
     deleted = await spaces.delete_tenant(scope=scope)
     _log.info("tenant %r offboarded: deleted its %d vectors", tenant_id, deleted)
 

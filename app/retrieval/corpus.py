@@ -13,7 +13,7 @@ from app.tenancy.scope import Role, TenantScope
 
 _log = logging.getLogger(__name__)
 
-SEED_SUBJECT = "bulkhead-dev-seed"
+SEED_SUBJECT = "bulkhead:dev-seed"
 
 
 def corpus_documents(directory: Path) -> list[DocumentIn]:

@@ -32,7 +32,7 @@ from app.vectors.spaces import VectorSpaces
 
 _log = logging.getLogger(__name__)
 
-SUBJECT = "system:reconcile"
+SUBJECT = "bulkhead:reconcile"
 
 
 @dataclass(slots=True)

@@ -29,7 +29,7 @@ from app.tenancy.manifest import TenantManifest, parse_manifest
 from app.tenancy.scope import Role, TenantScope
 from app.vectors.index import ChunkRecord
 
-REINDEX_SUBJECT = "bulkhead-reindex"
+REINDEX_SUBJECT = "bulkhead:reindex"
 
 
 class ReindexConflict(RuntimeError):

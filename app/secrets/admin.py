@@ -27,7 +27,7 @@ from app.secrets.local import KekRotation, rotate_kek
 from app.secrets.setup import build_backend, data_key_wrapper
 from app.secrets.values import SecretAccessDenied, SecretRef, SecretValue
 from app.secrets.wrapping import KeyWrapper, TransitKeyWrapper
-from app.tenancy.scope import TenantScope
+from app.tenancy.scope import PLATFORM_TENANT, TenantScope
 
 _T = TypeVar("_T")
 
@@ -40,7 +40,8 @@ def _ref(text: str) -> SecretRef:
 
 
 def _admin_scope(ref: SecretRef) -> tuple[TenantScope, frozenset[str]]:
-    scope = TenantScope.operator(ref.tenant_id or "platform")
+    # A platform ref belongs to no tenant: its scope names none (`PLATFORM_TENANT`).
+    scope = TenantScope.operator(ref.tenant_id or PLATFORM_TENANT)
     return scope, frozenset({str(ref)}) if ref.tenant_id is None else frozenset()
 
 

@@ -28,6 +28,11 @@ class Role(StrEnum):
 
 _BY_NAME: dict[str, Role] = {role.value: role for role in Role}
 
+SYSTEM_ACTOR_PREFIX = "bulkhead:"
+"""Every job of the service itself acts as `bulkhead:<job>` (`TenantScope.system`)."""
+PLATFORM_TENANT = ""
+"""The tenant id of a platform job's scope: no tenant's (tenant ids are never empty)."""
+
 
 @dataclass(frozen=True, slots=True)
 class TenantScope:
@@ -56,14 +61,29 @@ class TenantScope:
 
         No credential stands behind it (offboarding, reindexing, reconciling, the audit
         writer): `actor` names the job and becomes the subject, and it carries only the
-        roles the job needs, none by default.
+        roles the job needs, none by default. Every job is named `bulkhead:<job>`, so audit rows
+        and spans tell the service's own work from a caller's at a glance.
+
+        Raises:
+            ValueError: `actor` is not `bulkhead:<job>`.
         """
+        if not actor.startswith(SYSTEM_ACTOR_PREFIX) or actor == SYSTEM_ACTOR_PREFIX:
+            raise ValueError(f"a system actor is named {SYSTEM_ACTOR_PREFIX}<job>, not {actor!r}")
         return cls(
             tenant_id=tenant_id,
             subject=actor,
             roles=frozenset(roles),
             credential_id=credential_id,
         )
+
+    @classmethod
+    def platform(cls, *, actor: str) -> TenantScope:
+        """The scope a job acts under for a platform secret (`platform/<name>`), in no tenant.
+
+        Its tenant id is empty, which names no tenant (ids are 2-40 characters): it can read
+        only the platform refs it is explicitly given, never a tenant's data or secrets.
+        """
+        return cls.system(PLATFORM_TENANT, actor=actor)
 
     @classmethod
     def operator(cls, tenant_id: str) -> TenantScope:

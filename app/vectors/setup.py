@@ -84,7 +84,11 @@ async def cluster_key(settings: Settings, secrets: SecretsBackend) -> SecretValu
     if not text:
         return None
     ref = SecretRef.parse(text)
-    scope = TenantScope.system(ref.tenant_id or "platform", actor="bulkhead:qdrant")
+    scope = (
+        TenantScope.platform(actor="bulkhead:qdrant")
+        if ref.tenant_id is None
+        else TenantScope.system(ref.tenant_id, actor="bulkhead:qdrant")
+    )
     platform_refs = frozenset({str(ref)}) if ref.tenant_id is None else frozenset()
     key = await secrets.get(ref, scope=scope, platform_refs=platform_refs)
     register_secret(key)  # scrubbed from logs and spans like every cached secret

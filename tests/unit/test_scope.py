@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 import re
 
+import pytest
+
 from app.tenancy.scope import Role, TenantScope
 
 SUBJECT = "alice@example.com"
@@ -74,3 +76,20 @@ def test_only_known_roles_are_granted_from_a_credential() -> None:
     granted = Role.known(["chat", "superuser", "ADMIN", 7, None, "ingest", "chat"])
     assert granted == frozenset({Role.CHAT, Role.INGEST})
     assert Role.known([]) == frozenset()
+
+
+def test_every_system_job_is_named_bulkhead_colon_job() -> None:
+    scope = TenantScope.system("acme", actor="bulkhead:offboard", roles={Role.ADMIN})
+    assert (scope.subject, scope.roles) == ("bulkhead:offboard", frozenset({Role.ADMIN}))
+    for wrong in ("system:offboard", "bulkhead-reindex", "bulkhead:", "offboard"):
+        with pytest.raises(ValueError, match="bulkhead:<job>"):
+            TenantScope.system("acme", actor=wrong)
+
+
+def test_a_platform_scope_names_no_tenant() -> None:
+    # Tenant ids are 2-40 characters, so an empty one is nobody's: a platform job's scope
+    # cannot stand in for a tenant (not even one called "platform").
+    scope = TenantScope.platform(actor="bulkhead:qdrant")
+    assert scope.tenant_id == ""
+    assert scope.roles == frozenset()
+    assert scope.subject == "bulkhead:qdrant"

@@ -54,7 +54,7 @@ def test_system_and_operator_scopes_say_who_acts() -> None:
         frozenset(),
         "",
     )
-    reindex = TenantScope.system("acme", actor="bulkhead-reindex", roles={Role.INGEST})
+    reindex = TenantScope.system("acme", actor="bulkhead:reindex", roles={Role.INGEST})
     assert reindex.roles == frozenset({Role.INGEST})
     person = TenantScope.operator("acme")
     assert person.subject.startswith("cli:")
