@@ -28,7 +28,14 @@ from app.identity.controllers import ApiKeyController, ServiceJwksController, To
 from app.identity.middleware import BearerAuthMiddleware
 from app.limits.middleware import RateLimitMiddleware
 from app.openapi.document import SCHEMA_PATH, openapi_config
-from app.resources import open_resources, provide_chat, provide_documents
+from app.resources import (
+    open_resources,
+    provide_audit_reports,
+    provide_chat,
+    provide_documents,
+    provide_key_admin,
+    provide_service_tokens,
+)
 from app.retrieval.controllers import DocumentController, SearchController
 from app.retrieval.corpus import seed_demo_corpus
 from app.secrets.scrub import install_scrubbing
@@ -131,6 +138,9 @@ def create_app(settings: Settings | None = None) -> Litestar:
             "caller": Provide(provide_scope, sync_to_thread=False),
             "documents": Provide(provide_documents, sync_to_thread=False),
             "chat": Provide(provide_chat, sync_to_thread=False),
+            "key_admin": Provide(provide_key_admin, sync_to_thread=False),
+            "audit_reports": Provide(provide_audit_reports, sync_to_thread=False),
+            "service_tokens": Provide(provide_service_tokens, sync_to_thread=False),
         },
         guards=[tenant_header_guard],
         exception_handlers={**EXCEPTION_HANDLERS, **EDGE_EXCEPTION_HANDLERS},

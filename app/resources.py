@@ -14,6 +14,7 @@ import httpx
 from litestar.datastructures import State
 
 from app.audit.failures import AuthFailureLog
+from app.audit.reports import AuditReports
 from app.audit.writer import AuditWriter
 from app.chat.crypto import ConversationCipher
 from app.chat.service import ChatService
@@ -27,6 +28,7 @@ from app.identity.api_keys import ApiKeyHasher, derive_pepper
 from app.identity.authenticator import Authenticator
 from app.identity.dev_issuer import DevIssuer
 from app.identity.jwks import JwksCache
+from app.identity.key_admin import ApiKeyAdmin
 from app.identity.key_store import ApiKeyStore
 from app.identity.network import ClientAddressResolver
 from app.identity.service_tokens import ServiceTokenIssuer
@@ -70,6 +72,8 @@ class Resources:
     chat: ChatService
     dev_issuer: DevIssuer | None
     api_keys: ApiKeyStore
+    key_admin: ApiKeyAdmin
+    audit_reports: AuditReports
     service_tokens: ServiceTokenIssuer | None
     authenticator: Authenticator
     auth_failures: AuthFailureLog
@@ -213,6 +217,8 @@ async def open_resources(settings: Settings) -> AsyncIterator[Resources]:
             chat=chat,
             dev_issuer=dev_issuer,
             api_keys=identity.api_keys,
+            key_admin=ApiKeyAdmin(pool, identity.api_keys),
+            audit_reports=AuditReports(pool),
             service_tokens=identity.service_tokens,
             authenticator=authenticator,
             auth_failures=identity.auth_failures,
@@ -336,3 +342,21 @@ def provide_chat(state: State) -> ChatService:
     """DI: the chat service."""
     resources: Resources = state.resources
     return resources.chat
+
+
+def provide_key_admin(state: State) -> ApiKeyAdmin:
+    """DI: the tenant admins' API key operations."""
+    resources: Resources = state.resources
+    return resources.key_admin
+
+
+def provide_audit_reports(state: State) -> AuditReports:
+    """DI: the usage report and the audit export."""
+    resources: Resources = state.resources
+    return resources.audit_reports
+
+
+def provide_service_tokens(state: State) -> ServiceTokenIssuer | None:
+    """DI: the service-token issuer (None when token exchange is off)."""
+    resources: Resources = state.resources
+    return resources.service_tokens

@@ -7,14 +7,11 @@ from typing import Annotated, Any
 
 import msgspec
 from litestar import Controller, Request, get
-from litestar.datastructures import State
 from litestar.di import NamedDependency
 from litestar.params import FromQuery, Parameter
 from litestar.response import Stream
 
-from app.audit.export import export_ndjson, started
-from app.audit.usage import usage_report
-from app.db.pool import tenant_transaction
+from app.audit.reports import AuditReports
 from app.edge.guards import requires
 from app.problems import ValidationFailed
 from app.tenancy.scope import Role, TenantScope
@@ -52,8 +49,8 @@ class UsageController(Controller):
     @get(guards=[requires(Role.ADMIN)])
     async def usage(
         self,
-        state: State,
         caller: NamedDependency[TenantScope],
+        audit_reports: NamedDependency[AuditReports],
         since: FromQuery[date | None] = None,
         until: FromQuery[date | None] = None,
         user: FromQuery[str | None] = None,
@@ -61,10 +58,9 @@ class UsageController(Controller):
         model: FromQuery[str | None] = None,
     ) -> UsageReport:
         """Usage of the caller's tenant by day, user, provider and model."""
-        async with tenant_transaction(state.resources.pool, scope=caller) as connection:
-            rows: list[dict[str, Any]] = await usage_report(
-                connection, since=since, until=until, user_id=user, provider=provider, model=model
-            )
+        rows = await audit_reports.usage(
+            caller, since=since, until=until, user_id=user, provider=provider, model=model
+        )
         return UsageReport(usage=[msgspec.convert(row, UsageRow) for row in rows])
 
 
@@ -80,8 +76,8 @@ class AuditController(Controller):
     async def export(
         self,
         request: Request[TenantScope, Any, Any],
-        state: State,
         caller: NamedDependency[TenantScope],
+        audit_reports: NamedDependency[AuditReports],
         since: FromQuery[datetime | None] = None,
         until: FromQuery[datetime | None] = None,
         limit: Annotated[int, Parameter(ge=1, le=MAX_AUDIT_EXPORT_ROWS)] = 1_000,
@@ -93,10 +89,8 @@ class AuditController(Controller):
         since, until = _utc(since), _utc(until)
         if since is not None and until is not None and since >= until:
             raise ValidationFailed("since: must be earlier than until")
-        lines = export_ndjson(
-            state.resources.pool, scope=caller, since=since, until=until, limit=limit
-        )
-        return Stream(await started(lines), media_type="application/x-ndjson")
+        lines = await audit_reports.export(caller, since=since, until=until, limit=limit)
+        return Stream(lines, media_type="application/x-ndjson")
 
 
 def _utc(moment: datetime | None) -> datetime | None:

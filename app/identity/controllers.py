@@ -3,19 +3,17 @@
 from __future__ import annotations
 
 from dataclasses import asdict
-from typing import Any, Protocol
+from typing import Any
 
-import asyncpg
 from litestar import Controller, Request, delete, get, post
-from litestar.datastructures import CacheControlHeader, State
+from litestar.datastructures import CacheControlHeader
 from litestar.di import NamedDependency
 from litestar.params import FromPath, JSONBody
 from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED, HTTP_204_NO_CONTENT
 
-from app.db.pool import tenant_transaction
 from app.edge.guards import requires
 from app.identity import api_keys
-from app.identity.key_store import ApiKeyStore
+from app.identity.key_admin import ApiKeyAdmin
 from app.identity.schemas import (
     ApiKeyCreated,
     ApiKeyList,
@@ -34,30 +32,6 @@ def _out(info: api_keys.ApiKeyInfo) -> ApiKeyOut:
     return ApiKeyOut(**asdict(info))
 
 
-class IdentityResources(Protocol):
-    """What these endpoints use of the service's resources (`state.resources`)."""
-
-    @property
-    def pool(self) -> asyncpg.Pool:
-        """The runtime pool."""
-        ...
-
-    @property
-    def api_keys(self) -> ApiKeyStore:
-        """The API key store (its hasher, and the cache a rotation or revocation evicts)."""
-        ...
-
-    @property
-    def service_tokens(self) -> ServiceTokenIssuer | None:
-        """The service-token issuer; None when token exchange is disabled."""
-        ...
-
-
-def _resources(state: State) -> IdentityResources:
-    resources: IdentityResources = state.resources
-    return resources
-
-
 class ApiKeyController(Controller):
     """`/v1/admin/api-keys`: create (shown once), list, rotate with grace, revoke."""
 
@@ -66,29 +40,27 @@ class ApiKeyController(Controller):
 
     @post(status_code=HTTP_201_CREATED)
     async def create(
-        self, data: JSONBody[CreateApiKey], caller: NamedDependency[TenantScope], state: State
+        self,
+        data: JSONBody[CreateApiKey],
+        caller: NamedDependency[TenantScope],
+        key_admin: NamedDependency[ApiKeyAdmin],
     ) -> ApiKeyCreated:
         """Create a key for the caller's tenant."""
-        resources = _resources(state)
-        async with tenant_transaction(resources.pool, scope=caller) as connection:
-            created = await api_keys.create_key(
-                connection,
-                tenant_id=caller.tenant_id,
-                hasher=resources.api_keys.hasher,
-                name=data.name,
-                scopes=data.scopes,
-                created_by=caller.subject,
-                expires_at=data.expires_at,
-                allowed_cidrs=data.allowed_cidrs,
-            )
+        created = await key_admin.create(
+            caller,
+            name=data.name,
+            scopes=data.scopes,
+            expires_at=data.expires_at,
+            allowed_cidrs=data.allowed_cidrs,
+        )
         return ApiKeyCreated(key=created.key, api_key=_out(created.info))
 
     @get()
-    async def list_keys(self, caller: NamedDependency[TenantScope], state: State) -> ApiKeyList:
+    async def list_keys(
+        self, caller: NamedDependency[TenantScope], key_admin: NamedDependency[ApiKeyAdmin]
+    ) -> ApiKeyList:
         """The tenant's keys, without secrets."""
-        async with tenant_transaction(_resources(state).pool, scope=caller) as connection:
-            keys = await api_keys.list_keys(connection, tenant_id=caller.tenant_id)
-        return ApiKeyList(api_keys=[_out(k) for k in keys])
+        return ApiKeyList(api_keys=[_out(k) for k in await key_admin.list_keys(caller)])
 
     @post("/{key_id:str}/rotate", status_code=HTTP_201_CREATED)
     async def rotate(
@@ -96,32 +68,21 @@ class ApiKeyController(Controller):
         key_id: FromPath[str],
         data: JSONBody[RotateApiKey],
         caller: NamedDependency[TenantScope],
-        state: State,
+        key_admin: NamedDependency[ApiKeyAdmin],
     ) -> ApiKeyRotated:
         """Issue a successor; the old key works until the grace period ends."""
-        resources = _resources(state)
-        async with tenant_transaction(resources.pool, scope=caller) as connection:
-            created, previous = await api_keys.rotate_key(
-                connection,
-                tenant_id=caller.tenant_id,
-                hasher=resources.api_keys.hasher,
-                key_id=key_id,
-                grace_seconds=data.grace_seconds,
-                created_by=caller.subject,
-            )
-        # This replica forgets the key now; the others on NOTIFY, moments later.
-        resources.api_keys.evict(key_id)
+        created, previous = await key_admin.rotate(caller, key_id, grace_seconds=data.grace_seconds)
         return ApiKeyRotated(key=created.key, api_key=_out(created.info), previous=_out(previous))
 
     @delete("/{key_id:str}", status_code=HTTP_204_NO_CONTENT)
     async def revoke(
-        self, key_id: FromPath[str], caller: NamedDependency[TenantScope], state: State
+        self,
+        key_id: FromPath[str],
+        caller: NamedDependency[TenantScope],
+        key_admin: NamedDependency[ApiKeyAdmin],
     ) -> None:
         """Revoke a key on every replica at once."""
-        resources = _resources(state)
-        async with tenant_transaction(resources.pool, scope=caller) as connection:
-            await api_keys.revoke_key(connection, tenant_id=caller.tenant_id, key_id=key_id)
-        resources.api_keys.evict(key_id)
+        await key_admin.revoke(caller, key_id)
 
 
 class TokenController(Controller):
@@ -131,11 +92,13 @@ class TokenController(Controller):
 
     @post(status_code=HTTP_200_OK, cache_control=CacheControlHeader(no_store=True))
     async def exchange(
-        self, request: Request[TenantScope, Any, Any], state: State
+        self,
+        request: Request[TenantScope, Any, Any],
+        service_tokens: NamedDependency[ServiceTokenIssuer | None],
     ) -> TokenResponse:
         """Exchange the presented API key (only an API key) for a service token."""
         caller = request.user
-        issuer: ServiceTokenIssuer | None = _resources(state).service_tokens
+        issuer = service_tokens
         if issuer is None:
             raise ServiceUnavailable("token exchange is not configured on this server")
         if not caller.credential_id.startswith("apikey:"):
@@ -157,7 +120,8 @@ class ServiceJwksController(Controller):
     path = "/.well-known/jwks.json"
 
     @get(cache_control=None)
-    async def jwks(self, state: State) -> dict[str, Any]:
+    async def jwks(
+        self, service_tokens: NamedDependency[ServiceTokenIssuer | None]
+    ) -> dict[str, Any]:
         """Public signing keys (current and still-valid previous ones)."""
-        issuer: ServiceTokenIssuer | None = _resources(state).service_tokens
-        return issuer.jwks() if issuer is not None else {"keys": []}
+        return service_tokens.jwks() if service_tokens is not None else {"keys": []}
