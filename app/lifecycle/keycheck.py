@@ -10,9 +10,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from app.config import LlmSettings
-from app.llm.chains import provider_for
-from app.llm.clients import SdkClients
-from app.llm.provider import CompletionRequest, ProviderError
 from app.secrets.backend import SecretNotFound, SecretsBackend
 from app.secrets.scrub import register_secret, scrub_exception
 from app.secrets.values import SecretRef, SecretValue, opted_in_platform_refs
@@ -74,6 +71,12 @@ async def verify_key(
 
     The returned reason is scrubbed: providers echo refused keys in their error bodies.
     """
+    # Imported here: the provider SDKs are over a second of imports, and only `--verify-keys`
+    # calls a provider (`bulkhead tenants apply` answers sooner without them).
+    from app.llm.chains import provider_for
+    from app.llm.clients import SdkClients
+    from app.llm.provider import CompletionRequest, ProviderError
+
     register_secret(value)
     minimal = settings.model_copy(update={"max_output_tokens": 1})
     clients = SdkClients()

@@ -22,8 +22,8 @@ from app.secrets.wrapping import KeyWrapper
 from app.tenancy.diff import Change, manifest_diff
 from app.tenancy.manifest import TenantManifest
 from app.tenancy.scope import TenantScope
+from app.vectors.capabilities import check_isolation
 from app.vectors.edge import EdgeIndex
-from app.vectors.setup import check_isolation, provision_server_tenant
 
 BOOTSTRAP_KEY_NAME = "bootstrap-admin"
 
@@ -85,6 +85,9 @@ async def prepare_vectors(
     already created it.
     """
     if settings.vectors.backend == "qdrant":
+        # Imported here: qdrant-client is a second of imports the embedded default never needs.
+        from app.vectors.setup import provision_server_tenant
+
         return await provision_server_tenant(settings, backend, manifest)
     try:
         index = EdgeIndex.open(settings.vector_path, search_threads=1)

@@ -27,6 +27,7 @@ from app.tenancy.scope import TenantScope
 from app.vectors.filters import MetadataMatch
 from app.vectors.gate import VersionGate
 from app.vectors.index import ChunkRecord, DocumentVersion, Hit
+from app.vectors.scoped import Page, ScopedIndex
 from app.vectors.scoping import (
     ACL_FIELD,
     BM25_VECTOR,
@@ -46,7 +47,6 @@ from app.vectors.scoping import (
     FieldIn,
     HasId,
     bm25_text,
-    chunk_from_payload,
     chunk_payload,
     forced_condition,
     hit_from_payload,
@@ -92,7 +92,7 @@ def _edge_clause(clause: Clause) -> Any:
     return edge_filter(clause)
 
 
-class EdgeIndex:
+class EdgeIndex(ScopedIndex):
     """VectorIndex over one Qdrant Edge shard with BM25 sparse vectors (per-caller IDF).
 
     A shard opened with `dense_size` also holds one dense (cosine) vector per chunk; it serves
@@ -261,32 +261,6 @@ class EdgeIndex:
             is not None
         ]
 
-    async def delete_document(
-        self,
-        *,
-        scope: TenantScope,
-        document_id: str,
-        version: int | None = None,
-        keep_version: int | None = None,
-    ) -> None:
-        """Remove a document's chunks: all, only `version`'s, or all but `keep_version`'s."""
-        condition = edge_filter(
-            forced_condition(
-                scope,
-                reading=False,
-                document_id=document_id,
-                version=version,
-                except_version=keep_version,
-            )
-        )
-        await self._delete(condition)
-
-    async def _delete(self, condition: qe.Filter) -> None:
-        async with self._write_lock:
-            await asyncio.to_thread(
-                self._shard.update, qe.UpdateOperation.delete_points_by_filter(condition)
-            )
-
     async def publish(self, *, scope: TenantScope, versions: list[DocumentVersion]) -> None:
         """Reveal pending document versions and remove their documents' older versions.
 
@@ -317,56 +291,36 @@ class EdgeIndex:
                 await switching
                 raise
 
-    async def scroll_chunks(
-        self, *, scope: TenantScope, offset: str | None, limit: int
-    ) -> tuple[list[ChunkRecord], str | None]:
-        """A page of the tenant's stored chunks (all ACL groups), and the next page's offset."""
-        records, next_offset = self._shard.scroll(
-            qe.ScrollRequest(
-                offset=offset,
-                limit=limit,
-                filter=edge_filter(forced_condition(scope, reading=False)),
-                with_payload=True,
-                with_vector=False,
-            )
+    async def _scroll(
+        self,
+        scope: TenantScope,
+        condition: AllOf,
+        *,
+        limit: int,
+        offset: str | None,
+        fields: bool | list[str],
+    ) -> Page:
+        request = qe.ScrollRequest(
+            offset=offset,
+            limit=limit,
+            filter=edge_filter(condition),
+            with_payload=fields,
+            with_vector=False,
         )
-        chunks = [
-            chunk
-            for record in records
-            if (chunk := chunk_from_payload(str(record.id), record.payload)) is not None
-        ]
-        return chunks, str(next_offset) if next_offset is not None else None
+        records, next_offset = await asyncio.to_thread(self._shard.scroll, request)
+        points = [(str(record.id), record.payload) for record in records]
+        return points, str(next_offset) if next_offset is not None else None
 
-    async def existing_ids(self, *, scope: TenantScope, chunk_ids: list[str]) -> set[str]:
-        """Which of `chunk_ids` the tenant already has."""
-        if not chunk_ids:
-            return set()
-        records, _ = self._shard.scroll(
-            qe.ScrollRequest(
-                limit=len(chunk_ids),
-                filter=edge_filter(
-                    forced_condition(scope, reading=False, chunk_ids=tuple(chunk_ids))
-                ),
-                with_payload=False,
-                with_vector=False,
-            )
-        )
-        return {str(record.id) for record in records}
-
-    async def delete_chunks(self, *, scope: TenantScope, chunk_ids: list[str]) -> None:
-        """Remove the tenant's chunks with these ids (another tenant's ids match nothing)."""
-        if chunk_ids:
-            await self._delete(
-                edge_filter(forced_condition(scope, reading=False, chunk_ids=tuple(chunk_ids)))
-            )
-
-    async def count(self, *, scope: TenantScope) -> int:
-        """Chunks the scope may see."""
-        async with self._gate.reading():
-            count: int = self._shard.count(
-                qe.CountRequest(filter=edge_filter(forced_condition(scope, reading=True)))
-            )
+    async def _count(self, scope: TenantScope, condition: AllOf) -> int:
+        count: int = self._shard.count(qe.CountRequest(filter=edge_filter(condition)))
         return count
+
+    async def _delete(self, scope: TenantScope, condition: AllOf) -> None:
+        async with self._write_lock:
+            await asyncio.to_thread(
+                self._shard.update,
+                qe.UpdateOperation.delete_points_by_filter(edge_filter(condition)),
+            )
 
     async def delete_tenant(self, *, scope: TenantScope) -> int:
         """Remove every point of the scope's tenant (offboarding); returns how many there were.
@@ -381,33 +335,6 @@ class EdgeIndex:
             )
         self._upkeep.wrote(before)
         return before
-
-    async def tenant_points(self, *, scope: TenantScope) -> int:
-        """Every point stored for the scope's tenant, whatever its ACL."""
-        count: int = self._shard.count(
-            qe.CountRequest(filter=edge_filter(forced_condition(scope, reading=False)))
-        )
-        return count
-
-    async def pending_versions(
-        self, *, scope: TenantScope, offset: str | None, limit: int
-    ) -> tuple[set[tuple[str, int]], str | None]:
-        """(document, version) of a page of the tenant's pending points, and the next offset."""
-        condition = edge_filter(forced_condition(scope, reading=False, pending=True))
-        request = qe.ScrollRequest(
-            offset=offset,
-            limit=limit,
-            filter=condition,
-            with_payload=[DOCUMENT_FIELD, VERSION_FIELD],
-            with_vector=False,
-        )
-        records, next_offset = await asyncio.to_thread(self._shard.scroll, request)
-        versions = {
-            (str(payload[DOCUMENT_FIELD]), int(payload[VERSION_FIELD]))
-            for record in records
-            if (payload := record.payload) is not None
-        }
-        return versions, str(next_offset) if next_offset is not None else None
 
     async def stored_tenants(self, *, exclude: list[str], limit: int) -> list[str]:
         """Up to `limit` tenant ids with points here, not in `exclude`.

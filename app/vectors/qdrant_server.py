@@ -38,15 +38,14 @@ from app.vectors.qdrant_collections import (
     IsolationOf,
     ensure_collection,
 )
+from app.vectors.scoped import Page, ScopedIndex
 from app.vectors.scoping import (
     ACL_FIELD,
     BM25_VECTOR,
     DENSE_VECTOR,
-    DOCUMENT_FIELD,
     HIT_FIELDS,
     HYBRID_CANDIDATES,
     RRF_K,
-    VERSION_FIELD,
     AllOf,
     AnyOf,
     Clause,
@@ -56,7 +55,6 @@ from app.vectors.scoping import (
     FieldIn,
     HasId,
     bm25_text,
-    chunk_from_payload,
     chunk_payload,
     forced_condition,
     hit_from_payload,
@@ -97,7 +95,7 @@ class TenantClients(Protocol):
         ...
 
 
-class QdrantServerIndex:
+class QdrantServerIndex(ScopedIndex):
     """VectorIndex over a Qdrant server (or qdrant-client's local mode in tests and dev).
 
     An index made with `dense_size` expects collections created with the same size
@@ -285,94 +283,30 @@ class QdrantServerIndex:
         corpus = reading if reading is not None else _client_filter(statistics_corpus(scope))
         return models.SearchParams(idf=models.IdfCorpusParams(corpus=corpus))
 
-    async def delete_document(
+    async def _scroll(
         self,
-        *,
         scope: TenantScope,
-        document_id: str,
-        version: int | None = None,
-        keep_version: int | None = None,
-    ) -> None:
-        """Remove a document's chunks: all, only `version`'s, or all but `keep_version`'s."""
-        condition = forced_condition(
-            scope,
-            reading=False,
-            document_id=document_id,
-            version=version,
-            except_version=keep_version,
-        )
-        await self._delete(scope, condition)
-
-    async def _delete(self, scope: TenantScope, condition: AllOf) -> None:
+        condition: AllOf,
+        *,
+        limit: int,
+        offset: str | None,
+        fields: bool | list[str],
+    ) -> Page:
         collection = self.collection(scope)
-        selector = models.FilterSelector(filter=_client_filter(condition))
-        await self._clients.run(
-            scope, lambda client: client.delete(collection, points_selector=selector)
-        )
-
-    async def scroll_chunks(
-        self, *, scope: TenantScope, offset: str | None, limit: int
-    ) -> tuple[list[ChunkRecord], str | None]:
-        """A page of the tenant's stored chunks (all ACL groups), and the next page's offset."""
-        collection = self.collection(scope)
-        condition = _client_filter(forced_condition(scope, reading=False))
+        scroll_filter = _client_filter(condition)
         records, next_offset = await self._clients.run(
             scope,
             lambda client: client.scroll(
                 collection,
-                scroll_filter=condition,
+                scroll_filter=scroll_filter,
                 limit=limit,
                 offset=offset,
-                with_payload=True,
+                with_payload=fields,
                 with_vectors=False,
             ),
         )
-        chunks = [
-            chunk
-            for record in records
-            if (chunk := chunk_from_payload(str(record.id), record.payload)) is not None
-        ]
-        return chunks, str(next_offset) if next_offset is not None else None
-
-    async def existing_ids(self, *, scope: TenantScope, chunk_ids: list[str]) -> set[str]:
-        """Which of `chunk_ids` the tenant already has."""
-        if not chunk_ids:
-            return set()
-        collection = self.collection(scope)
-        condition = _client_filter(
-            forced_condition(scope, reading=False, chunk_ids=tuple(chunk_ids))
-        )
-        records, _ = await self._clients.run(
-            scope,
-            lambda client: client.scroll(
-                collection,
-                scroll_filter=condition,
-                limit=len(chunk_ids),
-                with_payload=False,
-                with_vectors=False,
-            ),
-        )
-        return {str(record.id) for record in records}
-
-    async def delete_chunks(self, *, scope: TenantScope, chunk_ids: list[str]) -> None:
-        """Remove the tenant's chunks with these ids (another tenant's ids match nothing)."""
-        if chunk_ids:
-            await self._delete(
-                scope, forced_condition(scope, reading=False, chunk_ids=tuple(chunk_ids))
-            )
-
-    async def delete_tenant(self, *, scope: TenantScope) -> int:
-        """Remove every point of the scope's tenant (offboarding); returns how many there were.
-
-        Counted without the ACL condition of reads: offboarding removes what no user can see too.
-        """
-        before = await self.tenant_points(scope=scope)
-        await self._delete(scope, forced_condition(scope, reading=False))
-        return before
-
-    async def tenant_points(self, *, scope: TenantScope) -> int:
-        """Every point stored for the scope's tenant, whatever its ACL."""
-        return await self._count(scope, forced_condition(scope, reading=False))
+        points = [(str(record.id), record.payload) for record in records]
+        return points, str(next_offset) if next_offset is not None else None
 
     async def _count(self, scope: TenantScope, condition: AllOf) -> int:
         collection = self.collection(scope)
@@ -382,34 +316,21 @@ class QdrantServerIndex:
         )
         return result.count
 
-    async def count(self, *, scope: TenantScope) -> int:
-        """Chunks the scope may see."""
-        async with self._gate.reading():
-            return await self._count(scope, forced_condition(scope, reading=True))
-
-    async def pending_versions(
-        self, *, scope: TenantScope, offset: str | None, limit: int
-    ) -> tuple[set[tuple[str, int]], str | None]:
-        """(document, version) of a page of the tenant's pending points, and the next offset."""
+    async def _delete(self, scope: TenantScope, condition: AllOf) -> None:
         collection = self.collection(scope)
-        condition = _client_filter(forced_condition(scope, reading=False, pending=True))
-        records, next_offset = await self._clients.run(
-            scope,
-            lambda client: client.scroll(
-                collection,
-                scroll_filter=condition,
-                limit=limit,
-                offset=offset,
-                with_payload=[DOCUMENT_FIELD, VERSION_FIELD],
-                with_vectors=False,
-            ),
+        selector = models.FilterSelector(filter=_client_filter(condition))
+        await self._clients.run(
+            scope, lambda client: client.delete(collection, points_selector=selector)
         )
-        versions = {
-            (str(record.payload[DOCUMENT_FIELD]), int(record.payload[VERSION_FIELD]))
-            for record in records
-            if record.payload is not None
-        }
-        return versions, str(next_offset) if next_offset is not None else None
+
+    async def delete_tenant(self, *, scope: TenantScope) -> int:
+        """Remove every point of the scope's tenant (offboarding); returns how many there were.
+
+        Counted without the ACL condition of reads: offboarding removes what no user can see too.
+        """
+        before = await self.tenant_points(scope=scope)
+        await self._delete(scope, forced_condition(scope, reading=False))
+        return before
 
     async def stored_tenants(self, *, exclude: list[str], limit: int) -> list[str] | None:
         """None: not listed here.

@@ -16,7 +16,7 @@ from app.secrets.backend import SecretNotFound, SecretsBackend
 from app.secrets.cache import SecretCache
 from app.secrets.scrub import register_secret
 from app.secrets.values import SecretRef, SecretValue
-from app.tenancy.manifest import ManifestError, TenantManifest
+from app.tenancy.manifest import TenantManifest
 from app.tenancy.scope import Role, TenantScope
 from app.vectors.edge import EdgeIndex
 from app.vectors.index import VectorIndex
@@ -31,27 +31,6 @@ OFFBOARD_ACTOR = "bulkhead:offboard"
 """Who deletes a tenant's points, collection and Qdrant key in server mode."""
 
 NEW_TENANT_POLL_SECONDS = 2.0
-
-
-def check_isolation(settings: Settings, manifest: TenantManifest) -> None:
-    """Refuse a manifest the configured backend cannot honour.
-
-    Raises:
-        ManifestError: `isolation: dedicated` on Qdrant Edge, whose one shard holds everyone;
-            or a dense/hybrid embedder on the Qdrant server backend, whose adapter supports
-            dense vectors but whose per-space collections are not wired yet (searching such
-            a tenant with BM25 alone would silently ignore its embedder).
-    """
-    if settings.vectors.backend == "edge" and manifest.retrieval.isolation == "dedicated":
-        raise ManifestError(
-            f"{manifest.id}: retrieval.isolation: dedicated needs the Qdrant server backend"
-            " (BULKHEAD_VECTORS__BACKEND=qdrant); Qdrant Edge keeps every tenant in one shard"
-        )
-    if settings.vectors.backend == "qdrant" and manifest.retrieval.embedder != "bm25":
-        raise ManifestError(
-            f"{manifest.id}: retrieval.embedder {manifest.retrieval.embedder!r} needs the Qdrant"
-            " Edge backend; the Qdrant server backend serves bm25 only for now"
-        )
 
 
 async def provision_server_tenant(

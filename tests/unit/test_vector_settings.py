@@ -12,8 +12,8 @@ from app.config import Settings, get_settings
 from app.retrieval.cli import reindex
 from app.tenancy.embedder_spec import EmbedderSpec
 from app.tenancy.manifest import ManifestError, RetrievalSpec, TenantManifest
+from app.vectors.capabilities import check_isolation
 from app.vectors.index import VectorIndex
-from app.vectors.setup import check_isolation
 from app.vectors.spaces import DenseSpacesUnavailable, VectorSpaces
 
 
