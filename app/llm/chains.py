@@ -10,8 +10,8 @@ from app.llm.keys import SecretResolver
 from app.llm.local import LocalProvider
 from app.llm.openai_chat import OpenAIProvider
 from app.llm.provider import Provider
-from app.llm.remote import RemoteProvider
 from app.llm.router import ChainLink, ChainPolicy, ProviderChain, UnavailableProvider
+from app.llm.sdk_provider import RemoteProvider
 from app.tenancy.manifest import ChainEntry
 
 

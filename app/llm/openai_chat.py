@@ -10,7 +10,8 @@ import openai
 from openai.types.chat import ChatCompletionMessageParam
 
 from app.llm.provider import Completion, CompletionRequest, ProviderError, StreamEvent
-from app.llm.remote import RemoteProvider, chat_messages, system_prompt
+from app.llm.remote import chat_messages, system_prompt
+from app.llm.sdk_provider import RemoteProvider
 
 if TYPE_CHECKING:
     from app.secrets.values import SecretValue

@@ -173,3 +173,27 @@ def test_token_without_a_dev_instance_says_what_to_do(tmp_path: Path) -> None:
     assert f"no dev issuer key at {tmp_path / '.bulkhead' / 'dev-issuer.pem'}" in run.stderr
     assert "`bulkhead dev`" in run.stderr
     assert "--data-dir" in run.stderr
+
+
+# What an operator command needs is its database and the master key; never the web service,
+# the provider SDKs or a vector client (seconds of imports before its first line of output).
+OPERATOR_COMMANDS = ("audit", "export", "forget", "keys", "secrets", "tenants")
+NOT_FOR_OPERATORS = (
+    "app.resources",
+    "litestar",
+    "uvicorn",
+    "openai",
+    "anthropic",
+    "qdrant_client",
+    "opentelemetry.sdk",
+)
+
+
+@pytest.mark.parametrize("name", OPERATOR_COMMANDS)
+def test_an_operator_command_loads_none_of_the_service(name: str, tmp_path: Path) -> None:
+    run = _run([name, "--help"], tmp_path, tmp_path)
+    assert run.code == 0, run.stderr
+    loaded = sorted(
+        m for m in run.modules if m in NOT_FOR_OPERATORS or m.split(".")[0] in NOT_FOR_OPERATORS
+    )
+    assert loaded == []
