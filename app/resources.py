@@ -23,7 +23,7 @@ from app.db.errors import database_unavailable
 from app.db.pool import create_pool
 from app.db.readiness import ConnectProbe
 from app.db.registry import TenantRegistry
-from app.db.urls import app_dsn
+from app.db.urls import runtime_url
 from app.identity.api_keys import ApiKeyHasher, derive_pepper
 from app.identity.authenticator import Authenticator
 from app.identity.dev_issuer import DevIssuer
@@ -88,7 +88,7 @@ async def open_resources(settings: Settings) -> AsyncIterator[Resources]:
     """Open pool, registry, vector index, secrets, verifier and audit writer; close on exit."""
     async with AsyncExitStack() as stack:
         kek = load_master_key(settings)
-        dsn = app_dsn(settings)
+        dsn = runtime_url(settings.db)
         pool = await create_pool(
             dsn,
             min_size=settings.db.pool_min,

@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING
 from urllib.parse import urlsplit, urlunsplit
 
 if TYPE_CHECKING:
-    from app.config import DatabaseSettings, Settings
+    from app.config import DatabaseSettings
 
 
 def with_user(url: str, user: str, password: str | None = None) -> str:
@@ -44,12 +44,3 @@ def runtime_url(db: DatabaseSettings) -> str:
     if not db.url:
         raise RuntimeError("no database configured: set DATABASE_URL (or run `bulkhead dev`)")
     return with_user(db.url, db.app_role)
-
-
-def app_dsn(settings: Settings) -> str:
-    """The runtime (non-owner) connection string of `settings` (see `runtime_url`).
-
-    Raises:
-        RuntimeError: No database is configured.
-    """
-    return runtime_url(settings.db)

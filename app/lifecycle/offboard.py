@@ -26,7 +26,7 @@ from app.chat.crypto import ConversationCipher
 from app.config import Settings
 from app.db.pool import Connection, connect, tenant_transaction
 from app.db.registry import CHANNEL
-from app.db.urls import app_dsn
+from app.db.urls import runtime_url
 from app.secrets.backend import SecretsBackend
 from app.tenancy.scope import TenantScope
 from app.vectors.edge import EdgeIndex
@@ -249,7 +249,7 @@ async def offboard(
     report = OffboardReport(tenant_id=tenant_id)
     # Read as the runtime role, which Row-Level Security binds: the chat repository's reads
     # rely on it, and an owner that is a superuser (as in many installs) bypasses RLS.
-    reader = await connect(app_dsn(settings))
+    reader = await connect(runtime_url(settings.db))
     try:
         report.exported = await export_tenant(
             reader, cipher=cipher, tenant_id=tenant_id, directory=export_dir

@@ -71,12 +71,12 @@ async def _run(
     settings: Settings, tenant_id: str, target: EmbedderSpec, batch_size: int, grace: float
 ) -> ReindexReport:
     # Imported here: resources imports the whole service (Litestar) for one helper.
-    from app.db.urls import app_dsn
+    from app.db.urls import runtime_url
     from app.retrieval.embedders import tenant_embedders
 
     assert settings.db.url is not None  # noqa: S101 - checked by the caller
     kek = load_master_key(settings) if settings.secrets.backend == "local" else None
-    pool = await create_pool(app_dsn(settings), min_size=1, max_size=2)
+    pool = await create_pool(runtime_url(settings.db), min_size=1, max_size=2)
     owner = await connect(settings.db.url)
     registry = TenantRegistry(pool)
     bm25 = EdgeIndex.open(settings.vector_path, search_threads=settings.vectors.search_threads)

@@ -44,9 +44,9 @@ def reconcile_command(tenant_id: str | None, batch_size: int) -> None:
 
 async def _run(settings: Settings, tenant_id: str | None, batch_size: int) -> ReconcileReport:
     # Imported here: resources imports the whole service (Litestar) for one helper.
-    from app.db.urls import app_dsn
+    from app.db.urls import runtime_url
 
-    pool = await create_pool(app_dsn(settings), min_size=1, max_size=2)
+    pool = await create_pool(runtime_url(settings.db), min_size=1, max_size=2)
     bm25 = EdgeIndex.open(settings.vector_path, search_threads=settings.vectors.search_threads)
     spaces = VectorSpaces(
         bm25, settings.dense_vector_root, search_threads=settings.vectors.search_threads

@@ -18,7 +18,7 @@ from litestar.testing import AsyncTestClient
 
 from app.cli import main
 from app.config import Settings, get_settings
-from app.db.urls import app_dsn
+from app.db.urls import runtime_url
 from app.secrets.backend import SecretDecryptionError
 from app.secrets.cache import SecretCache, _Entry
 from app.secrets.local import (
@@ -75,7 +75,7 @@ async def test_put_rotate_list_delete_and_replicas_see_rotation_at_once(
     ref = f"tenants/{tenant}/openai"
     # A second "replica" in this loop, with a TTL long enough that only NOTIFY can refresh it.
     replica = SecretCache(LocalSecretsBackend(app_pool, kek), ttl_seconds=3600)
-    listener = await listen_for_changes(app_dsn(settings), replica.forget)
+    listener = await listen_for_changes(runtime_url(settings.db), replica.forget)
     app_cache: SecretCache = app.state.resources.secret_cache
     try:
         put = await _cli(["secrets", "put", ref], stdin=CANARY + "\n")
