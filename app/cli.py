@@ -11,6 +11,7 @@ from __future__ import annotations
 import gc
 import importlib
 import logging
+import os
 import signal
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -149,6 +150,8 @@ def dev(host: str | None, port: int | None, data_dir: Path | None) -> None:
     """Run on the embedded default: embedded Postgres, Qdrant Edge, demo tenants, local provider."""
     _setup_logging()
     _exit_on_signals()
+    # In dev every trace is worth seeing (when an OTLP endpoint is set); `serve` samples.
+    os.environ.setdefault("OTEL_TRACES_SAMPLER", "parentbased_always_on")
     overrides: dict[str, object] = {"dev": True}
     if host:
         overrides["host"] = host

@@ -47,11 +47,10 @@ from app.llm.tenant_chains import AUTO_MODEL, TenantChains
 from app.privacy.redact import RedactionMemo, parse_kinds, redact_fields
 from app.problems import NotFound, ValidationFailed
 from app.retrieval.service import DocumentService
-from app.telemetry.spans import current_trace_id, scoped_span
+from app.telemetry.spans import current_trace_id, scoped_span, start_span
 from app.tenancy.scope import TenantScope
 from app.vectors.index import Hit
 
-_tracer = trace.get_tracer("bulkhead")
 _log = logging.getLogger(__name__)
 
 
@@ -363,8 +362,8 @@ class ChatService:
             ProviderRejected: A provider refused the request itself.
         """
         started = time.perf_counter()
-        span = _tracer.start_span(
-            "chat", attributes={**scope.span_attributes(), "gen_ai.request.stream": True}
+        span = start_span(
+            "chat", attributes=lambda: {**scope.span_attributes(), "gen_ai.request.stream": True}
         )
         trace_id = format(span.get_span_context().trace_id, "032x")
         ledger: list[AttemptRecord] = []

@@ -19,7 +19,6 @@ from typing import TYPE_CHECKING
 
 import httpx2
 import openai
-from opentelemetry import trace
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
 from app.llm.breaker import BreakerRegistry, CircuitBreaker
@@ -29,6 +28,7 @@ from app.llm.policy import BREAKER_FAILURES, ChainPolicy, retry_delay
 from app.llm.provider import ProviderError
 from app.llm.remote import EntryKey, endpoint_of
 from app.llm.run import OPERATION_DURATION, TOKEN_USAGE, ProviderRejected, ProvidersUnavailable
+from app.telemetry.spans import start_span
 from app.tenancy.manifest import ChainEntry
 
 if TYPE_CHECKING:
@@ -36,7 +36,6 @@ if TYPE_CHECKING:
     from app.secrets.values import SecretValue
     from app.tenancy.scope import TenantScope
 
-_tracer = trace.get_tracer("bulkhead")
 OPERATION = "embeddings"
 
 
@@ -208,10 +207,10 @@ class OpenAIEmbedder:
         )
 
     def _start_span(self, scope: TenantScope, attempt: int) -> Span:
-        return _tracer.start_span(
+        return start_span(
             f"{OPERATION} {self.model}",
             kind=SpanKind.CLIENT,
-            attributes={
+            attributes=lambda: {
                 **scope.span_attributes(),
                 "gen_ai.operation.name": OPERATION,
                 "gen_ai.provider.name": self.provider,

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from opentelemetry import metrics, trace
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
+from opentelemetry.util.types import AttributeValue
 
 from app.llm.breaker import CircuitBreaker
 from app.llm.links import ChainLink
@@ -20,6 +21,7 @@ from app.llm.policy import ChainPolicy
 from app.llm.provider import Completion, CompletionRequest, ProviderError
 from app.llm.remote import build_prompt
 from app.problems import ApiError
+from app.telemetry.spans import FAILOVER_ATTRIBUTE, start_span
 from app.tenancy.scope import TenantScope
 
 _tracer = trace.get_tracer("bulkhead")
@@ -96,8 +98,9 @@ class ChainRun:
         self.attempt = 0
         self.failover_reason = ""
         self.retry_hint = 0.0
-        self.span = _tracer.start_span(
-            "chat chain", attributes={**scope.span_attributes(), "gen_ai.request.stream": stream}
+        self.span = start_span(
+            "chat chain",
+            attributes=lambda: {**scope.span_attributes(), "gen_ai.request.stream": stream},
         )
         self.context = trace.set_span_in_context(self.span)
 
@@ -106,10 +109,29 @@ class ChainRun:
         return self.deadline - time.monotonic()
 
     def start_attempt(self, link: ChainLink) -> Span:
-        """Count an attempt on `link` and open its `chat {model}` span."""
+        """Count an attempt on `link` and open its `chat {model}` span.
+
+        The first attempt after a failover is offered to the sampler even in an unsampled
+        trace: the sampler keeps it (`app/telemetry/setup.py`), so every failover is traced.
+        """
         self.attempt += 1
+        if self.failover_reason:
+            return _tracer.start_span(
+                f"chat {link.entry.model}",
+                context=self.context,
+                kind=SpanKind.CLIENT,
+                attributes=self._attempt_attributes(link),
+            )
+        return start_span(
+            f"chat {link.entry.model}",
+            context=self.context,
+            kind=SpanKind.CLIENT,
+            attributes=lambda: self._attempt_attributes(link),
+        )
+
+    def _attempt_attributes(self, link: ChainLink) -> dict[str, AttributeValue]:
         endpoint = link.provider.endpoint
-        attributes: dict[str, str | int | bool] = {
+        attributes: dict[str, AttributeValue] = {
             **self.scope.span_attributes(),
             "gen_ai.operation.name": "chat",
             "gen_ai.provider.name": link.entry.provider,
@@ -120,7 +142,7 @@ class ChainRun:
             "bulkhead.attempt": self.attempt,
         }
         if self.failover_reason:
-            attributes["bulkhead.failover.reason"] = self.failover_reason
+            attributes[FAILOVER_ATTRIBUTE] = self.failover_reason
         if self.request is not None:
             attributes["gen_ai.input.messages"] = json.dumps(
                 [
@@ -130,12 +152,7 @@ class ChainRun:
                     }
                 ]
             )
-        return _tracer.start_span(
-            f"chat {link.entry.model}",
-            context=self.context,
-            kind=SpanKind.CLIENT,
-            attributes=attributes,
-        )
+        return attributes
 
     def record(self, link: ChainLink, outcome: str, started: float | None) -> float:
         """Put an attempt (or a skip, `started` None) in the ledger; returns its seconds."""
@@ -161,28 +178,8 @@ class ChainRun:
 
     def succeeded(self, span: Span, link: ChainLink, done: Completion, started: float) -> None:
         """Close the answering attempt's span and the chain span; record duration and usage."""
-        span.set_attributes(
-            {
-                "gen_ai.response.model": done.model,
-                "gen_ai.response.id": done.response_id,
-                "gen_ai.usage.input_tokens": done.input_tokens,
-                "gen_ai.usage.output_tokens": done.output_tokens,
-                "gen_ai.response.finish_reasons": [done.finish_reason],
-            }
-        )
-        if self.request is not None:
-            span.set_attribute(
-                "gen_ai.output.messages",
-                json.dumps(
-                    [
-                        {
-                            "role": "assistant",
-                            "parts": [{"type": "text", "content": done.text}],
-                            "finish_reason": done.finish_reason,
-                        }
-                    ]
-                ),
-            )
+        if span.is_recording():
+            _record_answer(span, done, with_text=self.request is not None)
         span.end()
         attributes = _metric_attributes(link, response_model=done.model)
         OPERATION_DURATION.record(self.record(link, "ok", started), attributes)
@@ -197,7 +194,7 @@ class ChainRun:
         FAILOVERS.add(
             1,
             {
-                "bulkhead.failover.reason": reason,
+                FAILOVER_ATTRIBUTE: reason,
                 "gen_ai.provider.name": link.entry.provider,
                 "gen_ai.request.model": link.entry.model,
             },
@@ -223,6 +220,27 @@ class ChainRun:
         self.span.set_attribute("error.type", kind)
         self.span.set_status(Status(StatusCode.ERROR, kind))
         self.span.end()
+
+
+def _record_answer(span: Span, done: Completion, *, with_text: bool) -> None:
+    span.set_attributes(
+        {
+            "gen_ai.response.model": done.model,
+            "gen_ai.response.id": done.response_id,
+            "gen_ai.usage.input_tokens": done.input_tokens,
+            "gen_ai.usage.output_tokens": done.output_tokens,
+            "gen_ai.response.finish_reasons": [done.finish_reason],
+        }
+    )
+    if with_text:
+        output = [
+            {
+                "role": "assistant",
+                "parts": [{"type": "text", "content": done.text}],
+                "finish_reason": done.finish_reason,
+            }
+        ]
+        span.set_attribute("gen_ai.output.messages", json.dumps(output))
 
 
 def _metric_attributes(

@@ -14,7 +14,7 @@ import hashlib
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -123,9 +123,13 @@ def receiver() -> Iterator[OtlpReceiver]:
     otlp.server.server_close()
 
 
-def test_a_failover_chat_arrives_as_one_attributed_tree_without_secrets(
-    server_url: str, tmp_path: Path, emulator: EmulatorServer, receiver: OtlpReceiver
-) -> None:
+def _traced_stack(
+    server_url: str, tmp_path: Path, emulator: EmulatorServer, receiver: OtlpReceiver, **env: str
+) -> tuple[DevStack, str, dict[str, str]]:
+    """`bulkhead dev` exporting to `receiver`, and a tenant whose first chain entry fails.
+
+    Returns the stack (not started), the tenant id and its provider keys.
+    """
     stack = DevStack(
         server_url,
         tmp_path,
@@ -133,18 +137,33 @@ def test_a_failover_chat_arrives_as_one_attributed_tree_without_secrets(
             "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.url,
             "OTEL_BSP_SCHEDULE_DELAY": "100",
             "BULKHEAD_LLM__MAX_RETRIES": "0",  # one failed attempt, then failover
+            **env,
         },
     )
     tenant = f"traced-{uuid.uuid4().hex[:6]}"
     keys = {"openai": f"sk-trace-{uuid.uuid4().hex}", "anthropic": f"sk-ant-{uuid.uuid4().hex}"}
     manifest = stack.tenants_dir / f"{tenant}.yaml"
     manifest.write_text(MANIFEST.format(tenant=tenant, emulator=emulator.url))
+    assert stack.cli("migrate").returncode == 0
+    assert stack.cli("tenants", "apply", str(manifest)).returncode == 0
+    for name, key in keys.items():
+        stored = stack.cli("secrets", "put", f"tenants/{tenant}/{name}", stdin=key)
+        assert stored.returncode == 0, stored.stderr
+    return stack, tenant, keys
+
+
+def _wait_for_span(receiver: OtlpReceiver, trace_id: str, found: Callable[[Span], bool]) -> None:
+    deadline = time.monotonic() + 15
+    while not any(found(s) for _, s in receiver.trace(trace_id)):
+        assert time.monotonic() < deadline, f"the span never arrived (trace {trace_id})"
+        time.sleep(0.05)
+
+
+def test_a_failover_chat_arrives_as_one_attributed_tree_without_secrets(
+    server_url: str, tmp_path: Path, emulator: EmulatorServer, receiver: OtlpReceiver
+) -> None:
+    stack, tenant, keys = _traced_stack(server_url, tmp_path, emulator, receiver)
     try:
-        assert stack.cli("migrate").returncode == 0
-        assert stack.cli("tenants", "apply", str(manifest)).returncode == 0
-        for name, key in keys.items():
-            stored = stack.cli("secrets", "put", f"tenants/{tenant}/{name}", stdin=key)
-            assert stored.returncode == 0, stored.stderr
         stack.start()
         token = stack.cli(
             "token", "--tenant", tenant, "--user", "alice", "--roles", "chat,ingest"
@@ -159,10 +178,7 @@ def test_a_failover_chat_arrives_as_one_attributed_tree_without_secrets(
         trace_id = chat.json()["trace_id"]
 
         # The server span ends last: once it is here, the whole tree is.
-        deadline = time.monotonic() + 15
-        while not any(not s.parent_span_id for _, s in receiver.trace(trace_id)):
-            assert time.monotonic() < deadline, "the chat's server span never arrived"
-            time.sleep(0.05)
+        _wait_for_span(receiver, trace_id, lambda span: not span.parent_span_id)
         received = receiver.trace(trace_id)
     finally:
         stack.stop()
@@ -217,3 +233,40 @@ def test_a_failover_chat_arrives_as_one_attributed_tree_without_secrets(
     for secret in (*keys.values(), token):
         assert secret.encode() not in exported
     assert b"Bearer " not in exported
+
+
+def test_an_unsampled_trace_still_exports_its_failover_and_nothing_else(
+    server_url: str, tmp_path: Path, emulator: EmulatorServer, receiver: OtlpReceiver
+) -> None:
+    """Head sampling off: plain requests export nothing, a failover attempt is still kept."""
+    stack, tenant, _ = _traced_stack(
+        server_url, tmp_path, emulator, receiver, OTEL_TRACES_SAMPLER="parentbased_always_off"
+    )
+    try:
+        stack.start()
+        token = stack.cli(
+            "token", "--tenant", tenant, "--user", "alice", "--roles", "chat,ingest,search"
+        ).stdout.strip()
+        headers = {"Authorization": f"Bearer {token}"}
+        with httpx.Client(base_url=stack.base, timeout=15, headers=headers) as http:
+            document = {"id": "travel", "title": "Travel", "text": "Hotels: 180 euros a night."}
+            assert http.post("/v1/documents", json={"documents": [document]}).status_code == 201
+            assert http.post("/v1/search", json={"query": "hotel"}).status_code == 200
+            chat = http.post("/v1/chat", json={"message": "hotel per night?"})
+        assert chat.status_code == 200, chat.text
+        assert chat.json()["provider"] == "anthropic"
+        trace_id = chat.json()["trace_id"]
+        assert trace_id != "0" * 32  # unsampled requests still have a trace id (audit, usage)
+        _wait_for_span(receiver, trace_id, lambda span: span.name == "chat claude-haiku-4-5")
+        # One export queue, first in first out: whatever the earlier requests had exported
+        # would have arrived before this span.
+        received = [span for _, span in receiver.spans]
+    finally:
+        stack.stop()
+
+    assert [span.name for span in received] == ["chat claude-haiku-4-5"]
+    failover = Node(received[0])
+    assert failover.span.trace_id.hex() == trace_id
+    assert failover.span.parent_span_id  # its parents were not sampled: a partial trace
+    assert failover.attributes["bulkhead.failover.reason"] == "server_error"
+    assert failover.attributes["bulkhead.tenant.id"] == tenant
