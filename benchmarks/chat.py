@@ -93,6 +93,7 @@ class ChatOptions:
     rates: tuple[float, ...]
     trace_sampler: str
     export: bool
+    baseline: Path | None = None
 
 
 def parse_args(argv: list[str] | None) -> tuple[harness.RunConfig, ChatOptions]:
@@ -121,6 +122,13 @@ def parse_args(argv: list[str] | None) -> tuple[harness.RunConfig, ChatOptions]:
     parser.add_argument(
         "--no-export", action="store_true", help="no OTLP endpoint (nothing is exported)"
     )
+    parser.add_argument(
+        "--baseline",
+        type=Path,
+        default=None,
+        help="another checkout (e.g. a git worktree of an earlier commit) measured in the same"
+        " run, after this one, on the same database and corpus",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the temp dir (server logs)")
     args = parser.parse_args(argv)
     if args.tenants < 1 or args.chunks < args.tenants or args.concurrency < 1:
@@ -141,6 +149,7 @@ def parse_args(argv: list[str] | None) -> tuple[harness.RunConfig, ChatOptions]:
         rates=args.rates,
         trace_sampler=args.trace_sampler,
         export=not args.no_export,
+        baseline=args.baseline.resolve() if args.baseline else None,
     )
     return config, options
 
@@ -342,8 +351,109 @@ def _verdict(met: bool) -> str:
     return "met" if met else "MISSED"
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class Version:
+    """What one Bulkhead version measured: chat rows, the open-loop rates, first tokens."""
+
+    label: str
+    measurements: list[report.Measurement]
+    rates: tuple[float, ...]
+    first_token: ttft.FirstToken
+
+
+def measure_version(
+    label: str,
+    server: stack.ServerProcess,
+    chat: Target,
+    config: harness.RunConfig,
+    extra_rates: tuple[float, ...],
+) -> Version:
+    """`chat` closed loop, alone, open loop at `LOADED_SHARE` (and `extra_rates`), streamed.
+
+    Rows are named `<label>chat...` (label empty for the version under test).
+    """
+
+    def named(target: Target, suffix: str = "") -> Target:
+        return dataclasses.replace(target, name=f"{label}{target.name}{suffix}")
+
+    measurements = [harness.measure(named(chat), server, config)]
+    # One request at a time: Bulkhead's own latency, without queueing behind 15 others.
+    single = dataclasses.replace(config, concurrency=1)
+    measurements.append(harness.measure(named(chat, "@1"), server, single))
+    # The offered load a deployment runs at (open loop): this share of the closed-loop RPS.
+    rates = (float(round(LOADED_SHARE * measurements[0].result.rps)), *extra_rates)
+    for rate in rates:
+        paced = dataclasses.replace(config, rate=rate)
+        measurements.append(harness.measure(named(chat, _at(rate)), server, paced))
+    harness.say(f"measuring {label}chat time to first token, {TTFT_REQUESTS} streamed requests")
+    first = ttft.measure(server.base_url, named(chat), requests=TTFT_REQUESTS)
+    return Version(label, measurements, rates, first)
+
+
+def measure_emulator(
+    emulator: stack.ServerProcess,
+    direct: Target,
+    config: harness.RunConfig,
+    rates: set[float],
+) -> tuple[list[report.Measurement], ttft.FirstToken]:
+    """The same calls sent straight to the emulator: closed loop, alone, at each rate, streamed."""
+    measurements = [
+        harness.measure(direct, emulator, config),
+        harness.measure(
+            dataclasses.replace(direct, name="emulator@1"),
+            emulator,
+            dataclasses.replace(config, concurrency=1),
+        ),
+    ]
+    for rate in sorted(rates):
+        paced = dataclasses.replace(config, rate=rate)
+        at_rate = dataclasses.replace(direct, name=f"emulator{_at(rate)}")
+        measurements.append(harness.measure(at_rate, emulator, paced))
+    harness.say(f"measuring emulator time to first token, {TTFT_REQUESTS} streamed requests")
+    return measurements, ttft.measure(emulator.base_url, direct, requests=TTFT_REQUESTS)
+
+
+Verdicts = dict[str, tuple[float, float, str]]
+
+
+def judge(
+    version: Version, by_name: dict[str, Any], emulator_first: ttft.FirstToken
+) -> tuple[Verdicts, dict[str, tuple[float, float]]]:
+    """The five targets for `version` (value, target, sense) and its added p50/p99 per load."""
+    label = version.label
+    added = {
+        suffix: (
+            by_name[f"{label}chat{suffix}"].p50_ms - by_name[f"emulator{suffix}"].p50_ms,
+            by_name[f"{label}chat{suffix}"].p99_ms - by_name[f"emulator{suffix}"].p99_ms,
+        )
+        for suffix in ["", "@1", *(_at(rate) for rate in version.rates)]
+    }
+    closed = by_name[f"{label}chat"]
+    cpu_ms = 1000 * closed.server_cpu / closed.rps if closed.rps else 0.0
+    verdicts: Verdicts = {
+        "server_cpu_ms": (cpu_ms, TARGET_CPU_MS, "<="),
+        "closed_loop_rps": (closed.rps, TARGET_RPS, ">="),
+        "added_p50_ms_alone": (added["@1"][0], TARGET_ADDED_P50_ALONE_MS, "<="),
+        f"added_p99_ms_at_{LOADED_SHARE:.0%}": (
+            added[_at(version.rates[0])][1],
+            TARGET_ADDED_P99_MS,
+            "<=",
+        ),
+        "stream_first_token_added_p50_ms": (
+            version.first_token.p50_ms - emulator_first.p50_ms,
+            TARGET_TTFT_ADDED_MS,
+            "<=",
+        ),
+    }
+    return verdicts, added
+
+
+def _met(value: float, target: float, sense: str) -> bool:
+    return value <= target if sense == "<=" else value >= target
+
+
 def run(config: harness.RunConfig, options: ChatOptions, workdir: Path) -> int:
-    """Set up, measure emulator / chat / floor, profile, report; tear down on the way out."""
+    """Set up, measure emulator / chat / floor (and a baseline), report; tear down after."""
     say = harness.say
     with contextlib.ExitStack() as cleanup:
         owner_url, emulator, tenant_ids, issuer = chat_stack(workdir, config.tenants, cleanup)
@@ -357,90 +467,73 @@ def run(config: harness.RunConfig, options: ChatOptions, workdir: Path) -> int:
         )
         asyncio.run(corpus.load_corpus(workdir / "qdrant", vocabulary, quotas, progress=say))
         env = _bulkhead_env(workdir, options, cleanup)
-        servers = {
-            **harness.start_servers(workdir, owner_url, cleanup, env=env),
-            "emulator": emulator,
-        }
+        servers = harness.start_servers(workdir, owner_url, cleanup, env=env)
         servers["bulkhead"].wait_ready("/readyz")
         servers["floor"].wait_ready("/floor")
         chat = chat_target(vocabulary, tokens)
         harness.preflight(servers["bulkhead"], [chat])
-        direct = emulator_target(vocabulary)
-        targets = [direct, chat, floor_target()]
-        measurements = [harness.measure(t, servers[t.server], config) for t in targets]
-        # One request at a time: Bulkhead's own latency, without queueing behind 15 others.
-        single = dataclasses.replace(config, concurrency=1)
-        for target in (direct, chat):
-            alone = dataclasses.replace(target, name=f"{target.name}@1")
-            measurements.append(harness.measure(alone, servers[target.server], single))
-        # The same offered load for both: latency compared at equal rates (open loop), at the
-        # share of the closed-loop throughput a deployment runs at, and any rates asked for.
-        loaded = round(LOADED_SHARE * measurements[1].result.rps)
-        rates = (float(loaded), *options.rates)
-        for rate in rates:
-            paced = dataclasses.replace(config, rate=rate)
-            for target in (direct, chat):
-                at_rate = dataclasses.replace(target, name=f"{target.name}{_at(rate)}")
-                measurements.append(harness.measure(at_rate, servers[target.server], paced))
-        say(f"measuring time to first token, {TTFT_REQUESTS} streamed requests each ...")
-        first_tokens = [
-            ttft.measure(servers[t.server].base_url, t, requests=TTFT_REQUESTS)
-            for t in (direct, chat)
-        ]
+        floor = harness.measure(floor_target(), servers["floor"], config)
+        versions = [measure_version("", servers["bulkhead"], chat, config, options.rates)]
         summary, flame = (
             profile(servers["bulkhead"], chat, config, options.profile_seconds)
             if options.profile_seconds
             else ("", None)
         )
+        if options.baseline is not None:
+            # One Bulkhead at a time: both open the same Qdrant Edge shard.
+            servers["bulkhead"].stop()
+            say(f"baseline: Bulkhead from {options.baseline}")
+            before = harness.start_servers(
+                workdir,
+                owner_url,
+                cleanup,
+                floor=False,
+                env=env,
+                root=options.baseline,
+                label="baseline",
+            )["bulkhead"]
+            before.wait_ready("/readyz")
+            harness.preflight(before, [chat])
+            versions.append(measure_version("before:", before, chat, config, options.rates))
+        rates = {rate for version in versions for rate in version.rates}
+        direct, direct_first = measure_emulator(
+            emulator, emulator_target(vocabulary), config, rates
+        )
+    measurements = [
+        *direct[:1],
+        *(m for v in versions for m in v.measurements),
+        floor,
+        *direct[1:],
+    ]
     say("")
     say(report.table(measurements, floor="emulator"))
     by_name = {m.target: m.result for m in measurements}
-    suffixes = ["", "@1", *(_at(rate) for rate in rates)]
-    added = {
-        suffix: (
-            by_name[f"chat{suffix}"].p50_ms - by_name[f"emulator{suffix}"].p50_ms,
-            by_name[f"chat{suffix}"].p99_ms - by_name[f"emulator{suffix}"].p99_ms,
-        )
-        for suffix in suffixes
-    }
-    cpu_ms = {
-        name: 1000 * by_name[name].server_cpu / by_name[name].rps
-        for name in ("chat", "emulator")
-        if by_name[name].rps
-    }
-    ttft_added = first_tokens[1].p50_ms - first_tokens[0].p50_ms
-    rps = by_name["chat"].rps
     sampler = options.trace_sampler or "the serve default"
     export = "exported to an OTLP sink" if options.export else "no OTLP endpoint"
     say(f"tracing: {sampler}, {export}")
-    say(
-        f"chat, closed loop at concurrency {config.concurrency}: {rps:,.0f} RPS;"
-        f" added p50 {added[''][0]:.2f} ms, p99 {added[''][1]:.2f} ms"
-        " (queueing included: mean latency = concurrency / rps)"
-    )
-    for rate in rates:
-        p50, p99 = added[_at(rate)]
-        say(
-            f"chat at {rate:g} requests/s offered (open loop, same rate for both):"
-            f" served {by_name['chat' + _at(rate)].rps:,.0f} RPS, added p50 {p50:.2f} ms,"
-            f" added p99 {p99:.2f} ms"
-        )
-    for first in first_tokens:
-        say(f"{first.name}: first token p50 {first.p50_ms:.2f} ms, p99 {first.p99_ms:.2f} ms")
-    verdicts = {
-        "server_cpu_ms": (cpu_ms.get("chat", 0.0), TARGET_CPU_MS, "<="),
-        "closed_loop_rps": (rps, TARGET_RPS, ">="),
-        "added_p50_ms_alone": (added["@1"][0], TARGET_ADDED_P50_ALONE_MS, "<="),
-        f"added_p99_ms_at_{LOADED_SHARE:.0%}": (added[_at(rates[0])][1], TARGET_ADDED_P99_MS, "<="),
-        "stream_first_token_added_p50_ms": (ttft_added, TARGET_TTFT_ADDED_MS, "<="),
-    }
-    met = {
-        name: value <= target if sense == "<=" else value >= target
-        for name, (value, target, sense) in verdicts.items()
-    }
-    say("targets:")
-    for name, (value, target, sense) in verdicts.items():
-        say(f"  {name:36} {value:9.2f}  (target {sense} {target:g})  {_verdict(met[name])}")
+    say(f"emulator stream@1: first token p50 {direct_first.p50_ms:.2f} ms")
+    judged: dict[str, dict[str, Any]] = {}
+    for version in versions:
+        verdicts, added = judge(version, by_name, direct_first)
+        judged[version.label or "current"] = {"verdicts": verdicts, "added_ms": added}
+        name = f"{version.label}chat"
+        say(f"{name}:")
+        for suffix, (p50, p99) in added.items():
+            load = {"": f"closed loop c{config.concurrency}", "@1": "alone"}.get(suffix, suffix)
+            say(f"  {load:22} added p50 {p50:7.2f} ms, p99 {p99:8.2f} ms")
+        first = version.first_token
+        say(f"  stream@1: first token p50 {first.p50_ms:.2f} ms, p99 {first.p99_ms:.2f} ms")
+        say("  targets:")
+        for key, (value, target, sense) in verdicts.items():
+            verdict = _verdict(_met(value, target, sense))
+            say(f"    {key:34} {value:9.2f}  (target {sense} {target:g})  {verdict}")
+    if len(versions) == 2:
+        after, baseline = (judged[key]["verdicts"] for key in ("current", "before:"))
+        say("after / before (same run):")
+        for key, (value, _, _) in after.items():
+            base = baseline[key][0]
+            ratio = f"{value / base:.2f}" if base else "n/a"
+            say(f"  {key:34} {base:9.2f} -> {value:9.2f}  ({ratio}x)")
     if summary:
         say(summary)
     if flame:
@@ -450,13 +543,15 @@ def run(config: harness.RunConfig, options: ChatOptions, workdir: Path) -> int:
         "benchmark": "chat",
         "valid": banner is None,
         "config": dataclasses.asdict(config),
-        "options": dataclasses.asdict(options),
-        "added_ms": {name or "concurrent": figures for name, figures in added.items()},
-        "rates": list(rates),
-        "first_token_ms": [dataclasses.asdict(f) for f in first_tokens],
-        "targets_met": met,
-        "verdicts": {name: {"value": v, "target": t} for name, (v, t, _) in verdicts.items()},
-        "server_cpu_ms_per_request": cpu_ms,
+        "options": {k: str(v) for k, v in dataclasses.asdict(options).items()},
+        "versions": judged,
+        "first_token_ms": {
+            "emulator": dataclasses.asdict(direct_first),
+            **{v.label or "current": dataclasses.asdict(v.first_token) for v in versions},
+        },
+        "targets_met": {
+            key: _met(*verdict) for key, verdict in judged["current"]["verdicts"].items()
+        },
         "profile": summary,
         "flame_graph": str(flame) if flame else None,
         "environment": harness.environment(bool(os.environ.get("DATABASE_URL"))),

@@ -229,17 +229,20 @@ def start_servers(
     floor: bool = True,
     command: list[str] | None = None,
     env: dict[str, str] | None = None,
+    root: Path = stack.REPO_ROOT,
+    label: str = "bulkhead",
 ) -> dict[str, stack.ServerProcess]:
     """Start Bulkhead (`bulkhead serve`) and the floor, same uvicorn flags; stopped by `cleanup`.
 
     With `floor=False` only Bulkhead is started; `command` replaces `bulkhead serve` (a
-    wrapper around it) and `env` adds variables to its environment.
+    wrapper around it), `env` adds variables to its environment, `root` is the checkout it
+    runs from (another version, as a baseline) and `label` names its log file.
     """
     clean = stack.clean_environment()
     tenants_dir = workdir / "no-tenants"  # empty: the demo corpus is not seeded
-    tenants_dir.mkdir()
+    tenants_dir.mkdir(exist_ok=True)
     logs = workdir / "logs"
-    logs.mkdir()
+    logs.mkdir(exist_ok=True)
     port = stack.free_port()
     bulkhead = stack.ServerProcess(
         "bulkhead",
@@ -255,7 +258,8 @@ def start_servers(
             "BULKHEAD_TENANTS_DIR": str(tenants_dir),
             "DATABASE_URL": owner_url,
         },
-        log=logs / "bulkhead.log",
+        log=logs / f"{label}.log",
+        root=root,
     )
     cleanup.callback(bulkhead.stop)
     if not floor:

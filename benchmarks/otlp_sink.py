@@ -7,7 +7,10 @@ Served by uvicorn: `uvicorn --factory benchmarks.otlp_sink:app`.
 
 from __future__ import annotations
 
-from litestar.types import Receive, Scope, Send
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+Message = dict[str, Any]
 
 
 class OtlpSink:
@@ -16,7 +19,12 @@ class OtlpSink:
     def __init__(self) -> None:
         self.exports: dict[str, int] = {}
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def __call__(
+        self,
+        scope: Message,
+        receive: Callable[[], Awaitable[Message]],
+        send: Callable[[Message], Awaitable[None]],
+    ) -> None:
         """Read the whole body, then answer (an empty Export*ServiceResponse is zero bytes)."""
         if scope["type"] != "http":
             return

@@ -158,8 +158,12 @@ class ServerProcess:
         env: dict[str, str],
         log: Path,
         port: int | None = None,
+        root: Path = REPO_ROOT,
     ) -> None:
-        """Start `command`; its port is `port`, or else the value of its `--port` flag."""
+        """Start `command` in `root` (whose `app/` it imports).
+
+        Its port is `port`, or else the value of its `--port` flag.
+        """
         self.name = name
         self.log = log
         self.port = port if port is not None else int(command[command.index("--port") + 1])
@@ -167,8 +171,8 @@ class ServerProcess:
         self._log_file: IO[bytes] = log.open("wb")
         self._process = subprocess.Popen(  # noqa: S603 - our own interpreter and arguments
             command,
-            cwd=REPO_ROOT,
-            env={**env, "PYTHONPATH": str(REPO_ROOT)},
+            cwd=root,
+            env={**env, "PYTHONPATH": str(root)},
             stdin=subprocess.DEVNULL,
             stdout=self._log_file,
             stderr=subprocess.STDOUT,
