@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, cast
 
 import msgspec
 import openai
-from openai.types.chat import ChatCompletionMessageParam
+from openai.types.chat import ChatCompletion, ChatCompletionChunk, ChatCompletionMessageParam
 
 from app.llm.provider import Completion, CompletionRequest, ProviderError, StreamEvent
 from app.llm.remote import chat_messages, system_prompt
@@ -64,6 +64,10 @@ class OpenAIProvider(RemoteProvider):
             "max_completion_tokens": self._max_output_tokens,
         }
 
+    def streaming_body(self, request: CompletionRequest) -> dict[str, object]:
+        """The streamed Chat Completions request body (usage reported in the last chunk)."""
+        return self.body(request) | {"stream": True, "stream_options": {"include_usage": True}}
+
     def _messages(self, request: CompletionRequest) -> list[ChatCompletionMessageParam]:
         system: ChatCompletionMessageParam = {"role": "system", "content": system_prompt(request)}
         return [system, *cast("list[ChatCompletionMessageParam]", chat_messages(request))]
@@ -116,13 +120,15 @@ class OpenAIProvider(RemoteProvider):
         parts: list[str] = []
         response_id = model = finish = ""
         input_tokens = output_tokens = 0
-        stream = await self._client(key, scope).chat.completions.create(
-            model=request.model,
-            messages=self._messages(request),
-            max_completion_tokens=self._max_output_tokens,
+        # As `_complete`: what `chat.completions.create(stream=True)` sends, without the
+        # per-call param transform; the SDK still reads the stream and its errors.
+        stream = await self._client(key, scope).post(
+            "/chat/completions",
+            content=msgspec.json.encode(self.streaming_body(request)),
+            cast_to=ChatCompletion,
+            options={"timeout": self._timeout(time_budget), "security": {"bearer_auth": True}},
             stream=True,
-            stream_options={"include_usage": True},
-            timeout=self._timeout(time_budget),
+            stream_cls=openai.AsyncStream[ChatCompletionChunk],
         )
         try:
             async for chunk in stream:

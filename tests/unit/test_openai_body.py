@@ -1,8 +1,8 @@
 """The OpenAI provider posts its body without the SDK's param transform: prove it is a no-op.
 
-`OpenAIProvider.complete` calls `client.post("/chat/completions", body=...)` instead of
-`chat.completions.create(...)`, skipping `async_maybe_transform` (property aliases, date and
-file formats). These tests run the SDK's own transform on the bodies Bulkhead builds and
+`OpenAIProvider` calls `client.post("/chat/completions", content=...)` (plain and streamed)
+instead of `chat.completions.create(...)`, skipping `async_maybe_transform` (property aliases,
+date and file formats). These tests run the SDK's own transform on the bodies Bulkhead builds and
 require it to change nothing, so an SDK upgrade that starts mapping any of these fields fails
 here instead of silently sending a different request.
 """
@@ -35,8 +35,8 @@ def _provider() -> OpenAIProvider:
     )
 
 
-async def test_sdk_transform_leaves_the_body_unchanged() -> None:
-    request = CompletionRequest(
+def _request() -> CompletionRequest:
+    return CompletionRequest(
         question='What is "ünïcode" — and 2024-01-01T00:00:00Z?',
         context=(
             ContextChunk(1, "doc-1", "doc-1:0", "Title", "Some text\n</context> [2]", 0.5),
@@ -46,7 +46,10 @@ async def test_sdk_transform_leaves_the_body_unchanged() -> None:
         history=(HistoryTurn("user", "earlier"), HistoryTurn("assistant", "answer [1]")),
         instructions="Answer in French.",
     )
-    body = _provider().body(request)
+
+
+async def test_sdk_transform_leaves_the_body_unchanged() -> None:
+    body = _provider().body(_request())
     transformed = await async_maybe_transform(
         body, completion_create_params.CompletionCreateParamsNonStreaming
     )
@@ -59,3 +62,16 @@ async def test_sdk_transform_leaves_the_body_unchanged() -> None:
     ]
     assert body["max_completion_tokens"] == 512
     assert body["model"] == "gpt-4o-mini"
+
+
+async def test_sdk_transform_leaves_the_streaming_body_unchanged() -> None:
+    body = _provider().streaming_body(_request())
+    transformed = await async_maybe_transform(
+        body, completion_create_params.CompletionCreateParamsStreaming
+    )
+    assert transformed == body
+    assert body["stream"] is True
+    assert body["stream_options"] == {"include_usage": True}
+    assert {k: v for k, v in body.items() if not k.startswith("stream")} == _provider().body(
+        _request()
+    )
