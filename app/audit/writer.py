@@ -30,8 +30,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import asdict, astuple, dataclass
+from dataclasses import dataclass, fields
 from datetime import datetime
+from typing import Any
 
 import asyncpg
 from opentelemetry import metrics
@@ -90,6 +91,14 @@ class AuditRow:
     latency_ms: float
     source_ip: str | None
     trace_id: str
+
+
+_ROW_FIELDS = tuple(field.name for field in fields(AuditRow))
+
+
+def _values(row: AuditRow) -> dict[str, Any]:
+    """The row's fields by name, in declaration order (`asdict` without its deep copy)."""
+    return {name: getattr(row, name) for name in _ROW_FIELDS}
 
 
 class AuditWriter(BatchWriter[AuditRow]):
@@ -174,8 +183,9 @@ class AuditWriter(BatchWriter[AuditRow]):
             records = []
             for row in rows:
                 seq += 1
-                row_hash = link(prev, asdict(row) | {"seq": seq})
-                records.append((*astuple(row), seq, prev, row_hash))
+                values = _values(row)
+                row_hash = link(prev, values | {"seq": seq})
+                records.append((*values.values(), seq, prev, row_hash))
                 prev = row_hash
             if records:
                 await connection.executemany(_INSERT, records)
