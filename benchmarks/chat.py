@@ -211,7 +211,11 @@ def emulator_target(vocabulary: corpus.Vocabulary, *, seed: int = 3) -> Target:
 
 
 def profile(
-    server: stack.ServerProcess, target: Target, config: harness.RunConfig, seconds: int
+    server: stack.ServerProcess,
+    target: Target,
+    config: harness.RunConfig,
+    seconds: int,
+    name: str = "chat",
 ) -> tuple[str, Path | None]:
     """Sample `server` with py-spy while `target` is under load.
 
@@ -221,7 +225,7 @@ def profile(
     report.RESULTS_DIR.mkdir(exist_ok=True)
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     raw = Path(tempfile.mkdtemp(prefix="bulkhead-profile-")) / "chat.txt"
-    svg = report.RESULTS_DIR / f"chat-flame-{stamp}.svg"
+    svg = report.RESULTS_DIR / f"{name}-flame-{stamp}.svg"
     # Two samplers side by side: collapsed stacks to summarise, and the flame graph.
     samplers = [
         subprocess.Popen(  # noqa: S603 - fixed arguments
@@ -474,10 +478,10 @@ def run(config: harness.RunConfig, options: ChatOptions, workdir: Path) -> int:
         harness.preflight(servers["bulkhead"], [chat])
         floor = harness.measure(floor_target(), servers["floor"], config)
         versions = [measure_version("", servers["bulkhead"], chat, config, options.rates)]
-        summary, flame = (
-            profile(servers["bulkhead"], chat, config, options.profile_seconds)
+        profiles = (
+            [profile(servers["bulkhead"], chat, config, options.profile_seconds)]
             if options.profile_seconds
-            else ("", None)
+            else []
         )
         if options.baseline is not None:
             # One Bulkhead at a time: both open the same Qdrant Edge shard.
@@ -495,6 +499,10 @@ def run(config: harness.RunConfig, options: ChatOptions, workdir: Path) -> int:
             before.wait_ready("/readyz")
             harness.preflight(before, [chat])
             versions.append(measure_version("before:", before, chat, config, options.rates))
+            if options.profile_seconds:
+                profiles.append(
+                    profile(before, chat, config, options.profile_seconds, name="before-chat")
+                )
         rates = {rate for version in versions for rate in version.rates}
         direct, direct_first = measure_emulator(
             emulator, emulator_target(vocabulary), config, rates
@@ -534,10 +542,10 @@ def run(config: harness.RunConfig, options: ChatOptions, workdir: Path) -> int:
             base = baseline[key][0]
             ratio = f"{value / base:.2f}" if base else "n/a"
             say(f"  {key:34} {base:9.2f} -> {value:9.2f}  ({ratio}x)")
-    if summary:
-        say(summary)
-    if flame:
-        say(f"flame graph: {flame}")
+    for (summary, flame), version in zip(profiles, versions, strict=False):
+        say(f"profile of {version.label}chat, closed loop: {summary}")
+        if flame:
+            say(f"flame graph: {flame}")
     banner = report.error_banner(measurements)
     extra: dict[str, Any] = {
         "benchmark": "chat",
@@ -552,8 +560,10 @@ def run(config: harness.RunConfig, options: ChatOptions, workdir: Path) -> int:
         "targets_met": {
             key: _met(*verdict) for key, verdict in judged["current"]["verdicts"].items()
         },
-        "profile": summary,
-        "flame_graph": str(flame) if flame else None,
+        "profiles": [
+            {"version": v.label or "current", "summary": summary, "flame_graph": str(flame)}
+            for (summary, flame), v in zip(profiles, versions, strict=False)
+        ],
         "environment": harness.environment(bool(os.environ.get("DATABASE_URL"))),
     }
     say(f"results: {report.write_json(extra, measurements)}")
