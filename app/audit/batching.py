@@ -72,18 +72,16 @@ class BatchWriter(Generic[Row]):
         loop = asyncio.get_running_loop()
         while True:
             batch = [await self._queue.get()]
-            deadline = loop.time() + self._flush_interval
-            while len(batch) < self._batch_size:
-                if not self._queue.empty():
-                    batch.append(self._queue.get_nowait())
-                    continue
-                timeout = deadline - loop.time()
-                if timeout <= 0:
-                    break
-                try:
-                    batch.append(await asyncio.wait_for(self._queue.get(), timeout))
-                except TimeoutError:
-                    break
+            # One deadline for the whole batch (`asyncio.wait_for` per row made a task each).
+            try:
+                async with asyncio.timeout_at(loop.time() + self._flush_interval):
+                    while len(batch) < self._batch_size:
+                        if self._queue.empty():
+                            batch.append(await self._queue.get())
+                        else:
+                            batch.append(self._queue.get_nowait())
+            except TimeoutError:
+                pass
             taken = len(batch)
             self._batch = batch
             await self._handle(batch)
