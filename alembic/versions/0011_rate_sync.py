@@ -16,7 +16,9 @@ totals. This function does that for a whole batch, every tenant and bucket, in o
 - it returns each bucket's row as it stands (`o_window`, `o_count`), and for each tenant of
   `p_token_tenants` the tokens charged on the current UTC day (`o_bucket` NULL, `o_window` the
   day as days since the epoch); `o_now` on every row is the database clock, which the
-  replicas' windows follow.
+  replicas' windows follow;
+- a tenant offboarded since its requests were counted is skipped (its counts would break the
+  foreign key, and with it the whole batch).
 
 The runtime role gets EXECUTE on it and nothing else: the tables' grants (0005) already cover
 what it reads and writes.
@@ -60,7 +62,9 @@ def upgrade() -> None:
             v_tenant text;
         BEGIN
             FOR v_tenant IN
-                SELECT DISTINCT t FROM unnest(p_tenants || p_token_tenants) AS t ORDER BY t
+                SELECT DISTINCT t FROM unnest(p_tenants || p_token_tenants) AS t
+                WHERE EXISTS (SELECT FROM tenants WHERE tenants.id = t)
+                ORDER BY t
             LOOP
                 PERFORM set_config('bulkhead.tenant_id', v_tenant, true);
                 RETURN QUERY
