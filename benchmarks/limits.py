@@ -205,7 +205,7 @@ async def _store(
 
 async def _run(app_url: str, redis_url: str | None, ops: int, callers: int) -> dict[str, Any]:
     pool = await create_pool(app_url, min_size=callers, max_size=callers)
-    report: dict[str, Any] = {"callers": callers}
+    report: dict[str, Any] = {"callers": callers, "ops": ops}
     try:
         report["postgres"] = await _store(
             "postgres", PostgresCounters(pool), pool, ops, callers, lambda: _postgres_cpu(pool)
@@ -238,6 +238,8 @@ def _table(report: dict[str, Any]) -> str:
         for mode in ("exact", "local"):
             m = entry[mode]
             store_cpu = m["store_cpu_us_per_request"]
+            if store_cpu == 0:  # /proc counts 10 ms ticks: below one tick in the whole run
+                store_cpu = f"<{10_000 / report['ops']:.1f}"
             lines.append(
                 f"{name:9} {mode:6} {m['p50_us']:8} {m['p99_us']:8} {m['cpu_us_per_request']:8}"
                 f" {store_cpu if store_cpu is not None else '-':>9}"

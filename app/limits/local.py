@@ -32,10 +32,13 @@ If the store cannot be reached, each replica keeps enforcing its own view (its l
 everything it counted since), keeps its counts for the next sync, and its requests are marked
 `store_error`; the outage is logged once (`StoreHealth`). Memory: a window's counts are dropped
 at the first sync after the window ends (once pushed); a tenant's record goes with its last
-count, or at the end of the UTC day when it holds that day's token total. The token total is
-today's (a lower bound all day long: tokens are only ever added), read for the tenants that
-sent a token path request since the last sync; an unknown total admits, so a spent budget is
-seen within one sync interval.
+count, or at the end of the UTC day when it holds that day's token total.
+
+The token total is today's, read at the first sync after each token path request (it is a
+lower bound all day long: tokens are only ever added, and charged when a call ends). A replica
+decides on the total it last read (none yet: admit), so once a budget is spent, a replica admits
+chat requests for at most one sync interval plus a round trip after its next chat request: the
+same bound as the counts, in chats.
 """
 
 from __future__ import annotations
