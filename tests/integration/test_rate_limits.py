@@ -736,3 +736,27 @@ async def test_the_runtime_role_alone_may_run_the_sync_function(owner_pool: asyn
         "bulkhead_rate_sync(text[], text[], bigint[], integer[], text[])",
     )
     assert (granted["app"], granted["public"]) == (True, False)
+
+
+async def test_shutdown_pushes_the_last_counts(
+    settings: Settings,
+    tmp_root: Path,
+    make_tenant: TenantFactory,
+    auth: AuthHeaders,
+    app_pool: asyncpg.Pool,
+) -> None:
+    copy = settings.model_copy(deep=True)
+    copy.vectors.path = tmp_root / f"qdrant-rl-{uuid.uuid4().hex[:8]}"
+    copy.limits.rate_limit_sync_seconds = 10  # the longest: no background sync in this test
+    app = create_app(copy)
+    tenant = await make_tenant("rl", limits=LimitsSpec(requests_per_minute=100))
+    scope = TenantScope(tenant_id=tenant, subject="ops", roles=frozenset())
+    await _same_window()
+    async with AsyncTestClient(app=app) as client:
+        await wait_for_tenant(app, tenant)
+        for _ in range(3):
+            assert (await _search(client, auth(tenant))).status_code == 200
+        async with tenant_transaction(app_pool, scope=scope) as connection:
+            assert await connection.fetchval("SELECT hits FROM rate_counters") is None
+    async with tenant_transaction(app_pool, scope=scope) as connection:
+        assert await connection.fetchval("SELECT hits FROM rate_counters") == 3
