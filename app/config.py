@@ -171,7 +171,14 @@ class ShutdownSettings(BaseModel):
 
 
 class LimitSettings(BaseModel):
-    """Input bounds enforced on every endpoint."""
+    """Input bounds enforced on every endpoint, and how replicas share rate-limit counts."""
+
+    rate_limit_sync_seconds: float = Field(default=0.25, gt=0, le=10)
+    """Local admission (manifest `limits.admission: local`, the default): how often each
+    replica pushes the requests it counted and reads back the shared counts, in one round trip
+    per store. Over-admission per window is at most what the other replicas admit in one
+    interval plus one round trip (docs/rate-limits.md): at 0.25 s and 10 requests/s on a
+    tenant per replica, 2-3 requests per other replica, for 4 statements/s per replica."""
 
     max_request_bytes: int = Field(default=10 * 1024 * 1024, ge=1024)
     """Any request body but a multipart upload (JSON ingestion included)."""

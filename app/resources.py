@@ -202,7 +202,12 @@ async def open_resources(settings: Settings) -> AsyncIterator[Resources]:
             if settings.redis_url
             else PostgresCounters(pool)
         )
-        stack.push_async_callback(counters.aclose)
+        limiter = RequestLimiter(
+            counters, registry, sync_interval=settings.limits.rate_limit_sync_seconds
+        )
+        limiter.start()
+        # Before the pool closes (the stack unwinds in reverse): the last counts are pushed.
+        stack.push_async_callback(limiter.aclose)
         yield Resources(
             pool=pool,
             db_probe=db_probe,
@@ -223,7 +228,7 @@ async def open_resources(settings: Settings) -> AsyncIterator[Resources]:
             authenticator=authenticator,
             auth_failures=identity.auth_failures,
             client_addresses=ClientAddressResolver(settings.auth.trusted_proxies),
-            limiter=RequestLimiter(counters, registry),
+            limiter=limiter,
             reconciled=reconciled,
         )
 

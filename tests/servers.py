@@ -1,10 +1,13 @@
-"""Real secrets servers for tests and benchmarks: OpenBao (`bao server -dev`) and moto.
+"""Real servers for tests and benchmarks: OpenBao (`bao server -dev`), moto, Redis.
 
-Both listen on 127.0.0.1 on a free port and are stopped by their context managers.
+Each listens on 127.0.0.1 on a free port and is stopped by its context manager. And a TCP
+relay that can be cut and restored, for outages of any of them (or of Postgres).
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 import secrets
 import shutil
@@ -17,6 +20,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import httpx
 
@@ -27,6 +31,59 @@ def free_port() -> int:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
         return port
+
+
+class OutageProxy:
+    """A loopback TCP relay in front of a server that can be cut: the server "goes away".
+
+    `restore` listens again on the same port, as a server back from an outage does.
+    """
+
+    def __init__(self, host: str, port: int) -> None:
+        self._upstream = (host, port)
+        self._writers: list[asyncio.StreamWriter] = []
+        self._server: asyncio.Server | None = None
+        self.port = 0
+
+    @classmethod
+    def to_url(cls, url: str) -> OutageProxy:
+        """A relay to the host and port of `url` (`http://...`, `redis://...`, `postgres://...`)."""
+        parts = urlsplit(url)
+        assert parts.hostname is not None, url
+        assert parts.port is not None, url
+        return cls(parts.hostname, parts.port)
+
+    async def start(self) -> OutageProxy:
+        """Listen (on a free port the first time, on the same port after a cut)."""
+        self._server = await asyncio.start_server(self._relay, "127.0.0.1", self.port)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection(*self._upstream)
+        self._writers += [writer, up_writer]
+
+        async def pump(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            with contextlib.suppress(OSError):
+                while data := await src.read(65536):
+                    dst.write(data)
+                    await dst.drain()
+            dst.close()
+
+        await asyncio.gather(pump(reader, up_writer), pump(up_reader, writer))
+
+    async def cut(self) -> None:
+        """Stop listening and drop every relayed connection."""
+        assert self._server is not None
+        self._server.close()
+        for writer in self._writers:
+            writer.close()
+        self._writers.clear()
+        await self._server.wait_closed()
+
+    async def restore(self) -> None:
+        """Listen again on the same port."""
+        await self.start()
 
 
 def wait_until_ready(

@@ -2,7 +2,8 @@
 
 Buckets: the tenant always; the user (pseudonymous `enduser_id`) and the API key when the
 manifest sets a per-user / per-key limit. Windows are fixed minutes on the store's clock, so
-every replica counts in the same window. Headers follow draft-ietf-httpapi-ratelimit-headers
+every replica counts in the same window (with local admission, as each replica reckons the
+store's clock from its last sync). Headers follow draft-ietf-httpapi-ratelimit-headers
 (-08 and later): `RateLimit-Policy: "tenant";q=600;w=60` lists every policy that applies,
 `RateLimit: "user";r=3;t=42` reports the one closest to refusing.
 """
@@ -69,11 +70,14 @@ class Counts:
         hits: Requests counted in the current window per bucket key, this one included.
         reset_seconds: Seconds until the current window ends.
         tokens_today: Tokens charged to the tenant so far this UTC day (None: not read).
+        shared: Whether the counts include the other replicas' (False: local admission while
+            the store is unreachable, this replica's own counts only).
     """
 
     hits: dict[str, int]
     reset_seconds: float
     tokens_today: int | None
+    shared: bool = True
 
 
 @dataclass(frozen=True, slots=True)

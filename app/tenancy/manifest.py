@@ -93,6 +93,10 @@ class LimitsSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """Requests per minute for one user (JWT subject); None: only the tenant limit applies."""
     requests_per_minute_per_key: int | None = None
     """Requests per minute for one API key (and its service tokens); None: tenant limit only."""
+    admission: Literal["local", "exact"] = "local"
+    """`local`: each replica decides on its own view, synced in batches (no round trip per
+    request; may over-admit by what the other replicas admit in one sync interval). `exact`:
+    one round trip to the counter store per request, never over the limit."""
 
 
 class NetworkSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):

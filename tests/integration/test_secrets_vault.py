@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 import uuid
 
@@ -16,7 +15,7 @@ from app.secrets.cache import SecretCache, SecretsUnavailable
 from app.secrets.values import SecretRef, SecretValue
 from app.secrets.vault import VaultSecretsBackend
 from app.tenancy.scope import TenantScope
-from tests.servers import OpenBao
+from tests.servers import OpenBao, OutageProxy
 
 POLICY = """
 path "secret/data/tenants/*" { capabilities = ["create", "read", "update"] }
@@ -96,46 +95,11 @@ async def test_a_static_token_that_is_refused_is_an_outage_not_a_miss(openbao: O
         await backend.close()
 
 
-class OutageProxy:
-    """A loopback TCP relay in front of OpenBao that can be cut: the server "goes away"."""
-
-    def __init__(self, upstream: str) -> None:
-        host, port = upstream.removeprefix("http://").split(":")
-        self._upstream = (host, int(port))
-        self._writers: list[asyncio.StreamWriter] = []
-        self._server: asyncio.Server | None = None
-        self.addr = ""
-
-    async def start(self) -> OutageProxy:
-        self._server = await asyncio.start_server(self._relay, "127.0.0.1", 0)
-        self.addr = f"http://127.0.0.1:{self._server.sockets[0].getsockname()[1]}"
-        return self
-
-    async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        up_reader, up_writer = await asyncio.open_connection(*self._upstream)
-        self._writers += [writer, up_writer]
-
-        async def pump(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
-            with contextlib.suppress(OSError):
-                while data := await src.read(65536):
-                    dst.write(data)
-                    await dst.drain()
-            dst.close()
-
-        await asyncio.gather(pump(reader, up_writer), pump(up_reader, writer))
-
-    async def cut(self) -> None:
-        """Stop listening and drop every relayed connection."""
-        assert self._server is not None
-        self._server.close()
-        for writer in self._writers:
-            writer.close()
-        await self._server.wait_closed()
-
-
 async def test_unreachable_vault_serves_stale_then_fails_closed(openbao: OpenBao) -> None:
-    proxy = await OutageProxy(openbao.addr).start()
-    backend = VaultSecretsBackend(VaultSettings(addr=proxy.addr, token=openbao.root_token))
+    proxy = await OutageProxy.to_url(openbao.addr).start()
+    backend = VaultSecretsBackend(
+        VaultSettings(addr=f"http://127.0.0.1:{proxy.port}", token=openbao.root_token)
+    )
     tenant = f"vo-{uuid.uuid4().hex[:8]}"
     ref = SecretRef(tenant_id=tenant, name="openai")
     now = [0.0]
