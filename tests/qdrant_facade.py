@@ -8,8 +8,9 @@ served by uvicorn on loopback, that answers the REST endpoints Bulkhead's server
 qdrant-client's REST transport send, by parsing each body with `qdrant_client.http.models`
 and calling local mode (`QdrantLocal`) with it. Answers have the server's shape:
 `{"result": ..., "status": "ok", "time": ...}`, errors `{"status": {"error": ...}}` with 404
-for a missing collection and 400 otherwise; `GET /` answers the version of the installed
-qdrant-client (so the client's compatibility check and Bulkhead's >= 1.19 guard pass).
+for a missing collection, 409 for creating one that exists (as Qdrant >= 1.8 does) and 400
+otherwise; `GET /` answers the version of the installed qdrant-client (so the client's
+compatibility check and Bulkhead's >= 1.19 guard pass).
 
 Endpoints: `GET /`, `GET /collections`, `GET|PUT|DELETE /collections/{name}`,
 `GET /collections/{name}/exists`, `PUT /collections/{name}/index`,
@@ -30,7 +31,9 @@ What it does not do, and so what a test through it cannot show:
   say nothing about Qdrant's own cost.
 
 Run `python -m tests.qdrant_facade --port 6333 --path DIR` (`--path` omitted: in memory), or
-`running_facade(path)` from a test.
+`running_facade(path)` from a test. `--cache-reads` (benchmarks only) replays the answer to a
+repeated read until the next write, so that local mode's slow exact search does not hide the
+cost of the processes being measured.
 """
 
 from __future__ import annotations
@@ -187,14 +190,29 @@ ROUTES: list[tuple[str, re.Pattern[str], Handler]] = [
 ]
 
 
-class QdrantFacade:
-    """The ASGI app: Qdrant's REST shape in front of one `QdrantLocal`."""
+READS = frozenset({_exists, _get, _retrieve, _scroll, _count, _query})
+"""Handlers that change nothing: their answers may be replayed until the next write."""
 
-    def __init__(self, path: str | None = None) -> None:
+
+class QdrantFacade:
+    """The ASGI app: Qdrant's REST shape in front of one `QdrantLocal`.
+
+    Args:
+        path: Local mode's directory; None keeps everything in memory.
+        cache_reads: Replay the answer to a read seen before (same method, path and body)
+            until the next write. For benchmarks only: local mode's exact search
+            costs tens of milliseconds, a server's about one, and this facade runs on the
+            cores the processes being measured need.
+    """
+
+    def __init__(self, path: str | None = None, *, cache_reads: bool = False) -> None:
         self._local = QdrantLocal(location=path or ":memory:")
         self.version = importlib.metadata.version("qdrant-client")
         self.unknown: list[str] = []
         """Requests no route answered (each also got a 404)."""
+        self._cache: dict[tuple[str, str, bytes], tuple[int, bytes]] | None = (
+            {} if cache_reads else None
+        )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Answer one REST request (or the lifespan's messages)."""
@@ -207,29 +225,43 @@ class QdrantFacade:
             body += message.get("body", b"")
             if not message.get("more_body"):
                 break
-        status, answer = self._answer(scope["method"], scope["path"], body)
-        payload = pydantic_core.to_json(answer)
+        status, payload = self._respond(scope["method"], scope["path"], body)
         headers = [(b"content-type", b"application/json")]
         headers.append((b"content-length", str(len(payload)).encode()))
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": payload})
 
-    def _answer(self, method: str, path: str, body: bytes) -> tuple[int, Any]:
+    def _respond(self, method: str, path: str, body: bytes) -> tuple[int, bytes]:
+        key = (method, path, body)
+        if self._cache is not None and key in self._cache:
+            return self._cache[key]
+        handler, name = _route(method, path)
+        status, answer = self._answer(method, path, body, handler, name)
+        response = status, pydantic_core.to_json(answer)
+        if self._cache is not None:
+            if handler in READS:
+                self._cache[key] = response
+            elif handler is not None:
+                self._cache.clear()
+        return response
+
+    def _answer(
+        self, method: str, path: str, body: bytes, handler: Handler | None, name: str
+    ) -> tuple[int, Any]:
         started = time.perf_counter()
         if method == "GET" and path == "/":
             return 200, {"title": "qdrant - vector search engine", "version": self.version}
         if method == "GET" and path == "/collections":
             return 200, _ok(self._local.get_collections(), started)
-        for route_method, pattern, handler in ROUTES:
-            matched = pattern.match(path)
-            if matched and route_method == method:
-                try:
-                    return 200, _ok(handler(self._local, matched["name"], body), started)
-                except (ValidationError, ValueError) as exc:
-                    not_found = "not found" in str(exc).lower()
-                    return (404 if not_found else 400), _error(str(exc), started)
-        self.unknown.append(f"{method} {path}")
-        return 404, _error(f"the Qdrant facade does not serve {method} {path}", started)
+        if handler is None:
+            self.unknown.append(f"{method} {path}")
+            return 404, _error(f"the Qdrant facade does not serve {method} {path}", started)
+        try:
+            return 200, _ok(handler(self._local, name, body), started)
+        except (ValidationError, ValueError) as exc:
+            detail = str(exc).lower()
+            status = 404 if "not found" in detail else 409 if "already exists" in detail else 400
+            return status, _error(str(exc), started)
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         while True:
@@ -242,6 +274,15 @@ class QdrantFacade:
                 return
 
 
+def _route(method: str, path: str) -> tuple[Handler | None, str]:
+    """The handler of a collection endpoint and the collection's name; (None, "") if none."""
+    for route_method, pattern, handler in ROUTES:
+        matched = pattern.match(path)
+        if matched and route_method == method:
+            return handler, matched["name"]
+    return None, ""
+
+
 def _ok(result: Any, started: float) -> dict[str, Any]:
     return {"result": result, "status": "ok", "time": time.perf_counter() - started}
 
@@ -250,10 +291,11 @@ def _error(detail: str, started: float) -> dict[str, Any]:
     return {"status": {"error": detail}, "time": time.perf_counter() - started}
 
 
-def facade_command(port: int, path: Path | None) -> list[str]:
+def facade_command(port: int, path: Path | None, *, cache_reads: bool = False) -> list[str]:
     """The command line that serves a facade on 127.0.0.1:`port` (in memory without `path`)."""
     command = [sys.executable, "-m", "tests.qdrant_facade", "--port", str(port)]
-    return command + (["--path", str(path)] if path is not None else [])
+    command += ["--path", str(path)] if path is not None else []
+    return command + (["--cache-reads"] if cache_reads else [])
 
 
 def wait_for_facade(url: str, process: subprocess.Popen[bytes], *, timeout: float = 30) -> None:
@@ -301,9 +343,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--path", default=None, help="local-mode directory (default: memory)")
+    parser.add_argument(
+        "--cache-reads", action="store_true", help="replay repeated reads (benchmarks only)"
+    )
     args = parser.parse_args(argv)
     uvicorn.run(
-        QdrantFacade(args.path),
+        QdrantFacade(args.path, cache_reads=args.cache_reads),
         host=args.host,
         port=args.port,
         log_level="warning",
