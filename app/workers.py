@@ -1,11 +1,13 @@
 """`bulkhead serve --workers N`: N processes behind one listening socket, each its own service.
 
 uvicorn's supervisor (`uvicorn.supervisors.Multiprocess`) runs them. The parent binds the
-socket, starts N workers (fresh interpreters: multiprocessing's `spawn`) and does nothing else:
-it builds no app, opens no pool. Each worker builds its own app from the parent's settings
-(`WorkerConfig.load`): its own Postgres pool, NOTIFY listeners, caches, vector clients and
-audit writer, and freezes its heap once started, as a single `bulkhead serve` does. The kernel
-spreads new connections over the workers (they accept on the same socket).
+address, starts N workers (fresh interpreters: multiprocessing's `spawn`) and does nothing
+else: it builds no app, opens no pool. Each worker builds its own app from the parent's
+settings (`WorkerConfig.load`): its own Postgres pool, NOTIFY listeners, caches, vector clients
+and audit writer, and freezes its heap once started, as a single `bulkhead serve` does. Each
+worker listens on a socket of its own in one `SO_REUSEPORT` group (`WorkerSocket`), and the
+kernel spreads new connections over them; a connection stays with its worker while it is kept
+alive.
 
 What the parent does, as uvicorn 0.54 is written (read from its source):
 
@@ -29,6 +31,7 @@ Edge shard and qdrant-client's local mode are locked by the one process that ope
 from __future__ import annotations
 
 import logging
+import socket
 import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -138,6 +141,56 @@ def prepare_generated_keys(settings: Settings) -> None:
     )
 
 
+class WorkerSocket(socket.socket):
+    """The parent's socket, which each worker that receives it replaces with a bound one of its own.
+
+    uvicorn's supervisor hands every worker the parent's one listening socket, and a worker's
+    event loop, once woken, accepts everything queued: a burst of keep-alive connections (a
+    proxy's pool, a load generator) lands on one worker and stays there (measured: 16 of 16,
+    and N=2 served no more than N=1). Unpickled in a worker, this socket is instead a new one
+    bound to the same address with `SO_REUSEPORT`, so each worker listens on its own socket of
+    one group and the kernel spreads new connections over them by the hash of their
+    addresses. The parent's own socket only holds the address (it never listens, so the kernel
+    sends it nothing). Linux only, as the service's images are.
+    """
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Rebuild as a fresh socket on the same address in the receiving process."""
+        return (_bound_socket, (self.family, self.getsockname()))
+
+
+def _bound_socket(family: int, address: tuple[Any, ...]) -> socket.socket:
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    try:
+        sock.bind(address)
+    except OSError:
+        sock.close()
+        _log.exception("worker could not bind %s", address)
+        # Exit before serving: uvicorn's parent stops instead of restarting the worker.
+        sys.exit(STARTUP_FAILURE)
+    return sock
+
+
+def listening_address(host: str, port: int) -> WorkerSocket:
+    """The parent's socket on `host:port` (port 0: one the kernel picks, shared by all).
+
+    Raises:
+        OSError: The address is taken or cannot be bound.
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = WorkerSocket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    try:
+        sock.bind((host, port))
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
 def run_workers(settings: Settings, build: AppBuilder, **options: Any) -> None:
     """Serve with `settings.workers` processes until SIGTERM/SIGINT, then drain them all.
 
@@ -146,11 +199,22 @@ def run_workers(settings: Settings, build: AppBuilder, **options: Any) -> None:
 
     Raises:
         WorkersFailed: A worker's start-up failed (every other worker was stopped).
+        OSError: The address cannot be bound.
     """
     prepare_generated_keys(settings)
     config = WorkerConfig(settings, build, **options)
-    supervisor = Multiprocess(config, sockets=[config.bind_socket()])
-    supervisor.run()
+    sock = listening_address(config.host, config.port)
+    _log.info(
+        "serving on http://%s:%d with %d workers",
+        config.host,
+        sock.getsockname()[1],
+        config.workers,
+    )
+    supervisor = Multiprocess(config, sockets=[sock])
+    try:
+        supervisor.run()
+    finally:
+        sock.close()
     failed = [p.pid for p in supervisor.processes if p.exitcode == STARTUP_FAILURE]
     if failed:
         raise WorkersFailed(

@@ -29,6 +29,7 @@ import contextlib
 import dataclasses
 import os
 import sys
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -120,6 +121,79 @@ def tree_rss_mib(pid: int) -> float:
     return total / 2**20
 
 
+def postgres_pids() -> list[int]:
+    """The machine's Postgres processes (the server the benchmark database lives on)."""
+    return [p.pid for p in psutil.process_iter(["name"]) if p.info["name"].startswith("postgres")]
+
+
+class CpuWindow:
+    """CPU seconds of named process groups, and of the whole machine, between two samples."""
+
+    def __init__(self, groups: dict[str, list[int]]) -> None:
+        """Sample now; `groups` maps a name to root pids (their descendants count too)."""
+        self._groups = groups
+        self._started = time.perf_counter()
+        self._machine = psutil.cpu_times()
+        self._before = {name: self._sample(pids) for name, pids in groups.items()}
+
+    @staticmethod
+    def _sample(pids: list[int]) -> dict[int, float]:
+        times: dict[int, float] = {}
+        for pid in pids:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                times |= tree_cpu_seconds(pid)
+        return times
+
+    def close(self) -> tuple[dict[str, float], float, float]:
+        """(CPU seconds by group, CPU seconds of the whole machine, wall seconds)."""
+        spent = {}
+        for name, pids in self._groups.items():
+            after, before = self._sample(pids), self._before[name]
+            spent[name] = sum(after.values()) - sum(before.get(pid, 0.0) for pid in after)
+        machine = psutil.cpu_times()
+        busy = _busy(machine) - _busy(self._machine)
+        return spent, busy, time.perf_counter() - self._started
+
+
+def _busy(times: Any) -> float:
+    """CPU seconds the machine spent not idle (iowait counts as idle)."""
+    return float(sum(times) - times.idle - getattr(times, "iowait", 0.0))
+
+
+def connections_by_worker(server: stack.ServerProcess) -> list[int]:
+    """Established connections to the server's port held by each worker, most first.
+
+    With one worker the parent serves them itself; with several, the parent holds none.
+    """
+    root = psutil.Process(server.pid)
+    counts = []
+    for process in [root, *root.children()]:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            held = sum(
+                1
+                for c in process.net_connections(kind="tcp")
+                if c.laddr and c.laddr.port == server.port and c.status == psutil.CONN_ESTABLISHED
+            )
+            if held:
+                counts.append(held)
+    return sorted(counts, reverse=True)
+
+
+class SpreadProbe(threading.Thread):
+    """Counts, once the load is on, how the load generator's connections spread over workers."""
+
+    def __init__(self, server: stack.ServerProcess, after: float) -> None:
+        """Probe `after` seconds from now."""
+        super().__init__(daemon=True)
+        self._server, self._after = server, after
+        self.spread: list[int] = []
+
+    def run(self) -> None:
+        """Wait, then count."""
+        time.sleep(self._after)
+        self.spread = connections_by_worker(self._server)
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class Figures:
     """One target at one worker count."""
@@ -128,25 +202,41 @@ class Figures:
     server_cpu_ms: float
     """CPU of serve's process tree per completed request, in milliseconds."""
     facade_cpu_ms: float
+    cores: dict[str, float]
+    """Cores busy over the measured window: by process group, `machine` for everything."""
+    spread: list[int]
+    """The load generator's connections held by each serving process, mid-run."""
 
 
 def measure(
     target: Target,
     server: stack.ServerProcess,
-    facade: stack.ServerProcess,
+    others: dict[str, list[int]],
     config: harness.RunConfig,
 ) -> Figures:
-    """Warm up, then measure `target` with the CPU of serve's tree and the facade bracketed."""
+    """Warm up, then measure `target` with the CPU of serve's tree and of `others` bracketed."""
     if config.warmup:
         warmup = dataclasses.replace(config, warmup=0, duration=config.warmup)
         harness.measure(target, server, warmup)
-    before, facade_before = tree_cpu_seconds(server.pid), tree_cpu_seconds(facade.pid)
+    window = CpuWindow({"serve": [server.pid], **others})
+    # The load generator's interpreter starts in ~0.5 s; its connections stay open to the end.
+    probe = SpreadProbe(server, after=min(2.0, config.duration / 2))
+    probe.start()
     measured = harness.measure(target, server, dataclasses.replace(config, warmup=0))
-    after, facade_after = tree_cpu_seconds(server.pid), tree_cpu_seconds(facade.pid)
-    requests = measured.result.requests or 1
-    spent = sum(after.values()) - sum(before.get(pid, 0.0) for pid in after)
-    facade_spent = sum(facade_after.values()) - sum(facade_before.values())
-    return Figures(measured, 1000 * spent / requests, 1000 * facade_spent / requests)
+    spent, machine, wall = window.close()
+    probe.join()
+    result = measured.result
+    requests = result.requests or 1
+    cores = {name: seconds / wall for name, seconds in spent.items()}
+    cores["loadgen"] = result.client_cpu * result.seconds / wall
+    cores["machine"] = machine / wall
+    return Figures(
+        measured,
+        1000 * spent["serve"] / requests,
+        1000 * spent["facade"] / requests,
+        cores,
+        probe.spread,
+    )
 
 
 def prime(server: stack.ServerProcess, targets: list[Target]) -> None:
@@ -178,7 +268,7 @@ def run(config: harness.RunConfig, workdir: Path) -> int:
     figures: dict[tuple[int, str], Figures] = {}
     servers_seen: dict[int, dict[str, float]] = {}
     with contextlib.ExitStack() as cleanup:
-        owner_url, _emulator, tenant_ids, issuer = chat_stack(workdir, config.tenants, cleanup)
+        owner_url, emulator, tenant_ids, issuer = chat_stack(workdir, config.tenants, cleanup)
         port = stack.free_port()
         facade = stack.ServerProcess(
             "facade",
@@ -235,9 +325,14 @@ def run(config: harness.RunConfig, workdir: Path) -> int:
                     "ready_seconds": ready,
                     "rss_mib_ready": tree_rss_mib(bulkhead.pid),
                 }
+                others = {
+                    "facade": [facade.pid],
+                    "emulator": [emulator.pid],
+                    "postgres": postgres_pids(),
+                }
                 for target in targets:
                     named = dataclasses.replace(target, name=f"{target.name} N={workers}")
-                    figures[workers, target.name] = measure(named, bulkhead, facade, config)
+                    figures[workers, target.name] = measure(named, bulkhead, others, config)
                 servers_seen[workers]["rss_mib_after"] = tree_rss_mib(bulkhead.pid)
     return _report(config, figures, servers_seen)
 
@@ -263,6 +358,10 @@ def _report(
             f" {one.server_cpu_ms:.2f} -> {two.server_cpu_ms:.2f} ms, the facade's"
             f" {one.facade_cpu_ms:.2f} -> {two.facade_cpu_ms:.2f} ms"
         )
+    say("cores busy while measuring (of the machine's; loadgen from its own sampling):")
+    for (workers, name), f in figures.items():
+        parts = ", ".join(f"{group} {cores:.2f}" for group, cores in f.cores.items())
+        say(f"  {name} N={workers}: {parts}; connections per worker {f.spread}")
     for workers, seen in servers.items():
         say(
             f"--workers {workers}: ready in {seen['ready_seconds']:.1f} s, RSS of the process"
@@ -278,6 +377,10 @@ def _report(
         "cpu_ms_per_request": {
             f"{name} N={workers}": {"serve": f.server_cpu_ms, "facade": f.facade_cpu_ms}
             for (workers, name), f in figures.items()
+        },
+        "cores_busy": {f"{name} N={workers}": f.cores for (workers, name), f in figures.items()},
+        "connections_per_worker": {
+            f"{name} N={workers}": f.spread for (workers, name), f in figures.items()
         },
         "servers": servers,
         "environment": harness.environment(bool(os.environ.get("DATABASE_URL"))),
