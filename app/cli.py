@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -25,6 +25,8 @@ from app.db.instance import data_dir_option, instance_settings
 from app.tenancy.scope import Role
 
 if TYPE_CHECKING:
+    from litestar import Litestar
+
     from app.config import Settings
 
 DEMO_QUESTION = "How many vacation days do I get?"
@@ -152,7 +154,9 @@ def dev(host: str | None, port: int | None, data_dir: Path | None) -> None:
     _exit_on_signals()
     # In dev every trace is worth seeing (when an OTLP endpoint is set); `serve` samples.
     os.environ.setdefault("OTEL_TRACES_SAMPLER", "parentbased_always_on")
-    overrides: dict[str, object] = {"dev": True}
+    # One process: the embedded Postgres and the Edge shard belong to it (BULKHEAD_WORKERS is
+    # for `serve`).
+    overrides: dict[str, object] = {"dev": True, "workers": 1}
     if host:
         overrides["host"] = host
     if port is not None:
@@ -213,14 +217,27 @@ def _run_dev(settings: Settings) -> None:
 
 
 @main.command()
-def serve() -> None:
+@click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Processes to serve with (default BULKHEAD_WORKERS, else 1); more than one needs a"
+    " Qdrant server (vectors.qdrant.url).",
+)
+def serve(workers: int | None) -> None:
     """Run the service (production: DATABASE_URL and a master key are required)."""
     from app.config import get_settings
     from app.secrets.kek import MasterKeyError, load_master_key
+    from app.workers import refusal
 
     _setup_logging()
     _exit_on_signals()
     settings = get_settings()
+    if workers is not None:
+        settings = settings.model_copy(update={"workers": workers})
+    refused = refusal(settings)
+    if refused:
+        raise click.ClickException(refused)
     try:
         load_master_key(settings)
     except MasterKeyError as exc:
@@ -259,29 +276,48 @@ def _exit_on_signals() -> None:
     signal.signal(signal.SIGINT, leave)
 
 
-def _serve(settings: Settings) -> None:
-    import uvicorn
-
-    from app.edge.server import server_options
+def _served_app(settings: Settings) -> Litestar:
+    """The app of one serving process; it freezes its heap once started."""
     from app.main import create_app
 
     app = create_app(settings)
     app.on_startup.append(_freeze_startup_heap)
-    uvicorn.run(
-        app,
-        host=settings.host,
-        port=settings.port,
-        log_level="info",
+    return app
+
+
+def _worker_app(settings: Settings) -> Litestar:
+    """The app of one worker of `serve --workers N`, built in that worker (`app.workers`)."""
+    _setup_logging()
+    return _served_app(settings)
+
+
+def _serve(settings: Settings) -> None:
+    import uvicorn
+
+    from app.edge.server import server_options
+
+    options: dict[str, Any] = {
+        "host": settings.host,
+        "port": settings.port,
+        "log_level": "info",
         # Every authenticated request is already in the audit trail and traced; a per-request
         # access log line would cost more CPU than a search (see benchmarks/README.md).
-        access_log=False,
-        proxy_headers=False,
-        server_header=False,
+        "access_log": False,
+        "proxy_headers": False,
+        "server_header": False,
         # On SIGTERM/SIGINT: stop accepting, give requests in flight this long, then cancel
         # them; the lifespan's exit then flushes the audit trail and closes the pools.
-        timeout_graceful_shutdown=settings.shutdown.drain_seconds,
-        **server_options(settings.http),
-    )
+        "timeout_graceful_shutdown": settings.shutdown.drain_seconds,
+    }
+    if settings.workers > 1:
+        from app.workers import WorkersFailed, run_workers
+
+        try:
+            run_workers(settings, _worker_app, **options)
+        except WorkersFailed as exc:
+            raise click.ClickException(str(exc)) from exc
+        return
+    uvicorn.run(_served_app(settings), **options, **server_options(settings.http))
 
 
 @main.command()

@@ -295,6 +295,9 @@ class Settings(BaseSettings):
     data_dir: Path = Path(".bulkhead")
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
+    workers: int = Field(default=1, ge=1)
+    """Processes `bulkhead serve` runs (`--workers`). More than one needs a Qdrant server
+    (`vectors.qdrant.url`); each process has its own pools: N x `db.pool_max` connections."""
     tenants_dir: Path = Path("tenants")
     redis_url: str | None = None
     """`BULKHEAD_REDIS_URL`: rate-limit counters in Redis instead of Postgres."""

@@ -41,6 +41,7 @@ from app.tenancy.manifest import IdentitySpec, IssuerSpec, TenantManifest
 from app.tenancy.scope import Role
 from tests.live_server import live_server  # noqa: F401 - a fixture, defined once per run
 from tests.provider_emulator import EmulatorServer
+from tests.qdrant_facade import running_facade
 from tests.servers import OpenBao, moto_server, openbao_dev_server
 
 APP_ROLE = "bulkhead_app"
@@ -127,6 +128,13 @@ def settings(database_url: str, tmp_root: Path) -> Settings:
     settings.llm.attempt_timeout_seconds = 1.0
     settings.llm.request_deadline_seconds = 5.0
     return settings
+
+
+@pytest.fixture(scope="session")
+def qdrant_facade(tmp_root: Path) -> Iterator[str]:
+    """URL of a Qdrant REST facade (tests/qdrant_facade.py, in memory) for the whole run."""
+    with running_facade(None, log=tmp_root / "qdrant-facade.log") as url:
+        yield url
 
 
 @pytest.fixture(scope="session")

@@ -6,9 +6,12 @@ import re
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
+from http import HTTPStatus
+from typing import Any, Literal
 
+import grpc
 from qdrant_client import AsyncQdrantClient, models
+from qdrant_client.http.exceptions import UnexpectedResponse
 
 from app.vectors.scoping import (
     ACL_FIELD,
@@ -68,13 +71,16 @@ async def ensure_collection(
     dense: dict[str, models.VectorParams] = {}
     if dense_size:
         dense[DENSE_VECTOR] = models.VectorParams(size=dense_size, distance=models.Distance.COSINE)
-    await client.create_collection(
+    created = await create_collection_once(
+        client,
         name,
         vectors_config=dense,
         sparse_vectors_config={
             BM25_VECTOR: models.SparseVectorParams(modifier=models.Modifier.IDF)
         },
     )
+    if not created:
+        return False
     with warnings.catch_warnings():
         # Local mode (tests, dev) keeps no payload indexes and says so; a server does.
         warnings.filterwarnings("ignore", message="Payload indexes have no effect")
@@ -85,6 +91,29 @@ async def ensure_collection(
         )
         for field, schema in _FIELD_INDEXES.items():
             await client.create_payload_index(name, field, schema)
+    return True
+
+
+async def create_collection_once(client: AsyncQdrantClient, name: str, **config: Any) -> bool:
+    """Create a collection; False if another process created it first.
+
+    Workers of one `serve --workers N`, or replicas, start together and each makes the
+    collections it finds missing: the loser of that race gets Qdrant's "already exists" (409,
+    gRPC `ALREADY_EXISTS`), which here means the work is done. The winner makes the indexes.
+
+    Raises:
+        UnexpectedResponse: The server refused the collection otherwise.
+    """
+    try:
+        await client.create_collection(name, **config)
+    except UnexpectedResponse as exc:
+        if exc.status_code != HTTPStatus.CONFLICT:
+            raise
+        return False
+    except grpc.aio.AioRpcError as exc:
+        if exc.code() != grpc.StatusCode.ALREADY_EXISTS:
+            raise
+        return False
     return True
 
 

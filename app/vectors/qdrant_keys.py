@@ -32,6 +32,7 @@ from app.secrets.backend import SecretNotFound, SecretsBackend
 from app.secrets.scrub import register_secret
 from app.secrets.values import SecretRef, SecretValue
 from app.tenancy.scope import Role, TenantScope
+from app.vectors.qdrant_collections import create_collection_once
 from app.vectors.qdrant_server import CollectionNames, Isolation, ensure_collection
 
 _log = logging.getLogger(__name__)
@@ -137,7 +138,7 @@ class TenantKeyMinter:
         """Create the shared chunk collection and the keys collection if missing."""
         await ensure_collection(self._admin, self._names.shared)
         if not await self._admin.collection_exists(self._names.keys):
-            await self._admin.create_collection(self._names.keys, vectors_config={})
+            await create_collection_once(self._admin, self._names.keys, vectors_config={})
 
     async def ensure(self, tenant_id: str, isolation: Isolation) -> MintResult:
         """Make the tenant's collections exist and its stored key valid for the next window.

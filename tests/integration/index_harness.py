@@ -2,12 +2,16 @@
 
 Qdrant server is exercised through qdrant-client's local mode (no server binary exists here),
 which implements the same client API; it ignores API keys and keeps no payload indexes, so
-neither key enforcement nor index use is observable through it.
+neither key enforcement nor index use is observable through it. `FACADE` runs the same adapter
+over HTTP instead: qdrant-client's REST transport against `tests/qdrant_facade.py` (local
+mode behind Qdrant's REST shape, in its own process), the path `bulkhead serve --workers N`
+takes.
 """
 
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -29,6 +33,8 @@ from app.vectors.qdrant_server import (
 from app.vectors.scoping import point_id
 
 ADAPTERS = ("edge", "qdrant-shared", "qdrant-dedicated")
+FACADE = "qdrant-facade"
+"""The server adapter over REST, through the facade (shared isolation); needs `facade_url`."""
 
 
 class InterleavingClient(AsyncQdrantClient):
@@ -82,9 +88,14 @@ class Harness:
 
 @asynccontextmanager
 async def open_harness(
-    kind: str, tmp: Path, *, dense_size: int | None = None
+    kind: str, tmp: Path, *, dense_size: int | None = None, facade_url: str | None = None
 ) -> AsyncIterator[Harness]:
-    """A fresh, empty index of `kind` (one of ADAPTERS); with `dense_size`, a dense space."""
+    """A fresh, empty index of `kind` (ADAPTERS, or FACADE); with `dense_size`, a dense space."""
+    if kind == FACADE:
+        assert facade_url, "the facade harness needs the facade's URL"
+        async with _facade_harness(facade_url, dense_size) as harness:
+            yield harness
+        return
     if kind == "edge":
         edge = EdgeIndex.open(tmp / "edge", dense_size=dense_size)
         try:
@@ -113,6 +124,22 @@ async def open_harness(
     try:
         yield harness
     finally:
+        await index.close()
+
+
+@asynccontextmanager
+async def _facade_harness(url: str, dense_size: int | None) -> AsyncIterator[Harness]:
+    client = AsyncQdrantClient(url=url)
+    # One facade serves the whole session: each harness has collections of its own.
+    names = CollectionNames(f"c{uuid.uuid4().hex[:12]}")
+    index = QdrantServerIndex(
+        SharedClient(client), isolation_of=lambda _: "shared", names=names, dense_size=dense_size
+    )
+    await ensure_collection(client, names.shared, dense_size=dense_size)
+    try:
+        yield Harness(index=index, kind=FACADE, client=client, names=names, dense_size=dense_size)
+    finally:
+        await client.delete_collection(names.shared)
         await index.close()
 
 

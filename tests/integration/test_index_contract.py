@@ -1,7 +1,9 @@
 """One contract for every VectorIndex adapter.
 
 Qdrant Edge, and Qdrant server (shared and dedicated isolation) through qdrant-client's local
-mode, which implements the same client API (no Qdrant server binary exists here).
+mode, which implements the same client API (no Qdrant server binary exists here); the server
+adapter once more over REST through the Qdrant facade (tests/qdrant_facade.py), which shows
+the facade answers what the adapter sends as local mode would.
 """
 
 from __future__ import annotations
@@ -13,12 +15,21 @@ import pytest
 
 from app.vectors.filters import parse_filter
 from app.vectors.scoping import TENANT_FIELD
-from tests.integration.index_harness import ADAPTERS, Harness, chunk, open_harness, scope
+from tests.integration.index_harness import (
+    ADAPTERS,
+    FACADE,
+    Harness,
+    chunk,
+    open_harness,
+    scope,
+)
 
 
-@pytest.fixture(params=ADAPTERS)
+@pytest.fixture(params=(*ADAPTERS, FACADE))
 async def harness(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Harness]:
-    async with open_harness(request.param, tmp_path) as opened:
+    # The facade: the server adapter over qdrant-client's REST transport, as `serve --workers`.
+    facade = request.getfixturevalue("qdrant_facade") if request.param == FACADE else None
+    async with open_harness(request.param, tmp_path, facade_url=facade) as opened:
         for tenant_id in ("acme", "globex"):
             await opened.onboard(tenant_id)
         yield opened

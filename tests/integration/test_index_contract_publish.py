@@ -1,7 +1,8 @@
 """The VectorIndex contract for re-ingestion: pending upserts and `publish`.
 
-Runs on the same three adapters as `test_index_contract.py` (Qdrant Edge; Qdrant server with
-shared and dedicated isolation through qdrant-client's local mode, no server binary here).
+Runs on the same adapters as `test_index_contract.py` (Qdrant Edge; Qdrant server with
+shared and dedicated isolation through qdrant-client's local mode, no server binary here; and
+the server adapter over REST through the Qdrant facade).
 A pending version is hidden from every read until published; publishing reveals it with its
 ACL and removes the document's older versions; another tenant naming the same documents and
 versions touches nothing of ours.
@@ -16,12 +17,20 @@ from pathlib import Path
 import pytest
 
 from app.vectors.index import ChunkRecord, DocumentVersion
-from tests.integration.index_harness import ADAPTERS, Harness, chunk, open_harness, scope
+from tests.integration.index_harness import (
+    ADAPTERS,
+    FACADE,
+    Harness,
+    chunk,
+    open_harness,
+    scope,
+)
 
 
-@pytest.fixture(params=ADAPTERS)
+@pytest.fixture(params=(*ADAPTERS, FACADE))
 async def harness(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Harness]:
-    async with open_harness(request.param, tmp_path) as opened:
+    facade = request.getfixturevalue("qdrant_facade") if request.param == FACADE else None
+    async with open_harness(request.param, tmp_path, facade_url=facade) as opened:
         for tenant_id in ("acme", "globex"):
             await opened.onboard(tenant_id)
         yield opened

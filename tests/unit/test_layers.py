@@ -35,7 +35,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     # Tenant onboarding, offboarding, key rotation and checks, `bulkhead tenants`.
     ("lifecycle", ("lifecycle",)),
 )
-WIRING: frozenset[str] = frozenset({"openapi", "health", "resources", "main", "cli"})
+WIRING: frozenset[str] = frozenset({"openapi", "health", "resources", "main", "workers", "cli"})
 """Modules and packages that assemble the service; they may import anything, nothing them."""
 
 
