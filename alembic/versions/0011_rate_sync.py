@@ -39,6 +39,9 @@ branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
 SIGNATURE = "bulkhead_rate_sync(text[], text[], bigint[], integer[], text[])"
+RATE_SYNC_LOCK_CLASS = 0x524C494D
+"""`app.limits.store.RATE_SYNC_LOCK_CLASS` as of this revision (a migration does not follow the
+code)."""
 
 
 def upgrade() -> None:
@@ -62,10 +65,14 @@ def upgrade() -> None:
             v_tenant text;
         BEGIN
             FOR v_tenant IN
-                SELECT DISTINCT t FROM unnest(p_tenants || p_token_tenants) AS t
-                WHERE EXISTS (SELECT FROM tenants WHERE tenants.id = t)
-                ORDER BY t
+                SELECT DISTINCT t FROM unnest(p_tenants || p_token_tenants) AS t ORDER BY t
             LOOP
+                -- Offboarding holds this lock exclusively while it deletes the tenant's rows:
+                -- either it waits for this sync to commit (and deletes what it wrote), or this
+                -- sync waits for it and finds no tenant (the check is a statement of its own,
+                -- so it sees what offboarding committed). RATE_SYNC_LOCK_CLASS in app/limits.
+                PERFORM pg_advisory_xact_lock_shared({lock_class}, hashtext(v_tenant));
+                CONTINUE WHEN NOT EXISTS (SELECT FROM tenants WHERE tenants.id = v_tenant);
                 PERFORM set_config('bulkhead.tenant_id', v_tenant, true);
                 RETURN QUERY
                 WITH batch AS (
@@ -101,7 +108,7 @@ def upgrade() -> None:
             END LOOP;
         END
         $$
-        """
+        """.replace("{lock_class}", str(RATE_SYNC_LOCK_CLASS))
     )
     op.execute(f"REVOKE ALL ON FUNCTION {SIGNATURE} FROM PUBLIC")
     op.execute(

@@ -27,6 +27,7 @@ from app.config import Settings
 from app.db.pool import Connection, connect, tenant_transaction
 from app.db.registry import CHANNEL
 from app.db.urls import runtime_url
+from app.limits.store import RATE_SYNC_LOCK_CLASS
 from app.secrets.backend import SecretsBackend
 from app.tenancy.scope import TenantScope
 from app.vectors.edge import EdgeIndex
@@ -205,6 +206,10 @@ async def delete_rows(connection: Connection, *, tenant_id: str) -> dict[str, in
     """
     deleted: dict[str, int] = {}
     async with tenant_transaction(connection, scope=_offboarding(tenant_id)):
+        # Until this commits, no rate-limit sync writes counters for the tenant (store.py).
+        await connection.execute(
+            "SELECT pg_advisory_xact_lock($1, hashtext($2))", RATE_SYNC_LOCK_CLASS, tenant_id
+        )
         pending = await tenant_tables(connection)
         while pending:
             blocked = []

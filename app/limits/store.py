@@ -29,7 +29,7 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 
 import asyncpg
 from redis.asyncio import Redis
@@ -38,6 +38,11 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from app.limits.policy import WINDOW_SECONDS, Counts
 from app.tenancy.scope import TenantScope
+
+RATE_SYNC_LOCK_CLASS: Final = 0x524C494D
+"""Advisory-lock class of a tenant's rate counters: `bulkhead_rate_sync` (migration 0011) holds
+it shared per tenant, offboarding exclusively, so no sync writes counters for a tenant whose
+rows offboarding has deleted."""
 
 _log = logging.getLogger(__name__)
 

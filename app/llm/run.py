@@ -194,7 +194,7 @@ class ChainRun:
         FAILOVERS.add(
             1,
             {
-                FAILOVER_ATTRIBUTE: reason,
+                "bulkhead.failover.reason": reason,  # literal: the alert-rule tests read it
                 "gen_ai.provider.name": link.entry.provider,
                 "gen_ai.request.model": link.entry.model,
             },

@@ -194,7 +194,12 @@ async def test_offboard_exports_then_leaves_nothing_and_spares_the_other_tenant(
     await _until(vectors_gone)
     assert app.state.resources.registry.tenant(victim) is None
     # The other tenant is untouched.
-    assert await _rows_mentioning(owner_pool, bystander) == bystander_before
+    bystander_after = await _rows_mentioning(owner_pool, bystander)
+    # Rate counters reach the table at the limiter's next sync, whenever that lands: they may
+    # only have grown. Every other table is exactly as it was.
+    counters = "rate_counters"
+    assert bystander_after.pop(counters) >= bystander_before.pop(counters)
+    assert bystander_after == bystander_before
     assert await index.tenant_points(scope=TenantScope.operator(bystander)) == bystander_points
     chat = await client.post("/v1/chat", json={"message": "hotel?"}, headers=auth(bystander))
     assert chat.status_code == 200
