@@ -45,6 +45,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, NamedTuple
 
+import asyncpg
 import msgspec
 
 from app.config import Settings
@@ -351,6 +352,20 @@ def _bulkhead_env(
     return env
 
 
+NEWER_MANIFEST_KEYS = (("limits", "admission"),)
+"""Manifest fields newer than the baselines this benchmark is run against (at their defaults
+here): an older server refuses unknown fields, so they are removed before it starts."""
+
+
+async def _strip_for_baseline(owner_url: str) -> None:
+    connection = await asyncpg.connect(owner_url)
+    try:
+        for path in NEWER_MANIFEST_KEYS:
+            await connection.execute("UPDATE tenants SET manifest = manifest #- $1", list(path))
+    finally:
+        await connection.close()
+
+
 def _verdict(met: bool) -> str:
     return "met" if met else "MISSED"
 
@@ -487,6 +502,7 @@ def run(config: harness.RunConfig, options: ChatOptions, workdir: Path) -> int:
             # One Bulkhead at a time: both open the same Qdrant Edge shard.
             servers["bulkhead"].stop()
             say(f"baseline: Bulkhead from {options.baseline}")
+            asyncio.run(_strip_for_baseline(owner_url))
             before = harness.start_servers(
                 workdir,
                 owner_url,
