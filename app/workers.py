@@ -1,4 +1,4 @@
-"""`bulkhead serve --workers N`: N processes behind one listening socket, each its own service.
+"""`bulkhead serve --workers N`: N processes on one address, each its own service.
 
 uvicorn's supervisor (`uvicorn.supervisors.Multiprocess`) runs them. The parent binds the
 address, starts N workers (fresh interpreters: multiprocessing's `spawn`) and does nothing
