@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlsplit
 
 import httpx
 
@@ -39,17 +39,28 @@ class OutageProxy:
     `restore` listens again on the same port, as a server back from an outage does.
     """
 
-    def __init__(self, host: str, port: int) -> None:
+    def __init__(self, host: str, port: int, *, unix_socket: str | None = None) -> None:
         self._upstream = (host, port)
+        self._unix_socket = unix_socket
         self._writers: list[asyncio.StreamWriter] = []
         self._server: asyncio.Server | None = None
         self.port = 0
 
     @classmethod
     def to_url(cls, url: str) -> OutageProxy:
-        """A relay to the host and port of `url` (`http://...`, `redis://...`, `postgres://...`)."""
+        """A relay to the server of `url` (`http://...`, `redis://...`, `postgres://...`).
+
+        A Postgres URL whose `host` query parameter is a directory (libpq's form for a Unix
+        socket, as the embedded Postgres of a machine without `DATABASE_URL` gives) is relayed
+        to that socket: the relay itself always listens on loopback TCP.
+        """
         parts = urlsplit(url)
-        assert parts.hostname is not None, url
+        if parts.hostname is None:
+            query = dict(parse_qsl(parts.query))
+            directory = query.get("host", "")
+            assert directory.startswith("/"), url
+            port = parts.port or int(query.get("port", "5432"))
+            return cls("", port, unix_socket=f"{directory}/.s.PGSQL.{port}")
         assert parts.port is not None, url
         return cls(parts.hostname, parts.port)
 
@@ -60,7 +71,10 @@ class OutageProxy:
         return self
 
     async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        up_reader, up_writer = await asyncio.open_connection(*self._upstream)
+        if self._unix_socket is not None:
+            up_reader, up_writer = await asyncio.open_unix_connection(self._unix_socket)
+        else:
+            up_reader, up_writer = await asyncio.open_connection(*self._upstream)
         self._writers += [writer, up_writer]
 
         async def pump(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:

@@ -17,7 +17,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import asyncpg
 import httpx
@@ -588,11 +588,15 @@ def limit_logs() -> Iterator[_Records]:
 
 
 def _via(url: str, port: int) -> str:
-    """`url` with its host and port replaced by the outage proxy's."""
+    """`url` with its host and port replaced by the outage proxy's.
+
+    A Unix socket's `host` and `port` query parameters are dropped: the proxy is TCP.
+    """
     parts = urlsplit(url)
     credentials = parts.netloc.rpartition("@")[0]
     netloc = f"{credentials}@127.0.0.1:{port}" if credentials else f"127.0.0.1:{port}"
-    return urlunsplit(parts._replace(netloc=netloc))
+    query = urlencode([(k, v) for k, v in parse_qsl(parts.query) if k not in ("host", "port")])
+    return urlunsplit(parts._replace(netloc=netloc, query=query))
 
 
 async def test_store_outage_keeps_the_replica_to_its_own_count_and_warns_once(
